@@ -1,0 +1,3 @@
+from domain_lm.cli import main
+
+main()

@@ -1,0 +1,32 @@
+"""Options shared by the stage commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from domain_lm.config import PipelineConfig, load_config
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Pipeline YAML; default: the embedded quick demo.")]
+OverrideOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key, e.g. -s sft.train.max_steps=10.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this stage.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Re-run even if inputs and config are unchanged.")]
+
+
+def config_from(config: Optional[Path], overrides: Optional[list[str]]) -> PipelineConfig:
+    return load_config(config, overrides or [])
+
+
+def run_stage_command(stage: str, config: Optional[Path], overrides: Optional[list[str]], resume: bool = False, force: bool = False) -> None:
+    """Run one stage through the run store and print its summary line."""
+    from domain_lm.progress import console
+    from domain_lm.stages import run_stage
+
+    cfg = config_from(config, overrides)
+    result, skipped = run_stage(stage, cfg, resume=resume, force=force)
+    state = "unchanged, reused" if skipped else f"done in {result.finished_at - result.started_at:.1f}s"
+    shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(shown.items())[:8])
+    console.print(f"[bold green]{stage}[/]: {state} -> {result.path}" + (f"  ({metrics})" if metrics else ""))

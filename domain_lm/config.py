@@ -1,0 +1,334 @@
+"""The pipeline config: one YAML file describes a whole run.
+
+Loading order: the profile's defaults (``quick`` or ``full``) -> the YAML file -> ``key=value``
+overrides from the command line. Unknown keys are errors; every error names the key and why.
+The resolved config is written next to every artefact (see ``runstore``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from domain_lm.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are rejected, values are validated on set."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------- shared sections
+
+
+class LoraSection(Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear'."
+    )
+
+
+class TrainSection(Section):
+    """Optimiser and loop settings shared by every training stage."""
+
+    learning_rate: float = Field(2e-4, gt=0)
+    max_steps: int = Field(-1, ge=-1, description="-1: run num_epochs instead.")
+    num_epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, ge=1, description="Per-device micro batch.")
+    grad_accum: int = Field(1, ge=1)
+    max_seq_len: int = Field(512, ge=16)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    logging_steps: int = Field(5, ge=1)
+    save_steps: int = Field(50, ge=1, description="Checkpoint interval for --resume.")
+    seed: int = 42
+    deepspeed: str | None = Field(None, description="Path of a DeepSpeed JSON config (deploy/deepspeed/).")
+
+
+# --------------------------------------------------------------------------- per-stage sections
+
+
+class BaseModelSection(Section):
+    name: str = Field("smollm2-135m", description="Registry name (smollm2-135m, gemma3-270m) or a local path.")
+    store: str | None = Field(None, description="Model store directory; default $DOMAIN_LM_HOME/models.")
+
+
+class CorpusSource(Section):
+    path: str
+    format: Literal["auto", "txt", "md", "jsonl", "csv", "pdf", "docx"] = "auto"
+    text_column: str = "text"
+    lang: Literal["auto", "en", "zh"] = "auto"
+
+
+class CorpusSection(Section):
+    sources: list[CorpusSource] = Field(default_factory=list, description="Empty: the built-in demo corpus.")
+    general_sources: list[CorpusSource] = Field(
+        default_factory=list, description="General text for replay; empty: sample it from the base model."
+    )
+    min_chars: int = Field(200, ge=0)
+    near_dup_threshold: float = Field(0.85, gt=0, le=1, description="MinHash Jaccard threshold.")
+    pii_scrub: bool = True
+    block_size: int = Field(256, ge=16, description="Tokens per packed training block.")
+    chunk_tokens: int = Field(512, ge=16)
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of documents held out.")
+    shard_docs: int = Field(2000, ge=1, description="Documents per processing shard.")
+    seed: int = 42
+
+
+class PretrainSection(Section):
+    enabled: bool = True
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSection = Field(default_factory=LoraSection)
+    train_embeddings: bool = Field(False, description="Also train embeddings and LM head (LoRA only).")
+    replay_fraction: float = Field(0.1, ge=0, lt=1, description="Share of general text mixed in against forgetting.")
+    replay_samples: int = Field(32, ge=0, description="Texts sampled from the base model when no general corpus.")
+    train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=2e-4))
+
+
+class TaskDataset(Section):
+    task: str = Field(description="Template name, e.g. sentiment.")
+    path: str | None = Field(None, description="JSONL/CSV file; None: the built-in demo examples.")
+    fields: dict[str, str] = Field(default_factory=dict, description="Template field -> column in the file.")
+    label_field: str = "label"
+    label_map: dict[str, str] = Field(default_factory=dict)
+    lang: Literal["en", "zh"] = "en"
+    max_examples: int | None = None
+
+
+class TasksSection(Section):
+    templates_dir: str = "task_templates"
+    datasets: list[TaskDataset] = Field(default_factory=list, description="Empty: the built-in demo examples.")
+    eval_fraction: float = Field(0.2, ge=0, lt=1)
+
+
+class SftSection(Section):
+    enabled: bool = True
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSection = Field(default_factory=LoraSection)
+    packing: bool = False
+    few_shot_fraction: float = Field(0.2, ge=0, le=1)
+    variants_per_example: int = Field(1, ge=1)
+    per_task_adapters: bool = False
+    train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=2e-4))
+
+
+class RewardSection(Section):
+    enabled: bool = True
+    preference_sources: list[str] = Field(default_factory=list, description="Preference files (pairs, ranked, HH).")
+    from_tasks: bool = Field(True, description="Build bank-task pairs from the labelled task data.")
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSection = Field(default_factory=LoraSection)
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=1e-4))
+
+
+class PpoSection(Section):
+    enabled: bool = True
+    algorithm: Literal["ppo", "dpo"] = Field("ppo", description="RLHF stage the pipeline runs.")
+    steps: int = Field(20, ge=1)
+    rollout_batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.9, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    learning_rate: float = Field(1e-5, gt=0)
+    critic_learning_rate: float = Field(5e-5, gt=0)
+    ppo_epochs: int = Field(1, ge=1)
+    mini_batch_size: int = Field(4, ge=1)
+    critic_warmup_steps: int = Field(2, ge=0)
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    value_clip_range: float = 0.2
+    kl_coef: float = 0.05
+    adaptive_kl: bool = False
+    target_kl: float = 0.1
+    kl_stop_bound: float = Field(1.0, gt=0, description="Early stop when mean KL to the reference exceeds this.")
+    use_reward_norm: bool = True
+    reward_clip: float = 5.0
+    use_advantage_whitening: bool = True
+    use_value_clip: bool = True
+    use_grad_clip: bool = True
+    max_grad_norm: float = 1.0
+    buffer_size: int = Field(1, ge=1, description="Rollout batches kept in the experience buffer.")
+    use_ptx: bool = True
+    ptx_coef: float = 0.1
+    lora: LoraSection = Field(default_factory=LoraSection)
+    seed: int = 42
+    save_steps: int = Field(10, ge=1)
+    deepspeed: str | None = None
+
+
+class DpoSection(Section):
+    enabled: bool = True
+    beta: float = Field(0.1, gt=0)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=5e-5))
+
+
+class EvalSection(Section):
+    enabled: bool = True
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    max_examples: int | None = Field(50, description="Per task; None: all.")
+    baseline: bool = True
+
+
+class ServeSection(Section):
+    enabled: bool = True
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_queue: int = Field(64, ge=1)
+    request_timeout_s: float = Field(120.0, gt=0)
+    dtype: str = "float32"
+    gpu_memory_utilization: float = Field(0.25, gt=0, le=1)
+    max_model_len: int = Field(2048, ge=64)
+
+
+class RunSection(Section):
+    name: str = "demo"
+    output_dir: str = "runs"
+    seed: int = 42
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("must be a plain directory name (no '/', not starting with '.')")
+        return v
+
+
+class PipelineConfig(Section):
+    profile: Literal["quick", "full"] = "quick"
+    run: RunSection = Field(default_factory=RunSection)
+    base_model: BaseModelSection = Field(default_factory=BaseModelSection)
+    corpus: CorpusSection = Field(default_factory=CorpusSection)
+    pretrain: PretrainSection = Field(default_factory=PretrainSection)
+    tasks: TasksSection = Field(default_factory=TasksSection)
+    sft: SftSection = Field(default_factory=SftSection)
+    reward: RewardSection = Field(default_factory=RewardSection)
+    ppo: PpoSection = Field(default_factory=PpoSection)
+    dpo: DpoSection = Field(default_factory=DpoSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "PipelineConfig":
+        if self.ppo.mini_batch_size > self.ppo.rollout_batch_size:
+            raise ValueError("ppo.mini_batch_size must not exceed ppo.rollout_batch_size")
+        return self
+
+    def section_dict(self, name: str) -> dict[str, Any]:
+        return getattr(self, name).model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- profiles
+
+#: ``quick`` finishes on a 2-core CPU in minutes (SmolLM2-135M); ``full`` is a real run on a GPU node.
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "corpus": {"block_size": 256, "min_chars": 120},
+        "pretrain": {"replay_samples": 8, "train": {"max_steps": 30, "batch_size": 4, "max_seq_len": 256, "save_steps": 10}},
+        "sft": {"train": {"max_steps": 60, "batch_size": 4, "max_seq_len": 384, "save_steps": 20, "learning_rate": 3e-4}},
+        "reward": {"train": {"max_steps": 30, "batch_size": 4, "max_seq_len": 384, "save_steps": 10}},
+        "ppo": {"steps": 6, "rollout_batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 24, "critic_warmup_steps": 1, "save_steps": 3},
+        "dpo": {"train": {"max_steps": 20, "batch_size": 2, "max_seq_len": 384, "save_steps": 10}},
+        "eval": {"max_examples": 12},
+    },
+    "full": {
+        "corpus": {"block_size": 1024, "chunk_tokens": 1024},
+        "pretrain": {"replay_samples": 256, "train": {"num_epochs": 1, "batch_size": 8, "grad_accum": 4, "max_seq_len": 1024, "save_steps": 500}},
+        "sft": {"variants_per_example": 2, "train": {"num_epochs": 3, "batch_size": 8, "grad_accum": 2, "max_seq_len": 1024, "save_steps": 200}},
+        "reward": {"train": {"num_epochs": 1, "batch_size": 8, "max_seq_len": 1024, "save_steps": 200}},
+        "ppo": {"steps": 200, "rollout_batch_size": 64, "mini_batch_size": 16, "max_new_tokens": 128, "critic_warmup_steps": 10},
+        "dpo": {"train": {"num_epochs": 1, "batch_size": 4, "max_seq_len": 1024, "save_steps": 200}},
+        "eval": {"max_examples": None},
+    },
+}
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated recursively by ``update`` (neither is modified)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value``; the value is read as YAML so numbers, booleans and lists work."""
+    if "=" not in item:
+        raise ConfigError(f"Override {item!r} is not of the form key=value (for example sft.train.max_steps=10).")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"Override {item!r} has an empty key.")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def _set_path(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = data
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"Override key {'.'.join(parts)!r}: {p!r} is not a section.")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{loc}' (check the spelling; see `domain-lm pipeline show-config` for valid keys)")
+        else:
+            lines.append(f"key '{loc}': {e['msg']} (got {e.get('input')!r})")
+    return f"Invalid config {source}: " + "; ".join(lines) + "."
+
+
+def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None = None, source: str = "(inline)") -> PipelineConfig:
+    """Validate a config dict after applying its profile's defaults and the overrides."""
+    data = copy.deepcopy(data or {})
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        _set_path(data, parts, value)
+    profile = data.get("profile", "quick")
+    if profile not in PROFILES:
+        raise ConfigError(f"Invalid config {source}: key 'profile' must be one of {sorted(PROFILES)} (got {profile!r}).")
+    merged = deep_merge(PROFILES[profile], data)
+    try:
+        return PipelineConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load and validate a pipeline YAML (``None``: the embedded default, the quick demo)."""
+    if path is None:
+        return build_config({}, overrides, source="(embedded default)")
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file {p} does not exist or is not a file. Pass the path of a pipeline YAML (see configs/ for examples).")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {p} must hold a mapping at the top level, not {type(data).__name__}.")
+    return build_config(data, overrides, source=str(p))

@@ -1,0 +1,1 @@
+"""Base-model store (offline registry) and the one place that loads models, tokenizers and adapters."""

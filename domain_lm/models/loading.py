@@ -1,0 +1,120 @@
+"""The one place that loads models, tokenizers and LoRA adapters (every stage uses these)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from domain_lm.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from domain_lm.config import LoraSection
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def default_dtype() -> torch.dtype:
+    """float32 on CPU (bf16 is emulated and ~30x slower there); bf16 on a GPU that supports it."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(path: str | Path) -> str:
+    """The base model path recorded in an adapter directory."""
+    cfg = json.loads((Path(path) / ADAPTER_CONFIG).read_text())
+    return cfg["base_model_name_or_path"]
+
+
+def convert_to_safetensors(src: Path, dest: Path) -> int:
+    """Load a GGUF file or HF directory and save it as float32 safetensors with its tokenizer.
+
+    Returns the parameter count. The GGUF quantisation config is dropped: the saved weights are
+    de-quantised, so keeping it would make transformers try to re-quantise on load.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {}
+    root = src
+    if src.is_file():
+        root, kwargs["gguf_file"] = src.parent, src.name
+    tok = AutoTokenizer.from_pretrained(root, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32, **kwargs)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(dest, safe_serialization=True)
+    tok.save_pretrained(dest)
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_tokenizer(path: str | Path) -> "PreTrainedTokenizerBase":
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if is_adapter_dir(path) and not (path / "tokenizer_config.json").is_file():
+        path = Path(adapter_base(path))
+    if not path.exists():
+        raise ModelNotFoundError(f"Model directory {path} does not exist.")
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str | Path, dtype: torch.dtype | None = None, trainable: bool = False) -> "PreTrainedModel":
+    """Load a causal LM from a model directory, or base + adapter from an adapter directory."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"Model directory {path} does not exist.")
+    dtype = dtype or default_dtype()
+    if is_adapter_dir(path):
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(adapter_base(path), dtype=dtype)
+        model = PeftModel.from_pretrained(base, path, is_trainable=trainable)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if not trainable:
+        model.eval()
+    return model
+
+
+def lora_config(section: "LoraSection", task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=section.r,
+        lora_alpha=section.alpha,
+        lora_dropout=section.dropout,
+        target_modules=section.target_modules,
+        task_type=task_type,
+        modules_to_save=modules_to_save,
+    )
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Merge a LoRA adapter into its base and save full weights + tokenizer to ``out_dir``."""
+    model = load_causal_lm(adapter_dir, dtype=torch.float32)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    load_tokenizer(adapter_dir).save_pretrained(out_dir)
+    return Path(out_dir)
