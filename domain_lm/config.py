@@ -309,7 +309,7 @@ def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None
         parts, value = parse_override(item)
         _set_path(data, parts, value)
     profile = data.get("profile", "quick")
-    if profile not in PROFILES:
+    if not isinstance(profile, str) or profile not in PROFILES:
         raise ConfigError(f"Invalid config {source}: key 'profile' must be one of {sorted(PROFILES)} (got {profile!r}).")
     merged = deep_merge(PROFILES[profile], data)
     try:

@@ -110,6 +110,20 @@ def gather_inputs(name: str, run: Run) -> dict[str, StageResult]:
     return inputs
 
 
+def _claim_work_dir(run: Run, name: str, fp: str) -> None:
+    """Checkpoints in the work dir belong to one fingerprint; stale ones (config changed) are wiped
+    so ``--resume`` never continues a run made with other inputs."""
+    import shutil
+
+    work = run.work_dir(name)
+    marker = work / "FINGERPRINT"
+    if marker.is_file() and marker.read_text().strip() != fp:
+        shutil.rmtree(work)
+        work = run.work_dir(name)
+    marker = work / "FINGERPRINT"
+    marker.write_text(fp)
+
+
 def run_stage(name: str, config: PipelineConfig, resume: bool = False, force: bool = False, extra: dict[str, Any] | None = None) -> tuple[StageResult, bool]:
     """Run one stage (or reuse its result). Returns (result, skipped)."""
     run = Run.from_config(config)
@@ -119,6 +133,7 @@ def run_stage(name: str, config: PipelineConfig, resume: bool = False, force: bo
     done = run.load(name)
     if done is not None and done.fingerprint == fp and not force:
         return done, True
+    _claim_work_dir(run, name, fp)
     with run.writing(name, config) as writer:
         writer.result.fingerprint = fp
         writer.result.lineage = [{"stage": k, "fingerprint": v.fingerprint, "path": str(v.path)} for k, v in inputs.items()]

@@ -55,7 +55,14 @@ def convert_to_safetensors(src: Path, dest: Path) -> int:
     tok = AutoTokenizer.from_pretrained(root, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32, **kwargs)
     if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+        # Rebuild a plain model from the config without the GGUF quantisation and copy the
+        # de-quantised weights over, so nothing of the quantiser is left to serialise.
+        config = model.config
+        del config.quantization_config
+        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        clean.load_state_dict(model.state_dict())
+        clean.generation_config = model.generation_config
+        model = clean
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.generation_config.pad_token_id = tok.pad_token_id

@@ -1,0 +1,57 @@
+"""Run store: stages appear atomically with manifest, config and model card."""
+
+import json
+
+import pytest
+
+from domain_lm.config import build_config
+from domain_lm.runstore import Run
+
+
+def test_stage_written_with_manifest_config_and_card(tmp_path):
+    cfg = build_config({"run": {"output_dir": str(tmp_path), "name": "r"}})
+    run = Run.from_config(cfg)
+    with run.writing("sft", cfg) as w:
+        (w.path / "adapter").mkdir()
+        (w.path / "adapter" / "w.bin").write_bytes(b"x")
+        w.add_artefact("adapter", "adapter")
+        w.result.metrics["loss"] = 0.5
+        w.result.inputs["data"] = "ab" * 32
+        w.model_card = {"base_model": "tiny", "method": "lora"}
+    r = run.load("sft")
+    assert r is not None and r.metrics["loss"] == 0.5
+    assert r.artefact("adapter").joinpath("w.bin").read_bytes() == b"x"
+    assert (tmp_path / "r" / "sft" / "config.yaml").is_file()
+    card = (tmp_path / "r" / "sft" / "MODEL_CARD.md").read_text()
+    assert "tiny" in card and "loss" in card
+    assert json.loads((tmp_path / "r" / "sft" / "manifest.json").read_text())["stage"] == "sft"
+
+
+def test_failed_stage_leaves_nothing_and_keeps_previous(tmp_path):
+    run = Run(tmp_path / "r")
+    with run.writing("corpus") as w:
+        (w.path / "a.txt").write_text("first")
+        w.add_artefact("a", "a.txt")
+    with pytest.raises(RuntimeError):
+        with run.writing("corpus") as w:
+            (w.path / "a.txt").write_text("half-written")
+            raise RuntimeError("killed")
+    r = run.load("corpus")
+    assert r.artefact("a").read_text() == "first"
+    leftovers = [p.name for p in (tmp_path / "r").iterdir() if p.name.startswith(".corpus")]
+    assert leftovers == []
+
+
+def test_incomplete_stage_is_not_loaded(tmp_path):
+    run = Run(tmp_path / "r")
+    (tmp_path / "r" / "pretrain").mkdir(parents=True)  # a directory without manifest
+    assert run.load("pretrain") is None
+    assert run.stages() == []
+
+
+def test_missing_artefact_is_an_error(tmp_path):
+    run = Run(tmp_path / "r")
+    with pytest.raises(FileNotFoundError):
+        with run.writing("x") as w:
+            w.add_artefact("model", "model")
+    assert run.load("x") is None
