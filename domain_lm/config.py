@@ -108,6 +108,19 @@ class TasksSection(Section):
     templates_dir: str = "task_templates"
     datasets: list[TaskDataset] = Field(default_factory=list, description="Empty: the built-in demo examples.")
     eval_fraction: float = Field(0.2, ge=0, lt=1)
+    demo_tasks: list[str] = Field(default_factory=list, description="Demo tasks used when datasets is empty; empty: every bundled task.")
+    demo_langs: list[Literal["en", "zh"]] = Field(default_factory=lambda: ["en", "zh"], description="Languages of the demo examples.")
+    seed: int = Field(42, description="Seed of the record-level train/eval split.")
+
+
+class InstructSource(Section):
+    """User instruction data in LLaMA-Factory formats (alpaca / sharegpt), mixed into SFT."""
+
+    path: str = Field(description="A JSON/JSONL file, or a dataset_info.json declaring several.")
+    formatting: Literal["alpaca", "sharegpt", "dataset_info"] = "alpaca"
+    names: list[str] = Field(default_factory=list, description="dataset_info only: datasets to use; empty: all.")
+    columns: dict[str, str] = Field(default_factory=dict)
+    max_examples: int | None = None
 
 
 class SftSection(Section):
@@ -116,7 +129,11 @@ class SftSection(Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     packing: bool = False
     few_shot_fraction: float = Field(0.2, ge=0, le=1)
+    max_few_shot: int = Field(2, ge=1, description="Few-shot examples in a few-shot prompt (1..max).")
     variants_per_example: int = Field(1, ge=1)
+    task_weights: dict[str, float] = Field(default_factory=dict, description="Task -> share multiplier (2: twice the examples, 0.5: half); default 1.")
+    max_examples_per_task: int | None = Field(None, ge=1, description="Cap on rendered training examples per task (seeded sample).")
+    instruct_sources: list[InstructSource] = Field(default_factory=list)
     per_task_adapters: bool = False
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=2e-4))
 
@@ -179,6 +196,8 @@ class EvalSection(Section):
     engine: Literal["auto", "vllm", "hf"] = "auto"
     max_examples: int | None = Field(50, description="Per task; None: all.")
     baseline: bool = True
+    max_new_tokens: int = Field(256, ge=1, description="Generation cap for json/text tasks (label tasks use the choices).")
+    gpu_memory_utilization: float = Field(0.1, gt=0, le=1, description="vLLM engine share of (GPU or, on CPU, host) memory.")
 
 
 class ServeSection(Section):
