@@ -1,0 +1,350 @@
+"""Preference data for the reward model, PPO and DPO.
+
+Every source becomes a list of ``PreferencePair`` (chat ``prompt`` messages, ``chosen`` and
+``rejected`` assistant answers), written as JSONL and handed to TRL in its conversational
+format (``to_trl``). Sources:
+
+* files (``load_preferences``): plain pairs ``{"prompt","chosen","rejected"}``, ranked lists
+  ``{"prompt","responses":[best, ..., worst]}`` (every ordered pair), and Anthropic HH dialogues
+  ``{"chosen","rejected"}`` (the shared dialogue prefix becomes the prompt);
+* labelled bank-task records (``task_pairs``): the gold answer is chosen; a wrong label, an answer
+  that breaks the output contract, or a summary quoting numbers that are not in the source is
+  rejected. Prompts come from ``TaskTemplate.render_messages``, the same rendering as SFT and serving;
+* samples from a model (``sampled_pairs``): k answers per prompt ranked by the task metric.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from domain_lm.errors import DataError
+
+#: A labelled task record: (template, inputs, lang, gold typed output value).
+TaskRecord = tuple[Any, dict[str, Any], str, Any]
+
+PairKind = Literal["pair", "ranked", "hh", "wrong_label", "contract", "unfaithful_numbers", "incomplete", "sampled"]
+
+
+class PreferencePair(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: list[dict[str, str]] = Field(description="Chat messages before the answer (system/user/assistant turns).")
+    chosen: str
+    rejected: str
+    kind: PairKind = "pair"
+    task: str | None = None
+    lang: str | None = None
+
+    def to_trl(self) -> dict[str, Any]:
+        """TRL's conversational preference format (RewardTrainer, DPOTrainer)."""
+        return {
+            "prompt": [dict(m) for m in self.prompt],
+            "chosen": [{"role": "assistant", "content": self.chosen}],
+            "rejected": [{"role": "assistant", "content": self.rejected}],
+        }
+
+
+# --------------------------------------------------------------------------- file formats
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+
+
+def parse_hh_dialogue(text: str) -> list[dict[str, str]]:
+    """``"\\n\\nHuman: hi\\n\\nAssistant: hello"`` -> chat messages (user/assistant)."""
+    parts = _HH_TURN.split(text)
+    # parts = [preamble, role, content, role, content, ...]
+    msgs = []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        msgs.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
+    return msgs
+
+
+def hh_pair(record: dict[str, Any]) -> PreferencePair | None:
+    """An HH record -> a pair whose prompt is the shared dialogue before the final answers.
+
+    Returns None when the two dialogues do not share their history or do not end in an
+    assistant turn (a handful of upstream rows), so one odd row never stops an import.
+    """
+    chosen, rejected = parse_hh_dialogue(record["chosen"]), parse_hh_dialogue(record["rejected"])
+    if not chosen or not rejected or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        return None
+    if chosen[:-1] != rejected[:-1] or not chosen[:-1]:
+        return None
+    if chosen[-1]["content"] == rejected[-1]["content"]:
+        return None
+    return PreferencePair(prompt=chosen[:-1], chosen=chosen[-1]["content"], rejected=rejected[-1]["content"], kind="hh")
+
+
+def _as_messages(prompt: Any) -> list[dict[str, str]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+        return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+    raise ValueError("prompt must be a string or a list of {role, content} messages")
+
+
+def _as_answer(x: Any) -> str:
+    """An answer may be a string or TRL's conversational ``[{"role":"assistant","content":...}]``."""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, list) and x and isinstance(x[-1], dict) and "content" in x[-1]:
+        return str(x[-1]["content"])
+    raise ValueError("an answer must be a string or a list of messages")
+
+
+def record_to_pairs(record: dict[str, Any]) -> list[PreferencePair]:
+    """One JSON record in any supported format -> pairs (ranked lists give k*(k-1)/2)."""
+    meta = {k: record[k] for k in ("task", "lang") if isinstance(record.get(k), str)}
+    if "responses" in record or "ranked" in record:
+        ranked = [_as_answer(r) for r in record.get("responses", record.get("ranked"))]
+        prompt = _as_messages(record["prompt"])
+        return [
+            PreferencePair(prompt=prompt, chosen=a, rejected=b, kind="ranked", **meta)
+            for a, b in combinations(ranked, 2)
+            if a != b
+        ]
+    if "chosen" in record and "rejected" in record:
+        if "prompt" in record:
+            kind = record.get("kind", "pair")
+            return [PreferencePair(prompt=_as_messages(record["prompt"]), chosen=_as_answer(record["chosen"]), rejected=_as_answer(record["rejected"]), kind=kind, **meta)]
+        pair = hh_pair(record)
+        return [pair] if pair else []
+    raise ValueError("expected keys prompt/chosen/rejected, prompt/responses (ranked), or chosen/rejected (HH dialogues)")
+
+
+def _iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise DataError(f"{path}: a .json preference file must hold a list of records.")
+        yield from enumerate(data, start=1)
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}). Preference files are JSON Lines, one record per line.") from None
+
+
+def load_preferences(path: str | Path, limit: int | None = None) -> list[PreferencePair]:
+    """Read a preference file (.jsonl or .json) in any supported format."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"Preference file {p} does not exist. Pass a JSONL file of pairs, ranked lists or HH dialogues.")
+    pairs: list[PreferencePair] = []
+    for lineno, rec in _iter_records(p):
+        try:
+            pairs.extend(record_to_pairs(rec))
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{p}:{lineno}: {e}.") from None
+        if limit is not None and len(pairs) >= limit:
+            return pairs[:limit]
+    return pairs
+
+
+def save_pairs(pairs: Iterable[PreferencePair], path: str | Path) -> int:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with p.open("w", encoding="utf-8") as f:
+        for pair in pairs:
+            f.write(json.dumps(pair.model_dump(exclude_none=True), ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def split_pairs(pairs: Sequence[PreferencePair], eval_fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Seeded shuffle split; pairs sharing a prompt stay on one side so eval is truly held out."""
+    groups: dict[str, list[PreferencePair]] = {}
+    for pair in pairs:
+        groups.setdefault(json.dumps(pair.prompt, sort_keys=True), []).append(pair)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    n_eval = round(len(keys) * eval_fraction)
+    if eval_fraction > 0 and len(keys) > 1:
+        n_eval = max(1, n_eval)
+    eval_keys = set(keys[:n_eval])
+    train = [p for k in keys if k not in eval_keys for p in groups[k]]
+    held = [p for k in keys if k in eval_keys for p in groups[k]]
+    return train, held
+
+
+# --------------------------------------------------------------------------- bank-task pairs
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def numbers_in(text: str) -> set[str]:
+    """Numbers written in ``text`` (thousands separators removed: 1,200 == 1200)."""
+    return {m.replace(",", "") for m in _NUMBER.findall(text)}
+
+
+def _source_text(inputs: dict[str, Any]) -> str:
+    return " ".join(str(v) for v in inputs.values())
+
+
+def _fresh_number(avoid: set[str], start: int) -> str:
+    n = start
+    while str(n) in avoid or any(str(n) in a for a in avoid):
+        n = n * 3 + 7
+    return str(n)
+
+
+def unfaithful_summary(summary: str, source: str, lang: str = "en", seed: int = 0) -> str:
+    """A summary that quotes numbers absent from ``source``: every number in ``summary`` is
+    replaced by a fresh one, or, when it has none, a fabricated figure is appended."""
+    avoid = numbers_in(source) | numbers_in(summary)
+    rng = random.Random(seed)
+    found = list(_NUMBER.finditer(summary))
+    if found:
+        out, last = [], 0
+        for m in found:
+            out += [summary[last : m.start()], _fresh_number(avoid, rng.randint(13, 97))]
+            last = m.end()
+        return "".join(out) + summary[last:]
+    pct, amount = _fresh_number(avoid, rng.randint(11, 89)), _fresh_number(avoid, rng.randint(120, 980))
+    extra = f"净利润增长{pct}%，达到{amount}亿元。" if lang == "zh" else f" Net profit rose {pct}% to {amount} million."
+    return summary.rstrip() + extra
+
+
+def _breaks_contract(template: Any, text: str, lang: str) -> bool:
+    from domain_lm.tasks.errors import ContractError
+
+    try:
+        template.parse_output(text, lang=lang)
+    except ContractError:
+        return True
+    except Exception:  # noqa: BLE001 - any parse failure is a broken contract for our purpose
+        return True
+    return False
+
+
+_BROKEN = {
+    "en": ["I am not sure, it could be several things.", "Answer: {answer} (probably)", "{half}"],
+    "zh": ["我不确定，可能有多种情况。", "答案：{answer}（大概）", "{half}"],
+}
+
+
+def contract_breaking(template: Any, chosen: str, lang: str, rng: random.Random) -> str | None:
+    """An answer that the template's output contract rejects (prose, hedged label, cut-off JSON)."""
+    options = [s.format(answer=chosen, half=chosen[: max(1, len(chosen) // 2)]) for s in _BROKEN.get(lang, _BROKEN["en"])]
+    rng.shuffle(options)
+    for text in options:
+        if text != chosen and _breaks_contract(template, text, lang):
+            return text
+    return None
+
+
+def _with_numbers_changed(value: Any, avoid: set[str], rng: random.Random) -> Any:
+    """A copy of a JSON value with every number replaced by one not in ``avoid``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return type(value)(_fresh_number(avoid, rng.randint(13, 97)))
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return _fresh_number(avoid, rng.randint(13, 97))
+    if isinstance(value, dict):
+        return {k: _with_numbers_changed(v, avoid, rng) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_numbers_changed(v, avoid, rng) for v in value]
+    return value
+
+
+def rejected_answers(template: Any, inputs: dict[str, Any], lang: str, gold: Any, rng: random.Random) -> list[tuple[PairKind, str]]:
+    """The rejected answers this record supports, each with the reason it is worse."""
+    chosen = template.target_text(gold, lang=lang)
+    kind = template.output.kind
+    out: list[tuple[PairKind, str]] = []
+    if kind == "label":
+        wrong = [lab for lab in (template.output.labels or []) if lab != gold]
+        if wrong:
+            out.append(("wrong_label", template.target_text(rng.choice(wrong), lang=lang)))
+    elif kind == "text":
+        out.append(("unfaithful_numbers", unfaithful_summary(chosen, _source_text(inputs), lang, seed=rng.randint(0, 10**6))))
+    elif kind == "json":
+        avoid = numbers_in(_source_text(inputs)) | numbers_in(chosen)
+        changed = _with_numbers_changed(gold, avoid, rng)
+        if changed != gold:
+            out.append(("unfaithful_numbers", template.target_text(changed, lang=lang)))
+        if isinstance(gold, list) and gold:
+            out.append(("incomplete", template.target_text(gold[:-1], lang=lang)))
+    if kind != "text":
+        broken = contract_breaking(template, chosen, lang, rng)
+        if broken is not None:
+            out.append(("contract", broken))
+    return [(k, r) for k, r in out if r.strip() != chosen.strip()]
+
+
+def _render(template: Any, inputs: dict[str, Any], lang: str, rng: random.Random) -> list[dict[str, str]]:
+    n = template.num_variants(lang) if hasattr(template, "num_variants") else 1
+    return template.render_messages(inputs, lang=lang, variant=rng.randrange(max(1, n)))
+
+
+def task_pairs(records: Iterable[TaskRecord], seed: int = 42, max_per_record: int | None = None) -> list[PreferencePair]:
+    """Pairs from labelled task data: gold answer chosen; wrong/contract-breaking/unfaithful rejected."""
+    rng = random.Random(seed)
+    pairs: list[PreferencePair] = []
+    for template, inputs, lang, gold in records:
+        prompt = _render(template, inputs, lang, rng)
+        chosen = template.target_text(gold, lang=lang)
+        rejected = rejected_answers(template, inputs, lang, gold, rng)
+        for kind, text in rejected[:max_per_record]:
+            pairs.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=text, kind=kind, task=template.name, lang=lang))
+    return pairs
+
+
+# --------------------------------------------------------------------------- pairs from samples
+
+
+def answer_score(template: Any, text: str, gold: Any, lang: str) -> float:
+    """How good one model answer is under the task's metric (0 when it breaks the contract)."""
+    from domain_lm.eval import metrics
+
+    try:
+        value = template.parse_output(text, lang=lang)
+    except Exception:  # noqa: BLE001 - a contract break scores zero
+        return 0.0
+    labels = getattr(template.output, "labels", None)
+    scores = metrics.score(template.metric, [gold], [value], labels=labels, lang=lang)
+    return metrics.primary(template.metric, scores)
+
+
+def sampled_pairs(
+    records: Sequence[TaskRecord],
+    engine: Any,
+    k: int = 4,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
+    max_tokens: int = 128,
+    seed: int = 42,
+    scorer: Callable[[Any, str, Any, str], float] = answer_score,
+    min_margin: float = 1e-6,
+) -> list[PreferencePair]:
+    """Sample ``k`` answers per record from ``engine`` (the INFERENCE API), rank them by the task
+    metric, and pair the best with the worst when their scores differ by more than ``min_margin``."""
+    from domain_lm.inference import GenerationRequest
+
+    rng = random.Random(seed)
+    prompts = [_render(t, inputs, lang, rng) for t, inputs, lang, _ in records]
+    requests = [
+        GenerationRequest(messages=msgs, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed + 1000 * i + j)
+        for i, msgs in enumerate(prompts)
+        for j in range(k)
+    ]
+    results = engine.generate_batch(requests)
+    pairs = []
+    for i, (template, _inputs, lang, gold) in enumerate(records):
+        answers = [r.text for r in results[i * k : (i + 1) * k]]
+        scored = sorted(((scorer(template, a, gold, lang), a) for a in set(answers)), key=lambda x: -x[0])
+        if len(scored) >= 2 and scored[0][0] - scored[-1][0] > min_margin:
+            pairs.append(PreferencePair(prompt=prompts[i], chosen=scored[0][1], rejected=scored[-1][1], kind="sampled", task=template.name, lang=lang))
+    return pairs
