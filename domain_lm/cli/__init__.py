@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("domain_lm.cli.serve", "Serve task endpoints over REST (vLLM or transformers)."),
     "pipeline": ("domain_lm.cli.pipeline", "Run the whole pipeline from one config."),
     "tasks": ("domain_lm.cli.tasks", "Validate, list and render task templates."),
+    "bundle": ("domain_lm.cli.bundle", "Build and verify offline model bundles."),
 }
 
 

@@ -1,0 +1,351 @@
+"""Offline model bundles: everything a private server needs to serve a model, checksummed.
+
+A bundle is a plain directory (copy it with rsync, tar it, mount it read-only)::
+
+    bundle.json       what is inside: model kind, adapters, templates, source run, versions
+    MODEL_CARD.md     the bundle card, followed by the training run's model card when there is one
+    model/            merged full weights + tokenizer (or the base model, when adapters are kept apart)
+    adapters/<name>/  optional LoRA adapters served on top of ``model/``
+    templates/        the task templates the service loads
+    MANIFEST.sha256   ``<sha256>  <path>`` for every other file, in ``sha256sum`` format
+
+``MANIFEST.sha256`` makes tampering and corruption visible: :func:`verify_bundle` re-hashes every
+file and refuses a bundle with a changed, missing or extra file (or a symlink), naming the file.
+The manifest can itself be pinned: ``build_bundle`` returns its SHA-256, which an operator passes
+to ``verify_bundle(..., manifest_sha256=...)`` so a re-written manifest is caught too. The same
+check runs without Python: ``cd BUNDLE && sha256sum --check --strict MANIFEST.sha256``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from domain_lm import atomic
+from domain_lm.errors import DomainLMError
+from domain_lm.hashing import sha256_file
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "MANIFEST.sha256"
+METADATA_NAME = "bundle.json"
+CARD_NAME = "MODEL_CARD.md"
+BUNDLE_FORMAT = 1
+
+#: Stages that produce a generator model, in the order ``--run`` prefers them (RLHF last wins).
+_MODEL_STAGES = ("ppo", "dpo", "sft", "pretrain", "base")
+_MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class BundleError(DomainLMError):
+    """A bundle could not be built, or failed verification (tampered, corrupted, incomplete)."""
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """A verified bundle: where its parts are, and what its metadata says."""
+
+    root: Path
+    model_dir: Path
+    templates_dir: Path
+    adapters: dict[str, Path] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    manifest_sha256: str = ""
+    files: int = 0
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _bundle_files(root: Path) -> list[str]:
+    """Every file under ``root`` as a POSIX relative path, sorted; symlinks are refused."""
+    out = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            raise BundleError(
+                f"Bundle {root} contains a symbolic link, {rel}. Bundles hold plain files only, so that "
+                "the manifest covers exactly what is served; replace the link by the file it points to and rebuild."
+            )
+        if p.is_file() and rel != MANIFEST_NAME:
+            out.append(rel)
+    return out
+
+
+def write_manifest(root: str | Path) -> str:
+    """Write ``MANIFEST.sha256`` over every file under ``root``; return the manifest's own SHA-256."""
+    root = Path(root)
+    lines = [f"{sha256_file(root / rel)}  {rel}\n" for rel in _bundle_files(root)]
+    text = "".join(lines)
+    (root / MANIFEST_NAME).write_text(text, encoding="utf-8")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_manifest(root: Path) -> tuple[dict[str, str], str]:
+    """Parse ``MANIFEST.sha256`` into {path: sha256}; return it with the manifest's own SHA-256."""
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(
+            f"{root} has no {MANIFEST_NAME}, so it is not a bundle or it is incomplete. "
+            "Build one with `domain-lm bundle build` and copy the whole directory."
+        )
+    raw = path.read_bytes()
+    entries: dict[str, str] = {}
+    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+        m = _MANIFEST_LINE.match(line)
+        rel = m.group(2) if m else ""
+        parts = PurePosixPath(rel).parts
+        if not m or rel.startswith("/") or ".." in parts or rel == MANIFEST_NAME or rel in entries:
+            raise BundleError(
+                f"Bundle {root}: {MANIFEST_NAME} line {n} is not a valid entry ({line[:120]!r}); "
+                "the manifest was edited or corrupted. Do not serve this bundle; copy it again from the trusted source."
+            )
+        entries[rel] = m.group(1)
+    return entries, hashlib.sha256(raw).hexdigest()
+
+
+def _problems(root: Path, entries: dict[str, str]) -> list[str]:
+    present = set(_bundle_files(root))
+    problems = []
+    for rel, want in entries.items():
+        if rel not in present:
+            problems.append(f"{rel} is listed in {MANIFEST_NAME} but missing")
+            continue
+        got = sha256_file(root / rel)
+        if got != want:
+            problems.append(f"{rel} does not match its SHA-256 in {MANIFEST_NAME} (expected {want[:16]}…, got {got[:16]}…)")
+    for rel in sorted(present - set(entries)):
+        problems.append(f"{rel} is not listed in {MANIFEST_NAME} (a file was added after the bundle was built)")
+    return problems
+
+
+def verify_bundle(path: str | Path, manifest_sha256: str | None = None) -> BundleInfo:
+    """Re-hash every file of the bundle at ``path`` and return where its parts are.
+
+    Raises :class:`BundleError` naming the offending file when a file was changed, removed or
+    added, when the manifest is malformed, or when ``manifest_sha256`` (the digest printed by
+    ``bundle build``) does not match the manifest. Nothing should be served from a bundle that
+    does not pass.
+    """
+    root = Path(path).resolve()
+    if not root.is_dir():
+        raise BundleError(f"Bundle directory {path} does not exist or is not a directory.")
+    entries, digest = read_manifest(root)
+    if manifest_sha256 and digest != manifest_sha256.strip().lower():
+        raise BundleError(
+            f"Bundle {root}: {MANIFEST_NAME} has SHA-256 {digest}, not the expected {manifest_sha256.strip()}. "
+            "The manifest was replaced after the bundle was built; do not serve this bundle."
+        )
+    problems = _problems(root, entries)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise BundleError(
+            f"Bundle {root} failed verification and will not be served: {shown}. "
+            "The bundle was modified or corrupted after it was built; copy it again from the trusted "
+            "source or rebuild it with `domain-lm bundle build`."
+        )
+    try:
+        meta = json.loads((root / METADATA_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BundleError(f"Bundle {root}: {METADATA_NAME} is missing or not valid JSON ({e}).") from None
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(
+            f"Bundle {root} has format {meta.get('format')!r}; this build of domain-lm reads format {BUNDLE_FORMAT}. "
+            "Rebuild the bundle with the domain-lm version installed on this server."
+        )
+    model_dir = root / meta.get("model", "model")
+    if not (model_dir / "config.json").is_file():
+        raise BundleError(f"Bundle {root} has no model weights: {model_dir / 'config.json'} is missing.")
+    adapters = {name: root / rel for name, rel in (meta.get("adapters") or {}).items()}
+    return BundleInfo(
+        root=root,
+        model_dir=model_dir,
+        templates_dir=root / meta.get("templates", "templates"),
+        adapters=adapters,
+        metadata=meta,
+        manifest_sha256=digest,
+        files=len(entries),
+    )
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _copy_tree(src: Path, dest: Path) -> int:
+    """Copy the non-hidden files of ``src`` (caches, editor files and .git stay behind)."""
+    n = 0
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, dest / rel)  # follows symlinks: the bundle holds the real bytes
+        n += 1
+    return n
+
+
+def model_from_run(run: str | Path, stage: str | None = None, runs_dir: str | Path = "runs") -> tuple[Path, dict[str, Any]]:
+    """The ``model`` artefact of a run's final generator stage (or of ``stage``), and its provenance."""
+    from domain_lm.runstore import Run
+
+    root = Path(run)
+    if not root.is_dir():
+        root = Path(runs_dir) / str(run)
+    if not root.is_dir():
+        raise BundleError(f"Run {run} not found (looked for {Path(run)} and {root}). Pass a run directory or a run name under --runs-dir.")
+    store = Run(root)
+    names = (stage,) if stage else _MODEL_STAGES
+    done = {s: r for s in names if (r := store.load(s)) is not None and r.has("model")}
+    if not done:
+        raise BundleError(
+            f"Run {root} has no complete stage ({'|'.join(names)}) with a model artefact. "
+            "Run the pipeline first, or pass --model DIR."
+        )
+    # The RLHF stage that finished last is the deployable model; otherwise the latest in pipeline order.
+    rl = [done[s] for s in ("ppo", "dpo") if s in done]
+    chosen = max(rl, key=lambda r: r.finished_at) if rl else next(iter(done.values()))
+    source = {
+        "run": str(root),
+        "stage": chosen.stage,
+        "fingerprint": chosen.fingerprint,
+        "metrics": {k: v for k, v in chosen.metrics.items() if isinstance(v, (int, float, str))},
+        "lineage": chosen.lineage,
+        "stage_dir": str(chosen.path),
+    }
+    return chosen.artefact("model"), source
+
+
+def _template_names(templates: Path) -> list[dict[str, Any]]:
+    """Load the templates with the task registry when it is available, so a broken one fails the build."""
+    try:
+        from domain_lm.tasks import TemplateRegistry
+    except ImportError:  # the tasks package is optional for building; the service validates on load
+        log.warning("domain_lm.tasks is not available: templates are bundled without validation")
+        return [{"file": p.name} for p in sorted(templates.glob("*.y*ml"))]
+    try:
+        reg = TemplateRegistry.load(templates)
+    except DomainLMError as e:
+        raise BundleError(f"Templates in {templates} are invalid, so no bundle was built: {e}") from None
+    out = []
+    for name in reg.names():
+        t = reg.get(name)
+        out.append({"name": t.name, "version": t.version, "languages": list(t.languages)})
+    return out
+
+
+def _model_summary(model_dir: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    keys = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "vocab_size", "torch_dtype", "dtype")
+    return {k: cfg[k] for k in keys if k in cfg}
+
+
+def _card(meta: dict[str, Any], upstream_card: str | None) -> str:
+    lines = [
+        f"# Model bundle: {meta['name']}",
+        "",
+        f"- Built: {meta['created_at']} with domain-lm {meta['domain_lm_version']}",
+        f"- Weights: `{meta['model']}/` ({meta['model_kind']}); architecture: {json.dumps(meta['model_summary'])}",
+        f"- Adapters: {', '.join(f'`{n}`' for n in meta['adapters']) or 'none'}",
+        f"- Task templates: {', '.join(t.get('name', t.get('file', '?')) for t in meta['task_templates']) or 'none'}",
+    ]
+    if meta.get("source"):
+        src = meta["source"]
+        lines.append(f"- Source: run `{src.get('run')}`, stage `{src.get('stage')}`, fingerprint `{str(src.get('fingerprint'))[:16]}`")
+    lines += [
+        "",
+        f"Verify before serving: `domain-lm bundle verify .` or `sha256sum --check --strict {MANIFEST_NAME}`.",
+        "",
+    ]
+    if upstream_card:
+        lines += ["## Training model card", "", upstream_card.strip(), ""]
+    return "\n".join(lines)
+
+
+def build_bundle(
+    out: str | Path,
+    templates: str | Path,
+    model: str | Path | None = None,
+    run: str | Path | None = None,
+    stage: str | None = None,
+    runs_dir: str | Path = "runs",
+    adapters: dict[str, str | Path] | None = None,
+    name: str | None = None,
+    model_card: str | Path | None = None,
+) -> BundleInfo:
+    """Build a bundle at ``out`` (atomically: a failed build leaves nothing behind) and verify it.
+
+    The model comes from ``model`` (a model directory, or an adapter directory which is merged
+    into its base here) or from ``run`` (its final generator stage). ``adapters`` maps names to
+    LoRA adapter directories kept apart, served on top of ``model/`` per request.
+    """
+    from domain_lm import __version__
+    from domain_lm.models.loading import is_adapter_dir, merge_adapter
+
+    if (model is None) == (run is None):
+        raise BundleError("Give exactly one of --model DIR or --run RUN to build a bundle.")
+    templates = Path(templates)
+    if not templates.is_dir():
+        raise BundleError(f"Templates directory {templates} does not exist. Pass --templates with the directory of task YAML files.")
+    source: dict[str, Any] = {}
+    upstream_card = None
+    if run is not None:
+        model_path, source = model_from_run(run, stage=stage, runs_dir=runs_dir)
+        stage_card = Path(source["stage_dir"]) / CARD_NAME
+        upstream_card = stage_card.read_text(encoding="utf-8") if stage_card.is_file() else None
+    else:
+        model_path = Path(model)  # type: ignore[arg-type]
+        if not model_path.is_dir():
+            raise BundleError(f"Model directory {model_path} does not exist.")
+        source = {"model": str(model_path.resolve())}
+    for cand in (model_card, model_path / CARD_NAME, model_path / "README.md"):
+        if cand and Path(cand).is_file() and upstream_card is None:
+            upstream_card = Path(cand).read_text(encoding="utf-8")
+    for aname, adir in (adapters or {}).items():
+        if not _ADAPTER_NAME.match(aname):
+            raise BundleError(f"Adapter name {aname!r} must be letters, digits, '.', '_' or '-' (max 64).")
+        if not is_adapter_dir(adir):
+            raise BundleError(f"Adapter {aname!r}: {adir} is not a LoRA adapter directory (no adapter_config.json).")
+
+    out = Path(out)
+    with atomic.atomic_dir(out) as staging:
+        if is_adapter_dir(model_path):
+            log.info("merging adapter %s into its base for the bundle", model_path)
+            merge_adapter(model_path, staging / "model")
+            kind = "merged"
+        else:
+            _copy_tree(model_path, staging / "model")
+            kind = "base" if adapters else "full"
+        if not (staging / "model" / "config.json").is_file():
+            raise BundleError(f"{model_path} holds no model weights (no config.json); pass a model directory.")
+        for aname, adir in (adapters or {}).items():
+            _copy_tree(Path(adir), staging / "adapters" / aname)
+        _copy_tree(templates, staging / "templates")
+        meta: dict[str, Any] = {
+            "format": BUNDLE_FORMAT,
+            "name": name or out.name,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "domain_lm_version": __version__,
+            "model": "model",
+            "model_kind": kind,
+            "model_summary": _model_summary(staging / "model"),
+            "adapters": {a: f"adapters/{a}" for a in (adapters or {})},
+            "templates": "templates",
+            "task_templates": _template_names(staging / "templates"),
+            "source": source,
+        }
+        atomic.write_json(staging / METADATA_NAME, meta)
+        (staging / CARD_NAME).write_text(_card(meta, upstream_card), encoding="utf-8")
+        digest = write_manifest(staging)
+    info = verify_bundle(out, manifest_sha256=digest)
+    return info
