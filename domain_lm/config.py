@@ -67,6 +67,7 @@ class CorpusSource(Section):
     format: Literal["auto", "txt", "md", "jsonl", "csv", "pdf", "docx"] = "auto"
     text_column: str = "text"
     lang: Literal["auto", "en", "zh"] = "auto"
+    split: Literal["file", "blank_line"] = Field("file", description="Text files: one document per file, or documents separated by an empty line.")
 
 
 class CorpusSection(Section):
@@ -82,6 +83,10 @@ class CorpusSection(Section):
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of documents held out.")
     shard_docs: int = Field(2000, ge=1, description="Documents per processing shard.")
     seed: int = 42
+    num_perm: int = Field(128, ge=16, description="MinHash permutations for near-duplicate detection.")
+    boilerplate_patterns: list[str] = Field(default_factory=list, description="Extra regexes; a matching paragraph is dropped.")
+    max_docs: int | None = Field(None, ge=1, description="Stop after this many raw documents per source list (sampling a big corpus).")
+    cache: bool = Field(True, description="Reuse a build with the same inputs+config from $DOMAIN_LM_HOME/cache/corpus.")
 
 
 class PretrainSection(Section):
@@ -91,6 +96,8 @@ class PretrainSection(Section):
     train_embeddings: bool = Field(False, description="Also train embeddings and LM head (LoRA only).")
     replay_fraction: float = Field(0.1, ge=0, lt=1, description="Share of general text mixed in against forgetting.")
     replay_samples: int = Field(32, ge=0, description="Texts sampled from the base model when no general corpus.")
+    replay_max_new_tokens: int = Field(128, ge=8, description="Length of each text sampled from the base model.")
+    eval_max_blocks: int = Field(64, ge=1, description="Held-out blocks used for each perplexity measurement.")
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=2e-4))
 
 
@@ -135,6 +142,7 @@ class SftSection(Section):
     max_examples_per_task: int | None = Field(None, ge=1, description="Cap on rendered training examples per task (seeded sample).")
     instruct_sources: list[InstructSource] = Field(default_factory=list)
     per_task_adapters: bool = False
+    qlora: bool = Field(False, description="Load the base in 4-bit (QLoRA) when bitsandbytes and CUDA are available; else plain LoRA.")
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=2e-4))
 
 
