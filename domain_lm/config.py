@@ -153,6 +153,10 @@ class RewardSection(Section):
     method: Literal["lora", "full"] = "lora"
     lora: LoraSection = Field(default_factory=LoraSection)
     eval_fraction: float = Field(0.1, ge=0, lt=1)
+    max_pairs_per_source: int | None = Field(None, ge=1, description="Cap on pairs read from each preference file.")
+    sample_k: int = Field(0, ge=0, description="Answers sampled per task prompt from the upstream model and ranked by the task metric (0: off).")
+    sample_records: int = Field(16, ge=1, description="Task records used for sampled pairs when sample_k > 0.")
+    center_rewards_coefficient: float | None = Field(0.01, ge=0, description="TRL auxiliary loss that keeps rewards centred on 0.")
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=1e-4))
 
 
@@ -189,12 +193,28 @@ class PpoSection(Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     seed: int = 42
     save_steps: int = Field(10, ge=1)
-    deepspeed: str | None = None
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON for actor and critic (launch with `accelerate launch`/`deepspeed`).")
+    # Prompts and evaluation.
+    from_tasks: bool = Field(True, description="Rollout prompts from the labelled task data (train split), rendered by the templates.")
+    prompt_sources: list[str] = Field(default_factory=list, description="Extra prompt files (JSONL: prompt string or messages).")
+    eval_prompts: int = Field(16, ge=0, description="Held-out prompts scored by the reward model before and after PPO.")
+    max_prompt_len: int = Field(384, ge=16, description="Prompts longer than this (tokens) are dropped.")
+    # PPO-Max switches not covered above.
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator folded into the reward.")
+    kl_horizon: int = Field(10000, ge=1, description="Adaptive KL controller horizon (tokens of experience).")
+    use_token_kl: bool = Field(True, description="KL penalty per token (True) or once per sequence on the score.")
+    use_gae: bool = Field(True, description="GAE advantages; False: Monte-Carlo returns minus values (lam=1).")
+    use_policy_clip: bool = Field(True, description="Clipped surrogate objective.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus (0: off, as in PPO-Max).")
+    ptx_batch_size: int = Field(4, ge=1, description="SFT demonstrations per PPO-ptx step.")
+    rollout_engine: Literal["hf", "vllm"] = Field("hf", description="hf: generate with the live actor; vllm: the INFERENCE engine on a merged snapshot.")
 
 
 class DpoSection(Section):
     enabled: bool = True
     beta: float = Field(0.1, gt=0)
+    loss_type: str = Field("sigmoid", description="TRL DPO loss: sigmoid (DPO), ipo, hinge, ...")
+    method: Literal["lora", "full"] = "lora"
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=5e-5))
 

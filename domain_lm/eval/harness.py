@@ -1,0 +1,143 @@
+"""The evaluation harness: run a task template over labelled records through an inference engine.
+
+Every prediction goes through ``TaskRunner`` with the template's output contract enforced (choices
+for label tasks, the JSON schema for json tasks), exactly as the service answers. An output that
+breaks the contract is kept as an *invalid* prediction (``None``) and scored as wrong, with its raw
+text saved for inspection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from domain_lm.eval import metrics as M
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    output: Any  # typed value, None when the output broke the contract
+    raw: str
+    error: str | None = None
+
+
+def gold_value(template: Any, value: Any) -> Any:
+    """The value a metric compares: entity lists unwrapped from ``{"entities": [...]}``-style objects."""
+    if isinstance(value, dict) and len(value) == 1 and template.metric in ("ner", "rouge"):
+        (inner,) = value.values()
+        if isinstance(inner, list):
+            return inner
+    return value
+
+
+def predict(engine: Any, template: Any, inputs: Sequence[dict[str, Any]], lang: str = "en", adapter: str | None = None, batch_size: int = 16) -> list[Prediction]:
+    """Answers for ``inputs`` through ``TaskRunner``; contract violations become invalid predictions."""
+    from domain_lm.inference.tasks import TaskRunner
+    from domain_lm.tasks import ContractError
+
+    runner = TaskRunner(engine)
+    out: list[Prediction] = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = list(inputs[start : start + batch_size])
+        answers = runner.run_batch(template, chunk, lang=lang, adapter=adapter)
+        for a in answers:
+            if isinstance(a, ContractError):
+                out.append(Prediction(None, getattr(a, "raw", "") or "", str(a)))
+            elif isinstance(a, Exception):
+                raise a
+            else:
+                out.append(Prediction(a.output, a.raw_text))
+    return out
+
+
+def score_predictions(template: Any, golds: Sequence[Any], preds: Sequence[Prediction], lang: str = "en") -> dict[str, Any]:
+    g = [gold_value(template, v) for v in golds]
+    p = [None if x.output is None else gold_value(template, x.output) for x in preds]
+    labels = list(template.output.labels) if template.output.kind == "label" else None
+    return M.score(template.metric, g, p, labels=labels, lang=lang)
+
+
+def evaluate_records(engine: Any, template: Any, records: Sequence[Any], adapter: str | None = None, keep_examples: int = 5) -> dict[str, Any]:
+    """Score ``records`` (with ``.inputs``, ``.output``, ``.lang``) for one template; languages kept apart
+    in generation but scored together. Adds ``latency_ms`` per example and a few sample outputs."""
+    if not records:
+        return {"n": 0, "skipped": "no held-out records"}
+    preds: list[Prediction | None] = [None] * len(records)
+    t0 = time.perf_counter()
+    for lang in sorted({r.lang for r in records}):
+        idx = [i for i, r in enumerate(records) if r.lang == lang]
+        for i, p in zip(idx, predict(engine, template, [records[i].inputs for i in idx], lang=lang, adapter=adapter)):
+            preds[i] = p
+    elapsed = time.perf_counter() - t0
+    langs = {r.lang for r in records}
+    scores = score_predictions(template, [r.output for r in records], preds, lang=langs.pop() if len(langs) == 1 else None)  # type: ignore[arg-type]
+    scores["latency_ms"] = 1000 * elapsed / len(records)
+    scores["samples"] = [
+        {"inputs": r.inputs, "gold": r.output, "pred": p.output, "raw": p.raw[:500], **({"error": p.error[:300]} if p.error else {})}
+        for r, p in list(zip(records, preds))[:keep_examples]
+    ]
+    scores["invalid_samples"] = [{"raw": p.raw[:300], "error": (p.error or "")[:300]} for p in preds if p is not None and p.output is None][:keep_examples]
+    return scores
+
+
+def baseline_text(inputs: dict[str, Any]) -> str:
+    """The text a classical classifier sees: every string input, joined."""
+    return " \n".join(str(v) for v in inputs.values() if isinstance(v, (str, int, float)))
+
+
+def evaluate_baseline(template: Any, train: Sequence[Any], test: Sequence[Any], seed: int = 42) -> dict[str, Any] | None:
+    """TF-IDF + LR for a label task, trained on ``train`` records and scored on ``test``; None otherwise."""
+    from domain_lm.eval.baseline import run_baseline
+
+    if template.output.kind != "label" or not test:
+        return None
+    langs = {r.lang for r in test}
+    return run_baseline(
+        [baseline_text(r.inputs) for r in train],
+        [r.output for r in train],
+        [baseline_text(r.inputs) for r in test],
+        [r.output for r in test],
+        labels=list(template.output.labels),
+        lang="zh" if langs == {"zh"} else "en",
+        seed=seed,
+    )
+
+
+def engine_options(kind: str, gpu_memory_utilization: float = 0.1, max_model_len: int = 2048) -> dict[str, Any]:
+    """Options for ``create_engine``: vLLM needs a memory share and float32 / eager mode on CPU."""
+    from domain_lm.inference import vllm_available
+
+    resolved = kind if kind != "auto" else ("vllm" if vllm_available() else "hf")
+    if resolved == "vllm":
+        return {"gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len}
+    return {}
+
+
+def resolve_kind(kind: str) -> str:
+    from domain_lm.inference import vllm_available
+
+    return kind if kind != "auto" else ("vllm" if vllm_available() else "hf")
+
+
+def evaluate_model(
+    model_path: str | Path,
+    tasks: dict[str, tuple[Any, Sequence[Any]]],
+    kind: str = "auto",
+    adapters: dict[str, str] | None = None,
+    adapter: str | None = None,
+    **engine_opts: Any,
+) -> dict[str, dict[str, Any]]:
+    """Open one engine for ``model_path`` and score every ``task -> (template, records)``."""
+    from domain_lm.inference import create_engine
+
+    kind = resolve_kind(kind)
+    engine = create_engine(model_path, kind=kind, adapters=adapters, **engine_opts)
+    try:
+        return {name: evaluate_records(engine, t, recs, adapter=adapter) for name, (t, recs) in tasks.items()}
+    finally:
+        engine.close()

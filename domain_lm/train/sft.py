@@ -1,0 +1,214 @@
+"""Stage ``sft``: instruction tuning on templated bank tasks (TRL SFTTrainer + LoRA).
+
+Reads top to bottom: data (rendered through the task templates) -> tokenizer -> model -> trainer
+-> train (resumable) -> save adapter -> merge -> metrics, plot, model card.
+
+Loss is on the answer tokens only. The examples are given to TRL as conversational
+prompt/completion pairs: TRL renders the prompt with the tokenizer's chat template and
+``add_generation_prompt=True`` (exactly what the inference engines send) and masks it out, so
+the loss covers the assistant answer and its end-of-turn token. This works with any chat template,
+including those without ``{% generation %}`` markers that ``assistant_only_loss`` would need.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from domain_lm.config import PipelineConfig, SftSection
+from domain_lm.runstore import StageResult
+
+log = logging.getLogger(__name__)
+
+SECTIONS = ["sft", "tasks", "base_model"]
+NEEDS = ["pretrain|base"]
+
+
+def data_hashes(config: PipelineConfig) -> dict[str, str]:
+    from domain_lm.data.sft_data import data_hashes as sft_data_hashes
+
+    return sft_data_hashes(config)
+
+
+# --------------------------------------------------------------------------- data for TRL
+
+
+def to_prompt_completion(example: dict[str, Any]) -> dict[str, Any]:
+    """A chat example ``{"messages": [..., assistant]}`` -> TRL conversational prompt/completion."""
+    msgs = example["messages"]
+    if not msgs or msgs[-1]["role"] != "assistant":
+        raise ValueError("an SFT example must end with an assistant turn")
+    return {"prompt": msgs[:-1], "completion": [msgs[-1]]}
+
+
+def make_dataset(examples: list[dict[str, Any]]):
+    from datasets import Dataset
+
+    return Dataset.from_list([to_prompt_completion(e) for e in examples])
+
+
+def read_examples(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- training
+
+
+def qlora_available() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
+def build_trainer(model_path: str | Path, examples: list[dict[str, Any]], section: SftSection, output_dir: str | Path, callbacks: list | None = None):
+    """An SFTTrainer over ``examples`` for the model at ``model_path`` (LoRA unless method=full)."""
+    from trl import SFTConfig, SFTTrainer
+
+    from domain_lm.models.loading import load_causal_lm, load_tokenizer, lora_config
+    from domain_lm.train.common import training_arguments
+
+    tokenizer = load_tokenizer(model_path)
+    if not getattr(tokenizer, "chat_template", None):
+        from domain_lm.errors import DomainLMError
+
+        raise DomainLMError(f"Model {model_path} has no chat template; SFT renders prompts with it (as the service does). Use an instruct model or add a chat template to its tokenizer_config.json.")
+    peft_config = lora_config(section.lora) if section.method == "lora" else None
+    if section.qlora and section.method == "lora" and qlora_available():
+        model = _load_4bit(model_path)
+    else:
+        if section.qlora:
+            log.warning("sft.qlora requested but bitsandbytes + CUDA are not available: training plain LoRA")
+        model = load_causal_lm(model_path, trainable=True)
+    args = training_arguments(
+        section.train,
+        output_dir,
+        cls=SFTConfig,
+        max_length=section.train.max_seq_len,
+        packing=section.packing,
+        completion_only_loss=True,
+        assistant_only_loss=False,
+        dataset_num_proc=None,
+        eos_token=tokenizer.eos_token,
+        pad_token=tokenizer.pad_token,
+    )
+    return SFTTrainer(model=model, args=args, train_dataset=make_dataset(examples), processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks or [])
+
+
+def _load_4bit(model_path: str | Path):
+    """QLoRA: the base in 4-bit NF4 (GPU + bitsandbytes only; Dettmers et al. 2023, arXiv:2305.14314)."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=q, device_map="auto")
+    return prepare_model_for_kbit_training(model)
+
+
+def train_sft(
+    model_path: str | Path,
+    examples: list[dict[str, Any]],
+    section: SftSection,
+    work_dir: str | Path,
+    out_adapter: str | Path,
+    resume: bool = False,
+    description: str = "sft",
+) -> dict[str, Any]:
+    """Train on ``examples``; save the adapter (LoRA) or full model to ``out_adapter``.
+
+    Returns metrics: first/final/min loss, steps, examples, and ``history`` (the log rows).
+    """
+    from domain_lm.train.common import last_checkpoint, make_progress_callback, read_jsonl
+
+    work = Path(work_dir)
+    log_path = work / "log.jsonl"
+    ckpt = last_checkpoint(work) if resume else None
+    if ckpt is None and log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh curve
+    trainer = build_trainer(model_path, examples, section, work, callbacks=[make_progress_callback(description, log_path)])
+    out = trainer.train(resume_from_checkpoint=ckpt)
+    trainer.save_model(str(out_adapter))
+    trainer.processing_class.save_pretrained(str(out_adapter))
+    history = [r for r in read_jsonl(log_path) if "loss" in r]
+    losses = [r["loss"] for r in history]
+    return {
+        "train_loss": float(out.training_loss),
+        "first_loss": float(losses[0]) if losses else None,
+        "final_loss": float(losses[-1]) if losses else None,
+        "min_loss": float(min(losses)) if losses else None,
+        "steps": int(trainer.state.global_step),
+        "examples": len(examples),
+        "resumed_from": ckpt,
+        "history": history,
+    }
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def run(ctx) -> StageResult:
+    from domain_lm.data.sft_data import build_sft_data
+    from domain_lm.models.loading import load_tokenizer, merge_adapter
+    from domain_lm.tasks import TemplateRegistry
+    from domain_lm.train.common import plot_curves
+
+    cfg = ctx.config
+    res = ctx.writer.result
+    upstream, model_path = ctx.input_model("pretrain", "base")
+
+    # 1. data, rendered with the same templates the service uses
+    registry = TemplateRegistry.load(cfg.tasks.templates_dir)
+    tokenizer = load_tokenizer(model_path)
+    data_dir = ctx.out / "data"
+    stats = build_sft_data(cfg, tokenizer, data_dir, registry=registry)
+    examples = read_examples(data_dir / "train.jsonl")
+    for name, digest in data_hashes(cfg).items():
+        res.inputs[name] = digest
+
+    # 2. the multi-task model
+    adapter_dir = ctx.out / ("adapter" if cfg.sft.method == "lora" else "model")
+    m = train_sft(model_path, examples, cfg.sft, ctx.work_dir / "trainer", adapter_dir, resume=ctx.resume)
+    if cfg.sft.method == "lora":
+        merge_adapter(adapter_dir, ctx.out / "model")
+        ctx.writer.add_artefact("adapter", "adapter")
+    ctx.writer.add_artefact("model", "model")
+    ctx.writer.add_artefact("data", "data")
+    ctx.writer.add_artefact("eval_records", "data/eval_records.jsonl")
+
+    # 3. optional per-task adapters (served side by side by the engine's LoRA support)
+    if cfg.sft.per_task_adapters and cfg.sft.method == "lora":
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for ex in examples:
+            by_task.setdefault(ex["task"], []).append(ex)
+        for task, exs in sorted(by_task.items()):
+            sub = ctx.out / "adapters" / _safe(task)
+            tm = train_sft(model_path, exs, cfg.sft, ctx.work_dir / "tasks" / _safe(task), sub, resume=ctx.resume, description=f"sft {task}")
+            res.metrics[f"final_loss/{task}"] = tm["final_loss"]
+        ctx.writer.add_artefact("adapters", "adapters")
+
+    # 4. metrics, curve, card
+    history = m.pop("history")
+    (ctx.out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    if plot_curves(history, ["loss", "learning_rate", "grad_norm"], ctx.out / "loss.png", title="SFT"):
+        ctx.writer.add_artefact("loss_plot", "loss.png")
+    res.metrics.update({k: v for k, v in m.items() if v is not None and k != "resumed_from"})
+    res.metrics.update(stats.as_metrics())
+    shutil.rmtree(ctx.work_dir / "trainer" / "tb", ignore_errors=True)
+    ctx.writer.model_card = {
+        "title": "SFT (bank task instruction tuning)",
+        "base_model": str(model_path),
+        "method": f"{cfg.sft.method}" + (f" r={cfg.sft.lora.r} alpha={cfg.sft.lora.alpha}" if cfg.sft.method == "lora" else "") + ", loss on answer tokens only",
+        "description": f"Instruction-tuned from the `{upstream.stage}` stage on {stats.as_metrics()['train_examples']} examples rendered through the task templates (tasks: {', '.join(sorted(stats.train_examples))}).",
+        "data_notes": [f"{t}: {n} training examples, {stats.eval_records.get(t, 0)} held-out records" for t, n in sorted(stats.train_examples.items())]
+        + [f"{stats.duplicates} duplicates and {stats.too_long} over-length examples dropped"],
+    }
+    return res
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
