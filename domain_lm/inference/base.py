@@ -1,0 +1,93 @@
+"""The engine interface every caller (service, eval, RLHF rollouts) depends on.
+
+Two real implementations (``vllm_engine.VllmEngine``, ``hf_engine.HFEngine``) and a scripted fake
+(``fake.FakeEngine``) share this contract; callers never import vLLM themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from domain_lm.errors import DomainLMError
+
+
+class EngineError(DomainLMError):
+    """The engine could not serve a request (unknown adapter, prompt too long, engine dead)."""
+
+
+class GenerationRequest(BaseModel):
+    """One generation. Give ``messages`` (chat, rendered with the model's chat template) or ``prompt``.
+
+    ``choices`` restricts the answer to exactly one of the strings; ``json_schema`` to a JSON document
+    valid under the schema; ``regex`` to a full match. Engines enforce these at decode time where
+    they can.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    max_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    choices: list[str] | None = None
+    json_schema: dict[str, Any] | None = None
+    regex: str | None = Field(None, description="The whole answer must match this regular expression.")
+    adapter: str | None = None
+    stop: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "GenerationRequest":
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of messages or prompt")
+        if self.choices is not None and not self.choices:
+            raise ValueError("choices must not be empty")
+        if sum(x is not None for x in (self.choices, self.json_schema, self.regex)) > 1:
+            raise ValueError("give at most one of choices, json_schema and regex")
+        return self
+
+
+class GenerationResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: Literal["stop", "length", "error"] | str = "stop"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What callers may rely on. ``generate`` is safe to call concurrently from any event loop."""
+
+    model_name: str
+    adapters: dict[str, str]
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
+
+    def is_ready(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def check_adapter(engine: Engine, adapter: str | None) -> None:
+    if adapter is not None and adapter not in engine.adapters:
+        known = ", ".join(sorted(engine.adapters)) or "none"
+        raise EngineError(f"Unknown adapter {adapter!r}; this engine serves: {known}. Start the service with --adapter {adapter}=PATH.")
+
+
+def render_prompt(tokenizer: Any, request: GenerationRequest) -> str:
+    """The prompt text for a request: the model's chat template, or a plain transcript without one."""
+    if request.prompt is not None:
+        return request.prompt
+    messages = list(request.messages or [])
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # Base models without a chat template: a transcript the model can continue.
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join(lines) + "\nassistant:"

@@ -1,0 +1,184 @@
+"""Run a task template on an engine: render -> constrained generate -> parse and validate.
+
+Every answer returned satisfies the template's output contract; otherwise ``ContractError``
+(carrying the raw model text) is raised. Used by the service, eval and RLHF alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from domain_lm.inference.base import Engine, GenerationRequest, GenerationResult
+from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING, bound_schema, text_regex
+from domain_lm.tasks import ContractError, TaskTemplate
+
+log = logging.getLogger(__name__)
+
+#: Generation budgets when the template gives no ``output.max_tokens`` hint.
+LABEL_MAX_TOKENS = 32
+JSON_MAX_TOKENS = 768
+TEXT_MAX_TOKENS = 512
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class TaskAnswer(BaseModel):
+    """A contract-satisfying answer: the typed ``output`` and how it was produced."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    task: str
+    version: int
+    lang: str
+    output: Any
+    raw_text: str
+    model: str
+    adapter: str | None
+    usage: Usage
+    latency_ms: float
+    finish_reason: str = "stop"
+
+
+class TaskRunner:
+    """Turns (template, inputs) into engine requests and engine results into typed answers.
+
+    ``json_max_string`` / ``json_max_items`` bound unbounded strings and arrays of a JSON schema at
+    decode time (see ``schema_bounds``) so a JSON answer always closes inside its token budget.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        json_max_string: int = DEFAULT_MAX_STRING,
+        json_max_items: int = DEFAULT_MAX_ITEMS,
+        max_tokens: int | None = None,
+    ):
+        self.engine = engine
+        self.json_max_string = json_max_string
+        self.json_max_items = json_max_items
+        self.max_tokens = max_tokens
+
+    # ------------------------------------------------------------------ building blocks
+
+    def resolve_adapter(self, template: TaskTemplate, adapter: str | None) -> str | None:
+        """The request's adapter, else the template's if the engine serves it, else the base model."""
+        if adapter is not None:
+            return adapter
+        if template.adapter and template.adapter in self.engine.adapters:
+            return template.adapter
+        if template.adapter:
+            log.warning("task %s names adapter %r which this engine does not serve; using the base model", template.name, template.adapter)
+        return None
+
+    def build_request(
+        self,
+        template: TaskTemplate,
+        inputs: dict[str, Any],
+        lang: str = "en",
+        adapter: str | None = None,
+        variant: int = 0,
+        few_shot: int = 0,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> GenerationRequest:
+        """Validate inputs (``InputError`` names the field), render, and attach the output contract."""
+        messages = template.render_messages(template.validate_inputs(inputs), lang=lang, variant=variant, few_shot=few_shot)
+        out = template.output
+        kw: dict[str, Any] = {}
+        if out.kind == "label":
+            kw["choices"] = template.choices(lang)
+            default = LABEL_MAX_TOKENS
+        elif out.kind == "json":
+            kw["json_schema"] = bound_schema(template.json_schema() or {}, self.json_max_string, self.json_max_items)
+            default = JSON_MAX_TOKENS
+        else:
+            kw["regex"] = text_regex(out.max_length or 4000)
+            default = TEXT_MAX_TOKENS
+        max_tokens = self.max_tokens or out.max_tokens or default
+        return GenerationRequest(
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            adapter=self.resolve_adapter(template, adapter),
+            **kw,
+        )
+
+    def to_answer(self, template: TaskTemplate, request: GenerationRequest, result: GenerationResult, lang: str, latency_ms: float) -> TaskAnswer:
+        """Parse and check the engine's text; ``ContractError`` (with ``.raw``) if it breaks the contract."""
+        output = template.parse_output(result.text, lang=lang)
+        return TaskAnswer(
+            task=template.name,
+            version=template.version,
+            lang=lang,
+            output=output,
+            raw_text=result.text,
+            model=self.engine.model_name,
+            adapter=request.adapter,
+            usage=Usage(
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                total_tokens=result.prompt_tokens + result.completion_tokens,
+            ),
+            latency_ms=latency_ms,
+            finish_reason=result.finish_reason,
+        )
+
+    # ------------------------------------------------------------------ async (service)
+
+    async def arun(self, template: TaskTemplate, inputs: dict[str, Any], lang: str = "en", adapter: str | None = None, **kw: Any) -> TaskAnswer:
+        request = self.build_request(template, inputs, lang, adapter, **kw)
+        t0 = time.perf_counter()
+        result = await self.engine.generate(request)
+        return self.to_answer(template, request, result, lang, (time.perf_counter() - t0) * 1000)
+
+    async def arun_batch(
+        self, template: TaskTemplate, inputs: list[dict[str, Any]], lang: str = "en", adapter: str | None = None, return_exceptions: bool = False, **kw: Any
+    ) -> list[TaskAnswer | Exception]:
+        coros = [self.arun(template, x, lang, adapter, **kw) for x in inputs]
+        return list(await asyncio.gather(*coros, return_exceptions=return_exceptions))
+
+    # ------------------------------------------------------------------ sync (eval, rollouts)
+
+    def run(self, template: TaskTemplate, inputs: dict[str, Any], lang: str = "en", adapter: str | None = None, **kw: Any) -> TaskAnswer:
+        answer = self.run_batch(template, [inputs], lang, adapter, **kw)[0]
+        assert isinstance(answer, TaskAnswer)  # return_exceptions=False re-raises instead
+        return answer
+
+    def run_batch(
+        self, template: TaskTemplate, inputs: list[dict[str, Any]], lang: str = "en", adapter: str | None = None, return_exceptions: bool = False, **kw: Any
+    ) -> list[TaskAnswer | Exception]:
+        """Answer many inputs in one engine batch.
+
+        With ``return_exceptions`` a failed item (``InputError``, ``ContractError``) is returned in
+        its place instead of raised, so one bad answer does not sink an eval batch.
+        """
+        out: list[TaskAnswer | Exception | None] = [None] * len(inputs)
+        requests: list[tuple[int, GenerationRequest]] = []
+        for i, x in enumerate(inputs):
+            try:
+                requests.append((i, self.build_request(template, x, lang, adapter, **kw)))
+            except Exception as e:
+                if not return_exceptions:
+                    raise
+                out[i] = e
+        t0 = time.perf_counter()
+        results = self.engine.generate_batch([r for _, r in requests]) if requests else []
+        latency = (time.perf_counter() - t0) * 1000 / max(1, len(requests))
+        for (i, req), res in zip(requests, results):
+            try:
+                out[i] = self.to_answer(template, req, res, lang, latency)
+            except ContractError as e:
+                if not return_exceptions:
+                    raise
+                out[i] = e
+        return out  # type: ignore[return-value]

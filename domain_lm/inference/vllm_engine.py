@@ -1,0 +1,172 @@
+"""The vLLM engine (the only module that imports vllm): async engine, structured outputs, LoRA.
+
+Labels are decoded with ``StructuredOutputsParams(choice=...)`` and JSON with ``(json=schema)``, so
+the contract holds by construction; each request may name one of the adapters loaded at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from domain_lm.inference._loop import LoopThread
+from domain_lm.inference.base import EngineError, GenerationRequest, GenerationResult, check_adapter, render_prompt
+from domain_lm.models.loading import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _adapter_rank(path: str) -> int:
+    import json
+
+    cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+    return int(cfg.get("r", 16))
+
+
+class VllmEngine:
+    """``vllm.v1`` ``AsyncLLM`` running on a private loop thread (see ``_loop``)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        adapters: dict[str, str] | None = None,
+        *,
+        dtype: str = "float32",
+        gpu_memory_utilization: float = 0.25,
+        max_model_len: int = 2048,
+        max_num_seqs: int = 64,
+        enforce_eager: bool = True,
+        seed: int = 0,
+        max_lora_rank: int | None = None,
+        tensor_parallel_size: int = 1,
+        model_name: str | None = None,
+        **extra: Any,
+    ):
+        from vllm.config import StructuredOutputsConfig
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        self.model_path = str(model_path)
+        self.model_name = model_name or Path(self.model_path).name
+        self.adapters = dict(adapters or {})
+        self.tokenizer = load_tokenizer(self.model_path)
+        ranks = [_adapter_rank(p) for p in self.adapters.values()]
+        lora_opts: dict[str, Any] = {}
+        if self.adapters:
+            # vLLM needs its LoRA slot size up front; round up to a size it supports.
+            need = max_lora_rank or max(ranks)
+            rank = next((r for r in (8, 16, 32, 64, 128, 256, 512) if r >= need), need)
+            lora_opts = {"enable_lora": True, "max_loras": max(1, len(self.adapters)), "max_lora_rank": rank}
+        # Compact JSON: a small model otherwise spends its token budget on whitespace between fields.
+        extra.setdefault("structured_outputs_config", StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True))
+        self._args = AsyncEngineArgs(
+            model=self.model_path,
+            tokenizer=self.model_path,
+            served_model_name=[self.model_name],
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            enforce_eager=enforce_eager,
+            seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            disable_log_stats=True,
+            **lora_opts,
+            **extra,
+        )
+        self._lora = {name: i + 1 for i, name in enumerate(sorted(self.adapters))}
+        self._loop = LoopThread("vllm-engine")
+        self._llm = None
+        try:
+            self._llm = self._loop.run(self._start())
+        except Exception:
+            self._loop.stop()
+            raise
+
+    async def _start(self):
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(self._args)
+
+    # ------------------------------------------------------------------ contract
+
+    def is_ready(self) -> bool:
+        return self._llm is not None and not getattr(self._llm, "errored", False)
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        return await self._loop.run_async(self._generate(request))
+
+    def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        # All requests go in at once: vLLM's scheduler batches them continuously.
+        async def _all() -> list[GenerationResult]:
+            return list(await asyncio.gather(*(self._generate(r) for r in requests)))
+
+        return self._loop.run(_all())
+
+    def close(self) -> None:
+        if self._llm is not None:
+            llm, self._llm = self._llm, None
+            try:
+                llm.shutdown()
+            except Exception:  # shutting down a half-dead engine must not mask the real error
+                log.exception("vLLM shutdown failed")
+        self._loop.stop()
+
+    # ------------------------------------------------------------------ internals
+
+    def _sampling_params(self, request: GenerationRequest):
+        from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+
+        structured = None
+        if request.choices is not None:
+            structured = StructuredOutputsParams(choice=list(request.choices))
+        elif request.json_schema is not None:
+            structured = StructuredOutputsParams(json=request.json_schema)
+        elif request.regex is not None:
+            structured = StructuredOutputsParams(regex=request.regex)
+        return SamplingParams(
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+            stop=request.stop,
+            structured_outputs=structured,
+        )
+
+    def _lora_request(self, adapter: str | None):
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(lora_name=adapter, lora_int_id=self._lora[adapter], lora_path=self.adapters[adapter])
+
+    async def _generate(self, request: GenerationRequest) -> GenerationResult:
+        if self._llm is None:
+            raise EngineError("The vLLM engine is closed.")
+        check_adapter(self, request.adapter)
+        prompt = render_prompt(self.tokenizer, request)
+        request_id = uuid.uuid4().hex
+        final = None
+        try:
+            async for out in self._llm.generate(
+                prompt, self._sampling_params(request), request_id, lora_request=self._lora_request(request.adapter)
+            ):
+                final = out
+        except ValueError as e:  # vLLM's input checks (prompt longer than max_model_len, bad schema)
+            raise EngineError(f"vLLM rejected the request: {e}") from e
+        if final is None or not final.outputs:
+            raise EngineError("vLLM returned no output.")
+        comp = final.outputs[0]
+        return GenerationResult(
+            text=comp.text,
+            prompt_tokens=len(final.prompt_token_ids or []),
+            completion_tokens=len(comp.token_ids or []),
+            finish_reason=comp.finish_reason or "stop",
+        )
