@@ -85,6 +85,11 @@ class Example(Spec):
     output: Any
     few_shot: bool = Field(True, description="May be shown as a few-shot turn.")
 
+    @property
+    def input(self) -> dict[str, Any]:
+        """Alias of ``inputs`` (some callers say ``example.input``)."""
+        return self.inputs
+
 
 class TemplateSpec(Spec):
     name: str = Field(pattern=NAME_PATTERN)
