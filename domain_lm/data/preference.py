@@ -348,3 +348,56 @@ def sampled_pairs(
         if len(scored) >= 2 and scored[0][0] - scored[-1][0] > min_margin:
             pairs.append(PreferencePair(prompt=prompts[i], chosen=scored[0][1], rejected=scored[-1][1], kind="sampled", task=template.name, lang=lang))
     return pairs
+
+
+# --------------------------------------------------------------------------- from the pipeline config
+
+
+def task_records(config: Any, registry: Any = None) -> tuple[list[TaskRecord], list[TaskRecord]]:
+    """The labelled task records as (template, inputs, lang, gold), split train/eval exactly as the
+    SFT data is (``sft_data.split_records`` with ``tasks.seed``), so PPO/DPO never train on the
+    records SFT and eval hold out."""
+    from domain_lm.data import sft_data
+
+    if registry is None:
+        from domain_lm.tasks import TemplateRegistry
+
+        registry = TemplateRegistry.load(config.tasks.templates_dir)
+    records, _ = sft_data.dedupe_records(sft_data.load_task_records(config, registry))
+    train, held = sft_data.split_records(records, config.tasks.eval_fraction, config.tasks.seed)
+
+    def as_tuples(recs: list[Any]) -> list[TaskRecord]:
+        return [(registry.get(r.task), r.inputs, r.lang, r.output) for r in recs]
+
+    return as_tuples(train), as_tuples(held)
+
+
+def build_preference_data(config: Any, engine: Any = None, registry: Any = None) -> tuple[list[PreferencePair], list[PreferencePair], dict[str, int]]:
+    """All preference pairs the config asks for, split train/eval by prompt; plus counts per kind.
+
+    Shared by the reward and DPO stages so both train on the same pairs. ``engine`` (the INFERENCE
+    API, on the upstream model) is needed only when ``reward.sample_k > 0``.
+    """
+    cfg = config.reward
+    pairs: list[PreferencePair] = []
+    for src in cfg.preference_sources:
+        pairs += load_preferences(src, limit=cfg.max_pairs_per_source)
+    if cfg.from_tasks:
+        train_recs, _ = task_records(config, registry)
+        pairs += task_pairs(train_recs, seed=config.tasks.seed)
+        if cfg.sample_k > 0 and engine is not None:
+            sample = random.Random(config.tasks.seed).sample(train_recs, min(cfg.sample_records, len(train_recs)))
+            pairs += sampled_pairs(sample, engine, k=cfg.sample_k, seed=config.tasks.seed)
+    if not pairs:
+        raise DataError("No preference pairs: set reward.preference_sources to pair/ranked/HH files, or reward.from_tasks=true with labelled task data.")
+    counts: dict[str, int] = {}
+    for p in pairs:
+        counts[p.kind] = counts.get(p.kind, 0) + 1
+    train, held = split_pairs(pairs, cfg.eval_fraction, cfg.train.seed)
+    return train, held, counts
+
+
+def data_hashes(config: Any) -> dict[str, str]:
+    from domain_lm.hashing import sha256_file
+
+    return {f"preferences:{s}": sha256_file(s) for s in config.reward.preference_sources if Path(s).is_file()}

@@ -1,0 +1,241 @@
+"""Stage ``reward``: a Bradley-Terry reward model on preference pairs (TRL RewardTrainer).
+
+data (pairs/ranked/HH files + bank-task pairs) -> seq-classification model (num_labels=1) from the
+SFT model -> LoRA or full training -> held-out pair accuracy -> reward mean/std on the eval set
+saved with the model (``reward_stats.json``, used by PPO to normalise) -> margin histogram.
+The artefact is ``reward_model`` (merged full weights, loads with AutoModelForSequenceClassification);
+it is not a causal LM, so it is deliberately not called ``model``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from domain_lm.data import preference
+from domain_lm.data.preference import PreferencePair
+from domain_lm.runstore import StageResult
+
+log = logging.getLogger(__name__)
+
+SECTIONS = ["reward", "tasks", "base_model"]
+NEEDS = ["sft|pretrain|base"]
+STATS_FILE = "reward_stats.json"
+
+
+def data_hashes(config) -> dict[str, str]:
+    from domain_lm.data import sft_data
+
+    return {**preference.data_hashes(config), **(sft_data.data_hashes(config) if config.reward.from_tasks else {})}
+
+
+# --------------------------------------------------------------------------- model + scoring
+
+
+def load_reward_model(path: str | Path, trainable: bool = False):
+    """(model, tokenizer, stats) of a saved reward model; stats may be {} (older models)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from domain_lm.models.loading import default_dtype, load_tokenizer
+
+    tok = load_tokenizer(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=default_dtype())
+    model.config.pad_token_id = tok.pad_token_id
+    if not trainable:
+        model.eval().requires_grad_(False)
+    stats_path = Path(path) / STATS_FILE
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    return model, tok, stats
+
+
+def encode_dialogues(tok, prompts: Sequence[list[dict[str, str]]], answers: Sequence[str], max_len: int) -> dict[str, torch.Tensor]:
+    """Chat-template each prompt + assistant answer exactly as TRL does for conversational data,
+    keep the last ``max_len`` tokens (the answer is at the end), right-pad."""
+    ids = []
+    for msgs, ans in zip(prompts, answers):
+        enc = tok.apply_chat_template(list(msgs) + [{"role": "assistant", "content": ans}], tokenize=True, return_dict=True)
+        ids.append(list(enc["input_ids"])[-max_len:])
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+    attn = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x)
+        attn[i, : len(x)] = 1
+    return {"input_ids": input_ids, "attention_mask": attn}
+
+
+@torch.no_grad()
+def score(model, tok, prompts: Sequence[list[dict[str, str]]], answers: Sequence[str], batch_size: int = 8, max_len: int = 512) -> torch.Tensor:
+    """(N,) raw reward of each (prompt, answer)."""
+    out = []
+    dev = next(model.parameters()).device
+    for i in range(0, len(answers), batch_size):
+        batch = encode_dialogues(tok, prompts[i : i + batch_size], answers[i : i + batch_size], max_len)
+        out.append(model(**{k: v.to(dev) for k, v in batch.items()}).logits[:, 0].float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def pair_metrics(model, tok, pairs: Sequence[PreferencePair], batch_size: int = 8, max_len: int = 512) -> tuple[dict[str, float], torch.Tensor]:
+    """Held-out accuracy and reward statistics; returns (metrics, margins (N,))."""
+    prompts = [p.prompt for p in pairs]
+    chosen = score(model, tok, prompts, [p.chosen for p in pairs], batch_size, max_len)
+    rejected = score(model, tok, prompts, [p.rejected for p in pairs], batch_size, max_len)
+    margins = chosen - rejected
+    both = torch.cat([chosen, rejected])
+    metrics = {
+        "eval_pairs": len(pairs),
+        "accuracy": (margins > 0).float().mean().item() if len(pairs) else 0.0,
+        "margin_mean": margins.mean().item() if len(pairs) else 0.0,
+        "reward_mean": both.mean().item() if len(pairs) else 0.0,
+        "reward_std": both.std().item() if len(both) > 1 else 1.0,
+    }
+    return metrics, margins
+
+
+def margin_histogram(margins: torch.Tensor, path: Path, title: str = "reward margin (chosen - rejected), held-out pairs") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(margins.numpy(), bins=30, color="#3b7dd8")
+    ax.axvline(0.0, color="k", lw=1)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("margin")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- training
+
+
+def trl_args(train_section, output_dir: Path, cls, **overrides):
+    """``common.training_arguments`` for a TRL config class.
+
+    transformers 5 dropped ``warmup_ratio`` (``warmup_steps`` < 1 is now read as a ratio) and
+    ``logging_dir``, which ``training_arguments`` still passes; translate/drop them here so this
+    works with the shared helper before and after it is fixed.
+    """
+    import inspect
+
+    from domain_lm.train.common import training_arguments
+
+    accepted = set(inspect.signature(cls.__init__).parameters)
+
+    def make(**kw):
+        ratio = kw.pop("warmup_ratio", None)
+        if ratio and "warmup_ratio" not in accepted and "warmup_steps" not in kw:
+            kw["warmup_steps"] = ratio
+        elif ratio is not None and "warmup_ratio" in accepted:
+            kw["warmup_ratio"] = ratio
+        return cls(**{k: v for k, v in kw.items() if k in accepted})
+
+    return training_arguments(train_section, output_dir, cls=make, **overrides)
+
+
+def train_reward_model(
+    model_path: str | Path,
+    train_pairs: Sequence[PreferencePair],
+    eval_pairs: Sequence[PreferencePair],
+    section,
+    work_dir: Path,
+    out_dir: Path,
+    resume: bool = False,
+    log_path: Path | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and save a reward model to ``out_dir``; returns metrics."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from domain_lm.models.loading import lora_config
+    from domain_lm.train.common import last_checkpoint, make_progress_callback
+
+    model, tok, _ = load_reward_model(model_path, trainable=True)
+    args = trl_args(
+        section.train,
+        work_dir,
+        RewardConfig,
+        max_length=section.train.max_seq_len,
+        center_rewards_coefficient=section.center_rewards_coefficient,
+        disable_dropout=True,
+    )
+    peft_config = lora_config(section.lora, task_type="SEQ_CLS") if section.method == "lora" else None
+    callbacks = [make_progress_callback("reward model", log_path)] if log_path else []
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list([p.to_trl() for p in train_pairs]),
+        processing_class=tok,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=last_checkpoint(work_dir) if resume else None)
+
+    trained = trainer.model
+    if peft_config is not None:
+        trained = trained.merge_and_unload()
+    trained.eval()
+    # Held-out pairs; with no eval split, the training pairs (then the accuracy is a fit, not a test).
+    held = list(eval_pairs) or list(train_pairs)
+    metrics, margins = pair_metrics(trained, tok, held, section.train.batch_size, section.train.max_seq_len)
+    metrics["eval_is_heldout"] = bool(eval_pairs)
+    metrics["train_pairs"] = len(train_pairs)
+    metrics["train_loss"] = next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), float("nan"))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trained.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    stats = {"mean": metrics["reward_mean"], "std": metrics["reward_std"], "n": 2 * len(held), "accuracy": metrics["accuracy"]}
+    (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    metrics["_margins"] = margins
+    metrics["_history"] = trainer.state.log_history
+    return metrics
+
+
+def run(ctx) -> StageResult:
+    from domain_lm.train.common import plot_curves
+
+    cfg = ctx.config.reward
+    upstream, model_path = ctx.input_model("sft", "pretrain", "base")
+    engine = None
+    if cfg.from_tasks and cfg.sample_k > 0:
+        from domain_lm.inference import create_engine
+
+        engine = create_engine(str(model_path), kind="hf")
+    try:
+        train_pairs, eval_pairs, counts = preference.build_preference_data(ctx.config, engine=engine)
+    finally:
+        if engine is not None:
+            engine.close()
+    out = ctx.out
+    preference.save_pairs(train_pairs, out / "preferences" / "train.jsonl")
+    preference.save_pairs(eval_pairs, out / "preferences" / "eval.jsonl")
+
+    metrics = train_reward_model(model_path, train_pairs, eval_pairs, cfg, ctx.work_dir, out / "reward_model", ctx.resume, out / "train_log.jsonl")
+    margins, history = metrics.pop("_margins"), metrics.pop("_history")
+    margin_histogram(margins, out / "margin_hist.png")
+    plot_curves(history, ["loss", "accuracy", "margin"], out / "curves.png", title="reward model training")
+
+    res = ctx.writer.result
+    res.metrics.update(metrics)
+    res.metrics.update({f"pairs/{k}": v for k, v in counts.items()})
+    for name, rel in [("reward_model", "reward_model"), ("preferences", "preferences"), ("margin_hist", "margin_hist.png")]:
+        ctx.writer.add_artefact(name, rel)
+    if (out / "curves.png").is_file():
+        ctx.writer.add_artefact("curves", "curves.png")
+    res.inputs.update(data_hashes(ctx.config))
+    ctx.writer.model_card = {
+        "title": "reward model",
+        "base_model": str(model_path),
+        "method": f"Bradley-Terry pairwise loss, {cfg.method}",
+        "description": f"Scores (prompt, answer) pairs; initialised from the {upstream.stage} model. Reward mean/std on held-out pairs in reward_model/{STATS_FILE}.",
+        "data_notes": [f"{v} pairs of kind {k}" for k, v in sorted(counts.items())],
+    }
+    return res
