@@ -1,0 +1,323 @@
+"""Transformers fallback engine for machines where vLLM cannot run.
+
+Contracts are enforced too: label requests pick the choice with the highest likelihood (no free
+generation at all); JSON and regex requests use xgrammar constrained decoding when xgrammar is
+installed, else validate-and-retry. Concurrent async callers are micro-batched by one worker
+thread, so the model is used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import re
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from domain_lm.inference.base import EngineError, GenerationRequest, GenerationResult, check_adapter, render_prompt
+from domain_lm.models.loading import load_causal_lm, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _grammar_compiler(tokenizer: Any, vocab_size: int):
+    try:
+        import xgrammar as xgr
+    except ImportError:
+        return None
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=[tokenizer.eos_token_id])
+    return xgr.GrammarCompiler(info)
+
+
+class _GrammarProcessor:
+    """Per-row xgrammar masks inside ``model.generate``; rows without a grammar are left free."""
+
+    def __init__(self, grammars: list[Any | None], vocab_size: int, eos_id: int):
+        import xgrammar as xgr
+
+        self.xgr = xgr
+        self.matchers = [xgr.GrammarMatcher(g) if g is not None else None for g in grammars]
+        self.bitmask = xgr.allocate_token_bitmask(len(grammars), vocab_size)
+        self.eos_id = eos_id
+        self.started = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.started:
+            for i, m in enumerate(self.matchers):
+                if m is not None and not m.is_terminated():
+                    m.accept_token(int(input_ids[i, -1]))
+        self.started = True
+        rows = []
+        for i, m in enumerate(self.matchers):
+            if m is None:
+                continue
+            rows.append(i)
+            if m.is_terminated():
+                scores[i, :] = float("-inf")  # finished: only padding/EOS from here on
+                scores[i, self.eos_id] = 0.0
+            else:
+                m.fill_next_token_bitmask(self.bitmask, i)
+        if rows:
+            masked = scores[rows].clone()
+            self.xgr.apply_token_bitmask_inplace(masked, self.bitmask[rows])
+            for j, i in enumerate(rows):
+                if not self.matchers[i].is_terminated():
+                    scores[i] = masked[j]
+        return scores
+
+
+class _PerRowBudget:
+    """Stops each row at its own ``max_tokens`` (transformers accepts a per-row bool tensor)."""
+
+    def __init__(self, prompt_len: int, budgets: list[int]):
+        self.prompt_len = prompt_len
+        self.budgets = torch.tensor(budgets)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), input_ids.shape[1] - self.prompt_len) >= self.budgets
+
+
+class HFEngine:
+    """``transformers`` generate with batching, adapters via PEFT, and contract enforcement."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        adapters: dict[str, str] | None = None,
+        *,
+        max_batch_size: int = 8,
+        json_retries: int = 2,
+        constrained: bool = True,
+        model_name: str | None = None,
+        **_ignored: Any,
+    ):
+        self.model_path = str(model_path)
+        self.model_name = model_name or Path(self.model_path).name
+        self.adapters = dict(adapters or {})
+        self.max_batch_size = max_batch_size
+        self.json_retries = json_retries
+        self.tokenizer = load_tokenizer(self.model_path)
+        self.tokenizer.padding_side = "left"
+        model = load_causal_lm(self.model_path, dtype=torch.float32)
+        if self.adapters:
+            from peft import PeftModel
+
+            names = list(self.adapters)
+            model = PeftModel.from_pretrained(model, self.adapters[names[0]], adapter_name=names[0])
+            for name in names[1:]:
+                model.load_adapter(self.adapters[name], adapter_name=name)
+            model.eval()
+        self.model = model
+        self.vocab_size = int(model.config.vocab_size)
+        self.eos_id = int(self.tokenizer.eos_token_id)
+        self._compiler = _grammar_compiler(self.tokenizer, self.vocab_size) if constrained else None
+        self._grammar_cache: dict[str, Any] = {}
+        self._lock = threading.Lock()  # one model user at a time
+        self._queue: queue.Queue[tuple[GenerationRequest, Future] | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._serve, name="hf-engine", daemon=True)
+        self._worker.start()
+        self._closed = False
+
+    # ------------------------------------------------------------------ contract
+
+    def is_ready(self) -> bool:
+        return not self._closed and self._worker.is_alive()
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        check_adapter(self, request.adapter)
+        fut: Future = Future()
+        self._queue.put((request, fut))
+        return await asyncio.wrap_future(fut)
+
+    def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        for r in requests:
+            check_adapter(self, r.adapter)
+        out: list[GenerationResult] = []
+        for i in range(0, len(requests), self.max_batch_size):
+            with self._lock:
+                out += self._run_batch(requests[i : i + self.max_batch_size])
+        return out
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+
+    # ------------------------------------------------------------------ worker (micro-batching)
+
+    def _serve(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.max_batch_size:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            live = [(r, f) for r, f in batch if f.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            try:
+                with self._lock:
+                    results = self._run_batch([r for r, _ in live])
+                for (_, f), res in zip(live, results):
+                    f.set_result(res)
+            except Exception as e:  # a failed batch fails its callers, never the worker
+                log.exception("HF engine batch failed")
+                for _, f in live:
+                    f.set_exception(e if isinstance(e, EngineError) else EngineError(f"generation failed: {e}"))
+
+    # ------------------------------------------------------------------ batching by kind
+
+    def _run_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        results: list[GenerationResult | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            kind = "choice" if r.choices is not None else "gen"
+            groups.setdefault((r.adapter, kind, r.temperature, r.top_p), []).append(i)
+        for (adapter, kind, _, _), idx in groups.items():
+            with self._adapter(adapter):
+                sub = [requests[i] for i in idx]
+                got = self._choose(sub) if kind == "choice" else self._generate_checked(sub)
+            for i, res in zip(idx, got):
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _adapter(self, adapter: str | None):
+        import contextlib
+
+        if not self.adapters:
+            return contextlib.nullcontext()
+        if adapter is None:
+            return self.model.disable_adapter()
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
+
+    def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    # ------------------------------------------------------------------ labels: pick by likelihood
+
+    @torch.no_grad()
+    def _choose(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Score every (prompt, choice + EOS) continuation; the most likely choice is the answer."""
+        pairs: list[tuple[int, str, list[int], list[int]]] = []
+        for i, r in enumerate(requests):
+            prompt_ids = self.tokenizer(render_prompt(self.tokenizer, r), add_special_tokens=False)["input_ids"]
+            for c in r.choices or []:
+                cont = self.tokenizer(c, add_special_tokens=False)["input_ids"] + [self.eos_id]
+                pairs.append((i, c, prompt_ids, cont))
+        scores: list[float] = []
+        for start in range(0, len(pairs), self.max_batch_size * 2):
+            chunk = pairs[start : start + self.max_batch_size * 2]
+            seqs = [p + c for _, _, p, c in chunk]
+            width = max(map(len, seqs))
+            pad = self.tokenizer.pad_token_id
+            ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # (B, T, V)
+            for row, (_, _, p, c) in enumerate(chunk):
+                first = width - len(c)  # position of the first continuation token
+                positions = torch.arange(first - 1, width - 1)
+                scores.append(float(logp[row, positions, torch.tensor(c)].sum()))
+        best: dict[int, tuple[float, str, int, int]] = {}
+        for (i, c, p, cont), s in zip(pairs, scores):
+            if i not in best or s > best[i][0]:
+                best[i] = (s, c, len(p), len(cont) - 1)
+        return [GenerationResult(text=best[i][1], prompt_tokens=best[i][2], completion_tokens=best[i][3], finish_reason="stop") for i in range(len(requests))]
+
+    # ------------------------------------------------------------------ free / constrained generation
+
+    def _grammar(self, r: GenerationRequest):
+        if self._compiler is None or (r.json_schema is None and r.regex is None):
+            return None
+        key = json.dumps(r.json_schema, sort_keys=True) if r.json_schema is not None else "re:" + (r.regex or "")
+        if key not in self._grammar_cache:
+            if r.json_schema is not None:
+                g = self._compiler.compile_json_schema(json.dumps(r.json_schema), any_whitespace=False)
+            else:
+                g = self._compiler.compile_regex(r.regex)
+            self._grammar_cache[key] = g
+        return self._grammar_cache[key]
+
+    def _generate_checked(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Generate; without a grammar, retry (sampling) the answers that break their contract."""
+        results = self._generate(requests)
+        if self._compiler is not None:
+            return results
+        for attempt in range(self.json_retries):
+            bad = [i for i, (r, res) in enumerate(zip(requests, results)) if not _satisfies(r, res.text)]
+            if not bad:
+                break
+            retry = [requests[i].model_copy(update={"temperature": 0.7, "seed": (requests[i].seed or 0) + attempt + 1}) for i in bad]
+            for i, res in zip(bad, self._generate(retry)):
+                results[i] = res
+        return results
+
+    @torch.no_grad()
+    def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        prompts = [render_prompt(self.tokenizer, r) for r in requests]
+        enc = self._encode(prompts)
+        r0 = requests[0]
+        grammars = [self._grammar(r) for r in requests]
+        processors = LogitsProcessorList()
+        if any(g is not None for g in grammars):
+            processors.append(_GrammarProcessor(grammars, self.vocab_size, self.eos_id))
+        if r0.seed is not None:
+            torch.manual_seed(r0.seed)
+        sample = r0.temperature > 0
+        out = self.model.generate(
+            **enc,
+            max_new_tokens=max(r.max_tokens for r in requests),
+            do_sample=sample,
+            temperature=r0.temperature if sample else None,
+            top_p=r0.top_p if sample else None,
+            top_k=None,
+            logits_processor=processors,
+            stopping_criteria=StoppingCriteriaList([_PerRowBudget(enc["input_ids"].shape[1], [r.max_tokens for r in requests])]),
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.eos_id,
+        )
+        width = enc["input_ids"].shape[1]
+        results = []
+        for row, r in enumerate(requests):
+            new = out[row, width:].tolist()
+            finish = "length"
+            if self.eos_id in new:
+                new, finish = new[: new.index(self.eos_id)], "stop"
+            if len(new) > r.max_tokens:
+                new, finish = new[: r.max_tokens], "length"
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            for s in r.stop or []:
+                if s in text:
+                    text, finish = text[: text.index(s)], "stop"
+            results.append(GenerationResult(text=text, prompt_tokens=int(enc["attention_mask"][row].sum()), completion_tokens=len(new), finish_reason=finish))
+        return results
+
+
+def _satisfies(r: GenerationRequest, text: str) -> bool:
+    """Cheap contract check for validate-and-retry (the TaskRunner does the full check)."""
+    if r.regex is not None:
+        return re.fullmatch(r.regex, text) is not None
+    if r.json_schema is not None:
+        try:
+            import jsonschema
+
+            jsonschema.validate(json.loads(text), r.json_schema)
+        except Exception:
+            return False
+    return True
