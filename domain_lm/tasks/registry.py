@@ -12,6 +12,7 @@ Directory layout (``persist_dir``)::
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,11 @@ from typing import Any, Iterator, Mapping
 from domain_lm.atomic import write_text
 from domain_lm.tasks.errors import TemplateError, UnknownTaskError
 from domain_lm.tasks.template import TaskTemplate
+from domain_lm.tasks.yamlsrc import SourceMap, load_yaml
 
 HISTORY_DIR = ".versions"
+#: The file name errors show for a template registered at run time (not read from a file).
+REGISTERED = "<registered>"
 _SUFFIXES = (".yaml", ".yml")
 
 
@@ -64,6 +68,22 @@ def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
                     st = p.stat()
                     files.append((str(p), st.st_mtime_ns, st.st_size))
     return tuple(sorted(files))
+
+
+def _persisted_text(source: Any, template: TaskTemplate) -> str:
+    """The file to write: the submitted YAML (comments kept) with its version, or a clean dump."""
+    if isinstance(source, str):
+        text = source
+        if not re.search(r"^version\s*:", source, re.MULTILINE):
+            text, n = re.subn(r"^(name\s*:.*\n)", rf"\g<1>version: {template.version}\n", source, count=1, flags=re.MULTILINE)
+            if n != 1:
+                return template.to_yaml()
+        try:
+            if TaskTemplate.from_yaml(text).fingerprint == template.fingerprint:
+                return text
+        except TemplateError:
+            pass
+    return template.to_yaml()
 
 
 class TemplateRegistry:
@@ -206,23 +226,22 @@ class TemplateRegistry:
         and then ``<name>.yaml``. Older versions stay available through ``get(name, version)``.
         """
         with self._lock:
-            data = self._as_dict(source)
+            data, src = self._as_dict(source)
             name = data.get("name")
             snap = self._snap
-            latest = snap.current.get(name) if isinstance(name, str) else None
-            if latest is None and isinstance(name, str) and name in snap.versions:
-                latest = max(snap.versions[name])
+            known = snap.versions.get(name) if isinstance(name, str) else None
+            latest = snap.current.get(name) or (max(known) if known else None)
             if data.get("version") is None:
                 data = {**data, "version": (latest or 0) + 1}
-            template = source if isinstance(source, TaskTemplate) and source.version == data["version"] else TaskTemplate.from_dict(data)
+            template = TaskTemplate.from_dict(data, src)
             if latest is not None and template.version <= latest:
-                existing = snap.versions[template.name].get(template.version)
-                if existing is not None and existing.fingerprint == template.fingerprint and template.version == latest:
-                    return existing
-                raise TemplateError(f"task {template.name!r} is at version {latest}; a new template must have a higher version (or omit `version`)", "<registered>")
+                existing = (known or {}).get(template.version)
+                if template.version == latest and existing is not None and existing.fingerprint == template.fingerprint:
+                    return existing  # idempotent re-registration of the current template
+                raise src.error(("version",), f"task {template.name!r} is at version {latest}; a new template must have a higher version (or omit `version`)")
             target = Path(persist_dir) if persist_dir is not None else self.directory
             if target is not None:
-                text = template.to_yaml()
+                text = _persisted_text(source, template)
                 write_text(target / HISTORY_DIR / f"{template.name}@{template.version}.yaml", text)
                 write_text(target / f"{template.name}.yaml", text)
             versions = {n: dict(v) for n, v in snap.versions.items()}
@@ -232,21 +251,14 @@ class TemplateRegistry:
             return template
 
     @staticmethod
-    def _as_dict(source: str | TaskTemplate | dict[str, Any]) -> dict[str, Any]:
+    def _as_dict(source: str | TaskTemplate | dict[str, Any]) -> tuple[dict[str, Any], SourceMap]:
         if isinstance(source, TaskTemplate):
-            return source.to_dict()
+            return source.to_dict(), SourceMap(file=source.file)
         if isinstance(source, dict):
-            return dict(source)
+            return dict(source), SourceMap(file=REGISTERED)
         if isinstance(source, str):
-            from domain_lm.tasks.yamlsrc import load_yaml
-
-            data, src = load_yaml(source, "<registered>")
+            data, src = load_yaml(source, REGISTERED)
             if not isinstance(data, dict):
-                raise TemplateError("a template must be a YAML mapping", "<registered>", 1)
-            # Validate now so errors carry the line numbers of the submitted text.
-            if data.get("version") is None:
-                TaskTemplate.from_dict({**data, "version": 1}, src)
-            else:
-                TaskTemplate.from_dict(data, src)
-            return data
-        raise TemplateError(f"cannot register a {type(source).__name__}; give YAML text, a dict or a TaskTemplate")
+                raise TemplateError("a template must be a YAML mapping (name, description, inputs, output, prompts, ...)", REGISTERED, 1)
+            return data, src
+        raise TemplateError(f"cannot register a {type(source).__name__}; give YAML text, a dict or a TaskTemplate", REGISTERED)
