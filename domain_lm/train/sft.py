@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +171,8 @@ def run(ctx) -> StageResult:
 
     # 2. the multi-task model
     adapter_dir = ctx.out / ("adapter" if cfg.sft.method == "lora" else "model")
-    m = train_sft(model_path, examples, cfg.sft, ctx.work_dir / "trainer", adapter_dir, resume=ctx.resume)
+    # Checkpoints go straight into the stage work dir (``--resume`` and the pipeline look there).
+    m = train_sft(model_path, examples, cfg.sft, ctx.work_dir, adapter_dir, resume=ctx.resume)
     if cfg.sft.method == "lora":
         merge_adapter(adapter_dir, ctx.out / "model")
         ctx.writer.add_artefact("adapter", "adapter")
@@ -198,8 +198,7 @@ def run(ctx) -> StageResult:
         ctx.writer.add_artefact("loss_plot", "loss.png")
     res.metrics.update({k: v for k, v in m.items() if v is not None and k != "resumed_from"})
     res.metrics.update(stats.as_metrics())
-    shutil.rmtree(ctx.work_dir / "trainer" / "tb", ignore_errors=True)
-    ctx.writer.model_card = {
+        ctx.writer.model_card = {
         "title": "SFT (bank task instruction tuning)",
         "base_model": str(model_path),
         "method": f"{cfg.sft.method}" + (f" r={cfg.sft.lora.r} alpha={cfg.sft.lora.alpha}" if cfg.sft.method == "lora" else "") + ", loss on answer tokens only",
