@@ -241,6 +241,10 @@ class TemplateRegistry:
                 raise src.error(("version",), f"task {template.name!r} is at version {latest}; a new template must have a higher version (or omit `version`)")
             target = Path(persist_dir) if persist_dir is not None else self.directory
             if target is not None:
+                previous = (known or {}).get(latest) if latest is not None else None
+                history = target / HISTORY_DIR / f"{template.name}@{latest}.yaml"
+                if previous is not None and not history.exists():
+                    write_text(history, previous.to_yaml())  # so the old version survives a restart
                 text = _persisted_text(source, template)
                 write_text(target / HISTORY_DIR / f"{template.name}@{template.version}.yaml", text)
                 write_text(target / f"{template.name}.yaml", text)

@@ -53,6 +53,7 @@ class TaskTemplate(TemplateSpec):
     """One version of one task. Frozen: a new version is a new object, never an edit."""
 
     _source: SourceMap | None = PrivateAttr(None)
+    _text: str | None = PrivateAttr(None)  # the YAML it was read from (comments kept when persisted)
     _compiled: dict[tuple[str, str | int], jinja2.Template] = PrivateAttr(default_factory=dict)
     _label_lookup: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
     _validator: Any = PrivateAttr(None)
@@ -65,7 +66,9 @@ class TaskTemplate(TemplateSpec):
         data, source = load_yaml(text, file)
         if not isinstance(data, dict):
             raise TemplateError("a template file must be a YAML mapping (name, version, inputs, output, prompts, ...)", file, 1)
-        return cls.from_dict(data, source)
+        template = cls.from_dict(data, source)
+        template._text = text
+        return template
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: SourceMap | None = None) -> "TaskTemplate":
@@ -372,6 +375,9 @@ class TaskTemplate(TemplateSpec):
         return self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
 
     def to_yaml(self) -> str:
+        """YAML for this template: the text it was loaded from if any, else a clean dump."""
+        if self._text is not None:
+            return self._text
         return yaml.safe_dump(self.to_dict(), allow_unicode=True, sort_keys=False, width=100)
 
     def examples_for(self, lang: str) -> list[Any]:
