@@ -73,6 +73,7 @@ def serve(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="Bundle directory.")],
     manifest_sha256: Sha256Opt = None,
+    templates: Annotated[Optional[Path], typer.Option("--templates", help="Serve these templates instead of the bundle's (e.g. a Kubernetes ConfigMap).")] = None,
 ) -> None:
     """Verify a bundle, then run `domain-lm serve` on its model, adapters and templates.
 
@@ -83,7 +84,7 @@ def serve(
 
     info = verify_bundle(path, manifest_sha256=manifest_sha256)
     console.print(f"[green]verified[/] {info.root} ({info.files} files); starting the service", highlight=False, soft_wrap=True)
-    argv = [sys.executable, "-m", "domain_lm", "serve", "--model", str(info.model_dir), "--templates", str(info.templates_dir)]
+    argv = [sys.executable, "-m", "domain_lm", "serve", "--model", str(info.model_dir), "--templates", str(templates or info.templates_dir)]
     for aname, adir in info.adapters.items():
         argv += ["--adapter", f"{aname}={adir}"]
     argv += list(ctx.args)

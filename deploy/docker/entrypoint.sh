@@ -1,0 +1,36 @@
+#!/bin/sh
+# Container entrypoint: verify the bundle, then serve it. Extra arguments go to `domain-lm serve`.
+#
+#   DOMAIN_LM_BUNDLE          bundle directory (mounted read-only); verified before anything is served
+#   DOMAIN_LM_BUNDLE_SHA256   optional: expected SHA-256 of the bundle's MANIFEST.sha256
+#   DOMAIN_LM_MODEL           without a bundle: a model directory (not verified)
+#   DOMAIN_LM_TEMPLATES       templates directory (default: the bundle's templates/)
+#   DOMAIN_LM_ENGINE          vllm | hf | auto (default vllm in the images)
+#   DOMAIN_LM_PORT            listening port (default 8000)
+#   DOMAIN_LM_SERVE_ARGS      more `domain-lm serve` options, e.g. "--tensor-parallel-size 2"
+set -eu
+
+PORT="${DOMAIN_LM_PORT:-8000}"
+ENGINE="${DOMAIN_LM_ENGINE:-auto}"
+
+if [ "${1:-}" = "domain-lm" ] || [ "${1:-}" = "sh" ] || [ "${1:-}" = "python" ]; then
+  exec "$@"  # an explicit command (e.g. `docker run IMAGE domain-lm bundle verify /models/x`)
+fi
+
+set -- --engine "$ENGINE" --host 0.0.0.0 --port "$PORT" "$@"
+if [ -n "${DOMAIN_LM_TEMPLATES:-}" ]; then
+  set -- --templates "$DOMAIN_LM_TEMPLATES" "$@"
+fi
+# Word splitting of DOMAIN_LM_SERVE_ARGS is intended: it holds several options.
+# shellcheck disable=SC2086
+set -- "$@" ${DOMAIN_LM_SERVE_ARGS:-}
+
+if [ -n "${DOMAIN_LM_BUNDLE:-}" ]; then
+  # `bundle serve` re-hashes every file against MANIFEST.sha256 and refuses a tampered bundle.
+  exec domain-lm bundle serve "$DOMAIN_LM_BUNDLE" "$@"
+fi
+if [ -z "${DOMAIN_LM_MODEL:-}" ]; then
+  echo "domain-lm: set DOMAIN_LM_BUNDLE (a verified bundle, recommended) or DOMAIN_LM_MODEL" >&2
+  exit 2
+fi
+exec domain-lm serve --model "$DOMAIN_LM_MODEL" "$@"
