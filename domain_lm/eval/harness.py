@@ -35,19 +35,22 @@ def gold_value(template: Any, value: Any) -> Any:
     return value
 
 
-def predict(engine: Any, template: Any, inputs: Sequence[dict[str, Any]], lang: str = "en", adapter: str | None = None, batch_size: int = 16) -> list[Prediction]:
-    """Answers for ``inputs`` through ``TaskRunner``; contract violations become invalid predictions."""
+def predict(engine: Any, template: Any, inputs: Sequence[dict[str, Any]], lang: str = "en", adapter: str | None = None, batch_size: int = 64) -> list[Prediction]:
+    """Answers for ``inputs`` through ``TaskRunner``; a broken contract becomes an invalid prediction."""
     from domain_lm.inference.tasks import TaskRunner
-    from domain_lm.tasks import ContractError
+    from domain_lm.tasks import ContractError, InputError
 
     runner = TaskRunner(engine)
     out: list[Prediction] = []
     for start in range(0, len(inputs), batch_size):
         chunk = list(inputs[start : start + batch_size])
-        answers = runner.run_batch(template, chunk, lang=lang, adapter=adapter)
-        for a in answers:
+        for a in runner.run_batch(template, chunk, lang=lang, adapter=adapter, return_exceptions=True):
             if isinstance(a, ContractError):
                 out.append(Prediction(None, getattr(a, "raw", "") or "", str(a)))
+            elif isinstance(a, InputError):
+                # The record does not fit the template (e.g. too long): no answer, so it scores as wrong.
+                log.warning("task %s: input rejected: %s", template.name, a)
+                out.append(Prediction(None, "", f"input rejected: {a}"))
             elif isinstance(a, Exception):
                 raise a
             else:
