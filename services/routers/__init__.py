@@ -1,0 +1,1 @@
+"""One router per feature: tasks, OpenAI-compatible chat, health and metrics."""

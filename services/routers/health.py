@@ -1,0 +1,38 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.deps import StateDep, require_key
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is alive")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The engine is loaded and answering")
+def readyz(state: StateDep) -> JSONResponse:
+    body: dict[str, Any] = {"status": "ready" if state.ready() else "not_ready", "tasks": len(state.registry)}
+    if state.engine is not None:
+        body.update(model=state.engine.model_name, adapters=sorted(state.engine.adapters))
+    if state.engine_error:
+        body["error"] = state.engine_error
+    if state.registry.errors:
+        body["template_errors"] = [str(e) for e in state.registry.errors]
+    return JSONResponse(body, status_code=200 if state.ready() else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+def metrics(request: Request, state: StateDep) -> Response:
+    if not state.settings.metrics_public:
+        require_key(request, state, request.headers.get("authorization"), request.headers.get("x-api-key"))
+    state.metrics.engine_ready.set(1 if state.ready() else 0)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,142 @@
+"""OpenAI-compatible ``/v1/chat/completions`` and ``/v1/models`` (the ``openai`` SDK and LangChain work).
+
+``model`` selects the base model (its name) or one of the LoRA adapters (the adapter name).
+``response_format`` with a JSON schema is enforced at decode time like a json task. ``stream``
+is answered as server-sent events, but in one content chunk after generation finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from domain_lm.inference import EngineError, GenerationRequest, GenerationResult
+from services.admission import QueueFull
+from services.deps import ApiKeyDep, EngineDep, StateDep, api_error
+from services.security import CHAT
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: keep the text ones
+            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we ignore (user, logprobs=False...)
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=1, description="Only n=1 is supported.")
+    stream: bool = False
+    response_format: dict[str, Any] | None = None
+
+
+def _schema_of(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not fmt or fmt.get("type") in (None, "text"):
+        return None
+    if fmt.get("type") == "json_schema":
+        return (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+    if fmt.get("type") == "json_object":
+        return {"type": "object"}
+    raise api_error(400, "invalid_request", f"unsupported response_format type {fmt.get('type')!r}")
+
+
+@router.get("/models", summary="The base model and its adapters, OpenAI style")
+def list_models(engine: EngineDep, principal: ApiKeyDep) -> dict[str, Any]:  # noqa: ARG001
+    now = int(time.time())
+    ids = [engine.model_name, *sorted(engine.adapters)]
+    return {"object": "list", "data": [{"id": i, "object": "model", "created": now, "owned_by": "domain-lm"} for i in ids]}
+
+
+@router.post("/chat/completions", summary="OpenAI-compatible chat completion")
+async def chat_completions(body: ChatCompletionRequest, request: Request, state: StateDep, engine: EngineDep, principal: ApiKeyDep):
+    request.scope["dlm_task"] = CHAT
+    if not principal.may_run(CHAT):
+        raise api_error(403, "forbidden", f"key {principal.id!r} may not use free-form chat")
+    adapter = None
+    if body.model and body.model != engine.model_name:
+        if body.model not in engine.adapters:
+            raise api_error(404, "model_not_found", f"model {body.model!r} is not served; see /v1/models")
+        adapter = body.model
+    max_tokens = min(body.max_completion_tokens or body.max_tokens or 256, state.settings.max_chat_tokens)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    if sum(len(m["content"]) for m in messages) > state.settings.max_input_chars:
+        raise api_error(422, "invalid_input", f"messages exceed {state.settings.max_input_chars} characters", field="messages")
+    if state.settings.log_bodies:
+        request.scope["dlm_body"] = messages
+    gen = GenerationRequest(
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=[body.stop] if isinstance(body.stop, str) else body.stop,
+        json_schema=_schema_of(body.response_format),
+        adapter=adapter,
+    )
+    try:
+        with state.admission.slot():
+            result = await asyncio.wait_for(engine.generate(gen), state.settings.request_timeout_s)
+    except QueueFull as e:
+        state.metrics.rejected.labels("queue_full").inc()
+        raise api_error(429, "queue_full", str(e)) from None
+    except (asyncio.TimeoutError, TimeoutError):
+        state.metrics.rejected.labels("timeout").inc()
+        raise api_error(504, "timeout", f"no answer within {state.settings.request_timeout_s:g}s") from None
+    except EngineError as e:
+        raise api_error(400, "engine_rejected", str(e)) from None
+    state.metrics.tokens.labels(CHAT, "prompt").inc(result.prompt_tokens)
+    state.metrics.tokens.labels(CHAT, "completion").inc(result.completion_tokens)
+    model = body.model or engine.model_name
+    if body.stream:
+        return StreamingResponse(_sse(result, model), media_type="text/event-stream")
+    return _completion(result, model)
+
+
+def _completion(result: GenerationResult, model: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-" + uuid.uuid4().hex,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": result.finish_reason, "logprobs": None}],
+        "usage": {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        },
+    }
+
+
+async def _sse(result: GenerationResult, model: str):
+    cid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> str:
+        data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    yield chunk({"role": "assistant", "content": result.text}, None)
+    yield chunk({}, result.finish_reason)
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,85 @@
+"""Request and response models of the task endpoints (the OpenAI ones live in ``routers/openai``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from domain_lm.inference.tasks import Usage
+
+
+class TaskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: dict[str, Any] = Field(description="The task's input fields (see GET /v1/tasks/{name}).")
+    lang: str = Field("en", max_length=16)
+    version: int | None = Field(None, ge=1, description="A template version; default: the current one.")
+    adapter: str | None = Field(None, max_length=128, description="LoRA adapter; default: the task's own, else the base model.")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[dict[str, Any]] = Field(min_length=1)
+    lang: str = Field("en", max_length=16)
+    version: int | None = Field(None, ge=1)
+    adapter: str | None = Field(None, max_length=128)
+
+
+class TaskResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    task: str
+    version: int
+    lang: str
+    output: Any = Field(description="The typed answer: a label, a JSON value or a text, per the task's contract.")
+    raw_text: str
+    model: str
+    adapter: str | None
+    usage: Usage
+    latency_ms: float
+
+
+class BatchItemError(BaseModel):
+    error: str
+    message: str
+    raw_text: str | None = None
+
+
+class BatchItem(BaseModel):
+    index: int
+    result: TaskResponse | None = None
+    error: BatchItemError | None = None
+
+
+class BatchResponse(BaseModel):
+    task: str
+    version: int
+    items: list[BatchItem]
+    usage: Usage
+    latency_ms: float
+
+
+class TaskSummary(BaseModel):
+    name: str
+    version: int
+    versions: list[int]
+    description: str
+    languages: list[str]
+    output_kind: str
+    metric: str
+    adapter: str | None = None
+
+
+class TaskDetail(TaskSummary):
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    choices: dict[str, list[str]] | None = Field(None, description="Label tasks: the answer strings per language.")
+
+
+class TaskRegistered(BaseModel):
+    name: str
+    version: int
+    versions: list[int]
+    persisted: bool
