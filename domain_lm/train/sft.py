@@ -198,7 +198,7 @@ def run(ctx) -> StageResult:
         ctx.writer.add_artefact("loss_plot", "loss.png")
     res.metrics.update({k: v for k, v in m.items() if v is not None and k != "resumed_from"})
     res.metrics.update(stats.as_metrics())
-        ctx.writer.model_card = {
+    ctx.writer.model_card = {
         "title": "SFT (bank task instruction tuning)",
         "base_model": str(model_path),
         "method": f"{cfg.sft.method}" + (f" r={cfg.sft.lora.r} alpha={cfg.sft.lora.alpha}" if cfg.sft.method == "lora" else "") + ", loss on answer tokens only",
