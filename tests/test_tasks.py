@@ -193,6 +193,17 @@ def test_yaml_syntax_error_has_line():
     assert e.value.line is not None and e.value.line >= line_of(text, "kind: [label")
 
 
+def test_duplicate_keys_and_aliases_are_refused():
+    text = mini(**{"version: 1": "version: 1\nversion: 2"})
+    with pytest.raises(TemplateError, match="duplicate key 'version'") as e:
+        TaskTemplate.from_yaml(text, "dup.yaml")
+    assert e.value.line == line_of(text, "version: 2")
+    bomb = 'a: &a ["x", "x"]\nb: &b [*a, *a]\nc: [*b, *b]\n' + MINI
+    with pytest.raises(TemplateError, match="anchors and aliases") as e:
+        TaskTemplate.from_yaml(bomb, "bomb.yaml")
+    assert e.value.line == 1
+
+
 def test_yaml_booleans_as_labels_are_rejected():
     # A classic YAML 1.1 trap: `[yes, no]` are booleans, not strings.
     text = mini(**{"  labels: [approve, reject]": "  labels: [yes, no]"})

@@ -59,3 +59,16 @@ def test_render_and_list_with_a_new_template(tmp_path):
     assert "Is it so? Loan of 1k" in r.output and "approve" in r.output
     r = runner.invoke(app, ["tasks", "list", "--dir", str(tmp_path)], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "mini" in r.output and "approve/reject" in r.output
+
+
+def test_docs_example_template_is_valid(tmp_path):
+    """The "adding a task" example in docs/templates.md validates and renders as documented."""
+    doc = (REPO / "docs" / "templates.md").read_text(encoding="utf-8")
+    block = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "fee_complaint.yaml").write_text(block, encoding="utf-8")
+    r = runner.invoke(app, ["tasks", "validate", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    from domain_lm.tasks import TemplateRegistry
+
+    t = TemplateRegistry.load(tmp_path).get("fee_complaint")
+    assert t.choices("zh") == ["收费", "非收费"] and t.parse_output("Not fee", "en") == "not_fee"

@@ -171,7 +171,8 @@ class TemplateRegistry:
                     versions.setdefault(got.name, {})[got.version] = got  # the current file wins over history
                 else:
                     versions.setdefault(got.name, {}).setdefault(got.version, got)
-            self._parsed = {k: v for k, v in self._parsed.items() if k in set(seen)}
+            keep = set(seen)
+            self._parsed = {k: v for k, v in self._parsed.items() if k in keep}  # forget replaced files
             self._seen = seen
             self._snap = _freeze(versions, current, errors)
             return True

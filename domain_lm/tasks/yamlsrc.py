@@ -10,6 +10,8 @@ import yaml
 from domain_lm.tasks.errors import TemplateError
 
 Path_ = tuple[Any, ...]
+#: Largest template file accepted (a template with long few-shot examples is a few kB).
+MAX_TEMPLATE_CHARS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -44,22 +46,36 @@ class SourceMap:
         return TemplateError(message, file=self.file, line=self.line(path))
 
 
-def _walk(node: yaml.Node, path: Path_, marks: dict[Path_, NodeMark], key_line: int | None = None) -> None:
+def _walk(node: yaml.Node, path: Path_, marks: dict[Path_, NodeMark], file: str, key_line: int | None = None) -> None:
     own = node.start_mark.line + 1
     block = isinstance(node, yaml.ScalarNode) and node.style in ("|", ">")
     marks[path] = NodeMark(line=key_line or own, text_line=own + 1 if block else own)
     if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
         for k, v in node.value:
             key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
-            _walk(v, path + (key,), marks, key_line=k.start_mark.line + 1)
+            if key in seen:
+                # PyYAML keeps the last duplicate silently; a second `version:` must not slip through.
+                raise TemplateError(f"duplicate key {key!r}", file=file, line=k.start_mark.line + 1)
+            seen.add(key)
+            _walk(v, path + (key,), marks, file, key_line=k.start_mark.line + 1)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _walk(v, path + (i,), marks)
+            _walk(v, path + (i,), marks, file)
 
 
 def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
-    """Parse ``text`` with the safe loader and return the data plus its source map."""
+    """Parse ``text`` with the safe loader and return the data plus its source map.
+
+    Anchors/aliases are refused: templates arrive over the API, and nested aliases ("billion
+    laughs") would make every later walk over the data exponential.
+    """
+    if len(text) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(f"template is {len(text)} characters; the maximum is {MAX_TEMPLATE_CHARS}", file=file)
     try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise TemplateError("YAML anchors and aliases (&name / *name) are not allowed in templates", file=file, line=event.start_mark.line + 1)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
@@ -69,5 +85,5 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
         raise TemplateError(f"YAML error: {e}", file=file) from None
     marks: dict[Path_, NodeMark] = {}
     if node is not None:
-        _walk(node, (), marks)
+        _walk(node, (), marks, file)
     return data, SourceMap(file, marks)
