@@ -7,6 +7,8 @@ same validator, so a validator that silently accepts everything would fail the t
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -22,6 +24,7 @@ DEPLOY = REPO / "deploy"
 CHART = DEPLOY / "helm" / "domain-lm"
 BIN = Path(sys.executable).parent
 K8S_VERSION = "1.30.0"
+ENTRY = {"id": "teller-app", "sha256": "ab" * 32, "tasks": ["sentiment"], "admin": False}
 
 
 def _tool(name: str) -> str:
@@ -79,14 +82,14 @@ def test_entrypoint_verifies_bundle_then_serves(tmp_path):
     base = {"PATH": f"{fake.parent}:/usr/bin:/bin"}
     run = lambda env, *args: subprocess.run(["sh", str(DEPLOY / "docker" / "entrypoint.sh"), *args], env={**base, **env}, capture_output=True, text=True)  # noqa: E731
 
-    r = run({"DOMAIN_LM_BUNDLE": "/models/v1", "DOMAIN_LM_ENGINE": "hf", "DOMAIN_LM_SERVE_ARGS": "--tensor-parallel-size 2"}, "--max-queue", "8")
+    r = run({"DOMAIN_LM_BUNDLE": "/models/v1", "DOMAIN_LM_ENGINE": "hf", "DOMAIN_LM_SERVE_ARGS": "--request-timeout 60"}, "--max-queue", "8")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:3] == ["bundle", "serve", "/models/v1"]
     args = r.stdout.split()
     assert args[args.index("--engine") + 1] == "hf" and args[args.index("--port") + 1] == "8000"
-    assert args[-4:] == ["--max-queue", "8", "--tensor-parallel-size", "2"]
+    assert args[-4:] == ["--max-queue", "8", "--request-timeout", "60"]
 
-    r = run({"DOMAIN_LM_BUNDLE": "/models/v1", "DOMAIN_LM_TEMPLATES": "/templates"})
+    r = run({"DOMAIN_LM_BUNDLE": "/models/v1", "DOMAIN_LM_TEMPLATES_DIR": "/templates"})
     args = r.stdout.split()
     assert args[args.index("--templates") + 1] == "/templates"
 
@@ -143,7 +146,7 @@ def _compose(tmp_path: Path, *args: str, file: Path | None = None) -> subprocess
     compose = _compose_binary()
     root = tmp_path / "srv"
     (root / "secrets").mkdir(parents=True, exist_ok=True)
-    (root / "secrets" / "api-keys").write_text("test-key\n")
+    (root / "secrets" / "api-keys.yaml").write_text("keys: []\n")
     env = {**os.environ, "DOMAIN_LM_ROOT": str(root), "DOMAIN_LM_BUNDLE_NAME": "bank-v1"}
     return subprocess.run([compose, "-f", str(file or DEPLOY / "docker-compose.yaml"), "config", *args], env=env, capture_output=True, text=True)
 
@@ -151,7 +154,6 @@ def _compose(tmp_path: Path, *args: str, file: Path | None = None) -> subprocess
 def test_compose_file_validates_and_isolates_the_service(tmp_path):
     r = _compose(tmp_path, "--format", "json")
     assert r.returncode == 0, r.stderr
-    import json
 
     cfg = json.loads(r.stdout)
     svc = cfg["services"]["domain-lm"]
@@ -161,6 +163,8 @@ def test_compose_file_validates_and_isolates_the_service(tmp_path):
     assert mounts["/models"]["source"] == str(tmp_path / "srv" / "models")
     assert svc["environment"]["DOMAIN_LM_BUNDLE"] == "/models/bank-v1"
     assert svc["environment"]["HF_HUB_OFFLINE"] == "1" and svc["environment"]["VLLM_NO_USAGE_STATS"] == "1"
+    assert json.loads(svc["environment"]["DOMAIN_LM_ENGINE_OPTIONS"]) == {}
+    assert svc["environment"]["DOMAIN_LM_API_KEYS_FILE"] == "/run/secrets/" + svc["secrets"][0]["target"]
     assert svc["read_only"] and svc["cap_drop"] == ["ALL"] and "ports" not in svc
     # The service is only on the internal network: no route out, reachable only via nginx.
     assert list(svc["networks"]) == ["backend"] and cfg["networks"]["backend"]["internal"]
@@ -212,13 +216,13 @@ def _by_kind(docs: list[dict]) -> dict[str, dict]:
 
 def test_helm_chart_lints():
     helm = pytest.importorskip("helm_python")
-    res = helm.lint(str(CHART), {"apiKeys": {"keys": ["k"]}}, strict=True)
+    res = helm.lint(str(CHART), {"apiKeys": {"entries": [ENTRY]}}, strict=True)
     assert not res["errors"], res
     assert not [m for m in res["messages"] if m["severity"] > 1], res["messages"]  # info only (icon)
 
 
-def test_helm_cpu_render_is_valid_kubernetes():
-    docs = _render({"apiKeys": {"keys": ["key-one", "key-two"]}, "templates": {"files": {"sentiment.yaml": "name: sentiment\n"}}, "ingress": {"enabled": True}})
+def test_helm_cpu_render_is_valid_kubernetes(tmp_path):
+    docs = _render({"apiKeys": {"entries": [ENTRY, {**ENTRY, "id": "ops", "admin": True}]}, "engineOptions": {"max_model_len": 4096}, "templates": {"files": {"sentiment.yaml": "name: sentiment\n"}}, "ingress": {"enabled": True}})
     _validate_k8s(docs)
     kinds = _by_kind(docs)
     assert {"Deployment", "Service", "ConfigMap", "Secret", "NetworkPolicy", "Ingress"} <= set(kinds)
@@ -228,12 +232,22 @@ def test_helm_cpu_render_is_valid_kubernetes():
     assert c["resources"]["requests"] == {"cpu": "4", "memory": "16Gi"} and "nvidia.com/gpu" not in c["resources"]["limits"]
     assert c["securityContext"]["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]
     env = {e["name"]: e.get("value") for e in c["env"]}
-    assert env["DOMAIN_LM_BUNDLE"] == "/models/current" and env["DOMAIN_LM_TEMPLATES"] == "/templates" and env["HF_HUB_OFFLINE"] == "1"
+    assert env["DOMAIN_LM_BUNDLE"] == "/models/current" and env["DOMAIN_LM_TEMPLATES_DIR"] == "/templates" and env["HF_HUB_OFFLINE"] == "1"
+    assert json.loads(env["DOMAIN_LM_ENGINE_OPTIONS"]) == {"max_model_len": 4096}
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert mounts["models"]["readOnly"] and mounts["templates"]["readOnly"] and mounts["api-keys"]["readOnly"]
     import base64
 
-    assert base64.b64decode(kinds["Secret"]["data"]["api-keys"]).decode() == "key-one\nkey-two"
+    # The Secret holds hashed entries in the format the service loads (services.security.KeyStore).
+    keys_file = yaml.safe_load(base64.b64decode(kinds["Secret"]["data"]["api-keys.yaml"]))
+    assert [k["id"] for k in keys_file["keys"]] == ["teller-app", "ops"] and keys_file["keys"][0]["sha256"] == "ab" * 32
+    assert env["DOMAIN_LM_API_KEYS_FILE"] == mounts["api-keys"]["mountPath"] + "/api-keys.yaml"
+    if importlib.util.find_spec("services.security"):
+        from services.security import KeyStore
+
+        ks_file = tmp_path / "api-keys.yaml"
+        ks_file.write_bytes(base64.b64decode(kinds["Secret"]["data"]["api-keys.yaml"]))
+        assert len(KeyStore.load(None, str(ks_file))) == 2
     assert kinds["ConfigMap"]["data"]["sentiment.yaml"].strip() == "name: sentiment"
     assert kinds["NetworkPolicy"]["spec"]["egress"] == [] and "Egress" in kinds["NetworkPolicy"]["spec"]["policyTypes"]
     assert kinds["Service"]["spec"]["ports"][0]["targetPort"] == "http"
@@ -248,22 +262,22 @@ def test_helm_gpu_tensor_parallel_switch():
     c = pod["containers"][0]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 4 and c["resources"]["requests"]["memory"] == "32Gi"
     env = {e["name"]: e.get("value") for e in c["env"]}
-    assert env["DOMAIN_LM_SERVE_ARGS"] == "--tensor-parallel-size 4"
+    assert json.loads(env["DOMAIN_LM_ENGINE_OPTIONS"]) == {"tensor_parallel_size": 4}
     assert any(v["name"] == "shm" and v["emptyDir"]["medium"] == "Memory" for v in pod["volumes"])
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert next(v for v in pod["volumes"] if v["name"] == "api-keys")["secret"]["secretName"] == "bank-keys"
-    single = _by_kind(_render({"apiKeys": {"keys": ["k"]}, "gpu": {"enabled": True, "count": 1}}))
+    single = _by_kind(_render({"apiKeys": {"entries": [ENTRY]}, "gpu": {"enabled": True, "count": 1}}))
     c1 = single["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert c1["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert {e["name"]: e.get("value") for e in c1["env"]}["DOMAIN_LM_SERVE_ARGS"] == ""
+    assert json.loads({e["name"]: e.get("value") for e in c1["env"]}["DOMAIN_LM_ENGINE_OPTIONS"]) == {}
 
 
 @pytest.mark.parametrize(
     "values, message",
     [
         ({}, "API keys are required"),
-        ({"apiKeys": {"keys": ["k"]}, "tensorParallel": {"enabled": True}}, "needs gpu.enabled"),
-        ({"apiKeys": {"keys": ["k"]}, "gpu": {"enabled": True}, "tensorParallel": {"enabled": True, "size": 1}}, "size must be 2"),
+        ({"apiKeys": {"entries": [ENTRY]}, "tensorParallel": {"enabled": True}}, "needs gpu.enabled"),
+        ({"apiKeys": {"entries": [ENTRY]}, "gpu": {"enabled": True}, "tensorParallel": {"enabled": True, "size": 1}}, "size must be 2"),
     ],
 )
 def test_helm_refuses_unsafe_or_inconsistent_values(values, message):
@@ -276,12 +290,12 @@ def test_helm_auth_can_be_disabled_explicitly_for_development():
     kinds = _by_kind(_render({"apiKeys": {"disabled": True}}))
     c = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in c["env"]}
-    assert env["DOMAIN_LM_AUTH_DISABLED"] == "1" and "DOMAIN_LM_API_KEYS_FILE" not in env and "Secret" not in kinds
+    assert env["DOMAIN_LM_AUTH"] == "false" and "DOMAIN_LM_API_KEYS_FILE" not in env and "Secret" not in kinds
 
 
 def test_kubernetes_schema_validation_catches_errors():
     kv = pytest.importorskip("kubernetes_validate")
-    docs = _render({"apiKeys": {"keys": ["k"]}})
+    docs = _render({"apiKeys": {"entries": [ENTRY]}})
     dep = _by_kind(docs)["Deployment"]
     dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = {"bad": 1}
     with pytest.raises(kv.ValidationError):

@@ -4,10 +4,12 @@
 #   DOMAIN_LM_BUNDLE          bundle directory (mounted read-only); verified before anything is served
 #   DOMAIN_LM_BUNDLE_SHA256   optional: expected SHA-256 of the bundle's MANIFEST.sha256
 #   DOMAIN_LM_MODEL           without a bundle: a model directory (not verified)
-#   DOMAIN_LM_TEMPLATES       templates directory (default: the bundle's templates/)
+#   DOMAIN_LM_TEMPLATES_DIR   templates directory (default: the bundle's templates/)
 #   DOMAIN_LM_ENGINE          vllm | hf | auto (default vllm in the images)
 #   DOMAIN_LM_PORT            listening port (default 8000)
-#   DOMAIN_LM_SERVE_ARGS      more `domain-lm serve` options, e.g. "--tensor-parallel-size 2"
+#   DOMAIN_LM_SERVE_ARGS      more `domain-lm serve` options, e.g. "--max-queue 32"
+# The service reads its other settings from DOMAIN_LM_* variables itself (services/settings.py), e.g.
+# DOMAIN_LM_API_KEYS_FILE, DOMAIN_LM_AUDIT_LOG, DOMAIN_LM_AUTH, DOMAIN_LM_ENGINE_OPTIONS (JSON).
 set -eu
 
 PORT="${DOMAIN_LM_PORT:-8000}"
@@ -18,8 +20,8 @@ if [ "${1:-}" = "domain-lm" ] || [ "${1:-}" = "sh" ] || [ "${1:-}" = "python" ];
 fi
 
 set -- --engine "$ENGINE" --host 0.0.0.0 --port "$PORT" "$@"
-if [ -n "${DOMAIN_LM_TEMPLATES:-}" ]; then
-  set -- --templates "$DOMAIN_LM_TEMPLATES" "$@"
+if [ -n "${DOMAIN_LM_TEMPLATES_DIR:-}" ]; then
+  set -- --templates "$DOMAIN_LM_TEMPLATES_DIR" "$@"
 fi
 # Word splitting of DOMAIN_LM_SERVE_ARGS is intended: it holds several options.
 # shellcheck disable=SC2086

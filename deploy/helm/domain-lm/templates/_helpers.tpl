@@ -32,6 +32,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if .Values.tensorParallel.enabled -}}{{ .Values.tensorParallel.size }}{{- else -}}{{ .Values.gpu.count }}{{- end -}}
 {{- end -}}
 
+{{/* Engine options as JSON, with the tensor-parallel size when it is on. */}}
+{{- define "domain-lm.engineOptions" -}}
+{{- $opts := deepCopy .Values.engineOptions -}}
+{{- if .Values.tensorParallel.enabled -}}
+{{- $_ := set $opts "tensor_parallel_size" (int .Values.tensorParallel.size) -}}
+{{- end -}}
+{{- toJson $opts -}}
+{{- end -}}
+
 {{- define "domain-lm.validate" -}}
 {{- if and .Values.tensorParallel.enabled (not .Values.gpu.enabled) -}}
 {{- fail "tensorParallel.enabled needs gpu.enabled=true: tensor parallelism shards the model over the GPUs of one node" -}}
@@ -39,8 +48,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if and .Values.tensorParallel.enabled (lt (int .Values.tensorParallel.size) 2) -}}
 {{- fail "tensorParallel.size must be 2 or more (the number of GPUs to shard the model over)" -}}
 {{- end -}}
-{{- if not (or .Values.apiKeys.disabled .Values.apiKeys.existingSecret .Values.apiKeys.keys) -}}
-{{- fail "API keys are required: set apiKeys.existingSecret (a Secret with key api-keys) or apiKeys.keys; apiKeys.disabled=true is for local development only" -}}
+{{- if not (or .Values.apiKeys.disabled .Values.apiKeys.existingSecret .Values.apiKeys.entries) -}}
+{{- fail "API keys are required: set apiKeys.existingSecret (a Secret with key api-keys.yaml) or apiKeys.entries (from `domain-lm serve keygen`); apiKeys.disabled=true is for local development only" -}}
 {{- end -}}
 {{- if and (not .Values.models.existingClaim) (not .Values.models.hostPath) -}}
 {{- fail "set models.existingClaim (a PVC holding the bundles) or models.hostPath" -}}
