@@ -59,14 +59,18 @@ def _freeze(versions: dict[str, dict[int, TaskTemplate]], current: dict[str, int
     )
 
 
-def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
+def _fingerprint(directory: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """(path, mtime, size, inode) of every template file: a stat per file, no reads.
+
+    The inode catches an atomic replace (write + rename) that lands in the same mtime tick.
+    """
     files = []
     for sub in (directory, directory / HISTORY_DIR):
         if sub.is_dir():
             for p in sub.iterdir():
                 if p.suffix in _SUFFIXES and p.is_file():
                     st = p.stat()
-                    files.append((str(p), st.st_mtime_ns, st.st_size))
+                    files.append((str(p), st.st_mtime_ns, st.st_size, st.st_ino))
     return tuple(sorted(files))
 
 
@@ -92,8 +96,8 @@ class TemplateRegistry:
     def __init__(self, templates: list[TaskTemplate] | tuple[TaskTemplate, ...] = (), directory: str | Path | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None
         self._lock = threading.RLock()
-        self._seen: tuple[tuple[str, int, int], ...] = ()
-        self._parsed: dict[tuple[str, int, int], TaskTemplate | TemplateError] = {}
+        self._seen: tuple[tuple[str, int, int, int], ...] = ()
+        self._parsed: dict[tuple[str, int, int, int], TaskTemplate | TemplateError] = {}
         versions: dict[str, dict[int, TaskTemplate]] = {}
         current: dict[str, int] = {}
         for t in templates:
@@ -131,7 +135,7 @@ class TemplateRegistry:
             return False
         return self._scan(force=False)
 
-    def _parse(self, path: Path, key: tuple[str, int, int]) -> TaskTemplate | TemplateError:
+    def _parse(self, path: Path, key: tuple[str, int, int, int]) -> TaskTemplate | TemplateError:
         if key not in self._parsed:
             try:
                 self._parsed[key] = TaskTemplate.from_yaml(path.read_text(encoding="utf-8"), str(path))
