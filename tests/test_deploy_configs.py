@@ -82,12 +82,15 @@ def test_entrypoint_verifies_bundle_then_serves(tmp_path):
     base = {"PATH": f"{fake.parent}:/usr/bin:/bin"}
     run = lambda env, *args: subprocess.run(["sh", str(DEPLOY / "docker" / "entrypoint.sh"), *args], env={**base, **env}, capture_output=True, text=True)  # noqa: E731
 
-    r = run({"DOMAIN_LM_BUNDLE": "/models/v1", "DOMAIN_LM_ENGINE": "hf", "DOMAIN_LM_SERVE_ARGS": "--request-timeout 60"}, "--max-queue", "8")
+    r = run({"DOMAIN_LM_BUNDLE": "/models/v1", "DOMAIN_LM_ENGINE": "vllm", "DOMAIN_LM_SERVE_ARGS": "--timeout 60",
+             "DOMAIN_LM_TENSOR_PARALLEL_SIZE": "2", "DOMAIN_LM_KV_CACHE_GIB": "4"}, "--max-queue", "8")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:3] == ["bundle", "serve", "/models/v1"]
     args = r.stdout.split()
-    assert args[args.index("--engine") + 1] == "hf" and args[args.index("--port") + 1] == "8000"
-    assert args[-4:] == ["--max-queue", "8", "--request-timeout", "60"]
+    assert args[args.index("--engine") + 1] == "vllm" and args[args.index("--port") + 1] == "8000"
+    assert args[args.index("--tensor-parallel-size") + 1] == "2" and args[args.index("--kv-cache-gib") + 1] == "4"
+    assert args[-2:] == ["--timeout", "60"] and args[args.index("--max-queue") + 1] == "8"
+    _serve_accepts(args[3:])
 
     r = run({"DOMAIN_LM_BUNDLE": "/models/v1", "DOMAIN_LM_TEMPLATES_DIR": "/templates"})
     args = r.stdout.split()
@@ -101,6 +104,19 @@ def test_entrypoint_verifies_bundle_then_serves(tmp_path):
 
     r = run({}, "domain-lm", "bundle", "verify", "/models/x")  # explicit commands pass through
     assert r.stdout.split() == ["bundle", "verify", "/models/x"]
+
+
+def _serve_accepts(args: list[str]) -> None:
+    """The options the deploy files pass are real `domain-lm serve` options (parsed, not run)."""
+    try:
+        from domain_lm.cli.serve import app as serve_app
+    except ImportError:
+        return
+    import typer
+
+    cmd = typer.main.get_command(serve_app)
+    ctx = cmd.make_context("serve", ["--model", "m", *args])  # raises on an unknown option
+    assert ctx.params["model"] == "m"
 
 
 def test_healthcheck_script_reports_status(tmp_path):
@@ -163,7 +179,7 @@ def test_compose_file_validates_and_isolates_the_service(tmp_path):
     assert mounts["/models"]["source"] == str(tmp_path / "srv" / "models")
     assert svc["environment"]["DOMAIN_LM_BUNDLE"] == "/models/bank-v1"
     assert svc["environment"]["HF_HUB_OFFLINE"] == "1" and svc["environment"]["VLLM_NO_USAGE_STATS"] == "1"
-    assert json.loads(svc["environment"]["DOMAIN_LM_ENGINE_OPTIONS"]) == {}
+    assert svc["environment"]["DOMAIN_LM_KV_CACHE_GIB"] == "8"
     assert svc["environment"]["DOMAIN_LM_API_KEYS_FILE"] == "/run/secrets/" + svc["secrets"][0]["target"]
     assert svc["read_only"] and svc["cap_drop"] == ["ALL"] and "ports" not in svc
     # The service is only on the internal network: no route out, reachable only via nginx.
@@ -222,7 +238,7 @@ def test_helm_chart_lints():
 
 
 def test_helm_cpu_render_is_valid_kubernetes(tmp_path):
-    docs = _render({"apiKeys": {"entries": [ENTRY, {**ENTRY, "id": "ops", "admin": True}]}, "engineOptions": {"max_model_len": 4096}, "templates": {"files": {"sentiment.yaml": "name: sentiment\n"}}, "ingress": {"enabled": True}})
+    docs = _render({"apiKeys": {"entries": [ENTRY, {**ENTRY, "id": "ops", "admin": True}]}, "serve": {"extraArgs": ["--max-model-len", "4096"]}, "templates": {"files": {"sentiment.yaml": "name: sentiment\n"}}, "ingress": {"enabled": True}})
     _validate_k8s(docs)
     kinds = _by_kind(docs)
     assert {"Deployment", "Service", "ConfigMap", "Secret", "NetworkPolicy", "Ingress"} <= set(kinds)
@@ -233,7 +249,8 @@ def test_helm_cpu_render_is_valid_kubernetes(tmp_path):
     assert c["securityContext"]["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["DOMAIN_LM_BUNDLE"] == "/models/current" and env["DOMAIN_LM_TEMPLATES_DIR"] == "/templates" and env["HF_HUB_OFFLINE"] == "1"
-    assert json.loads(env["DOMAIN_LM_ENGINE_OPTIONS"]) == {"max_model_len": 4096}
+    assert env["DOMAIN_LM_SERVE_ARGS"] == "--max-model-len 4096" and env["DOMAIN_LM_KV_CACHE_GIB"] == "8"
+    assert "DOMAIN_LM_TENSOR_PARALLEL_SIZE" not in env
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert mounts["models"]["readOnly"] and mounts["templates"]["readOnly"] and mounts["api-keys"]["readOnly"]
     import base64
@@ -262,14 +279,14 @@ def test_helm_gpu_tensor_parallel_switch():
     c = pod["containers"][0]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 4 and c["resources"]["requests"]["memory"] == "32Gi"
     env = {e["name"]: e.get("value") for e in c["env"]}
-    assert json.loads(env["DOMAIN_LM_ENGINE_OPTIONS"]) == {"tensor_parallel_size": 4}
+    assert env["DOMAIN_LM_TENSOR_PARALLEL_SIZE"] == "4" and "DOMAIN_LM_KV_CACHE_GIB" not in env
     assert any(v["name"] == "shm" and v["emptyDir"]["medium"] == "Memory" for v in pod["volumes"])
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert next(v for v in pod["volumes"] if v["name"] == "api-keys")["secret"]["secretName"] == "bank-keys"
     single = _by_kind(_render({"apiKeys": {"entries": [ENTRY]}, "gpu": {"enabled": True, "count": 1}}))
     c1 = single["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert c1["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert json.loads({e["name"]: e.get("value") for e in c1["env"]}["DOMAIN_LM_ENGINE_OPTIONS"]) == {}
+    assert "DOMAIN_LM_TENSOR_PARALLEL_SIZE" not in {e["name"] for e in c1["env"]}
 
 
 @pytest.mark.parametrize(

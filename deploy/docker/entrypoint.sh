@@ -7,9 +7,11 @@
 #   DOMAIN_LM_TEMPLATES_DIR   templates directory (default: the bundle's templates/)
 #   DOMAIN_LM_ENGINE          vllm | hf | auto (default vllm in the images)
 #   DOMAIN_LM_PORT            listening port (default 8000)
-#   DOMAIN_LM_SERVE_ARGS      more `domain-lm serve` options, e.g. "--max-queue 32"
-# The service reads its other settings from DOMAIN_LM_* variables itself (services/settings.py), e.g.
-# DOMAIN_LM_API_KEYS_FILE, DOMAIN_LM_AUDIT_LOG, DOMAIN_LM_AUTH, DOMAIN_LM_ENGINE_OPTIONS (JSON).
+#   DOMAIN_LM_TENSOR_PARALLEL_SIZE   GPUs to shard the model over (vLLM), default 1
+#   DOMAIN_LM_KV_CACHE_GIB    vLLM KV cache size in GiB (CPU servers)
+#   DOMAIN_LM_SERVE_ARGS      more `domain-lm serve` options, e.g. "--max-queue 32 --max-model-len 4096"
+# The service reads the rest from DOMAIN_LM_* variables itself (services/settings.py):
+# DOMAIN_LM_API_KEYS_FILE, DOMAIN_LM_API_KEYS, DOMAIN_LM_AUDIT_LOG, DOMAIN_LM_AUTH=false (development only).
 set -eu
 
 PORT="${DOMAIN_LM_PORT:-8000}"
@@ -20,6 +22,12 @@ if [ "${1:-}" = "domain-lm" ] || [ "${1:-}" = "sh" ] || [ "${1:-}" = "python" ];
 fi
 
 set -- --engine "$ENGINE" --host 0.0.0.0 --port "$PORT" "$@"
+if [ -n "${DOMAIN_LM_TENSOR_PARALLEL_SIZE:-}" ]; then
+  set -- "$@" --tensor-parallel-size "$DOMAIN_LM_TENSOR_PARALLEL_SIZE"
+fi
+if [ -n "${DOMAIN_LM_KV_CACHE_GIB:-}" ]; then
+  set -- "$@" --kv-cache-gib "$DOMAIN_LM_KV_CACHE_GIB"
+fi
 if [ -n "${DOMAIN_LM_TEMPLATES_DIR:-}" ]; then
   set -- --templates "$DOMAIN_LM_TEMPLATES_DIR" "$@"
 fi

@@ -32,15 +32,6 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if .Values.tensorParallel.enabled -}}{{ .Values.tensorParallel.size }}{{- else -}}{{ .Values.gpu.count }}{{- end -}}
 {{- end -}}
 
-{{/* Engine options as JSON, with the tensor-parallel size when it is on. */}}
-{{- define "domain-lm.engineOptions" -}}
-{{- $opts := deepCopy .Values.engineOptions -}}
-{{- if .Values.tensorParallel.enabled -}}
-{{- $_ := set $opts "tensor_parallel_size" (int .Values.tensorParallel.size) -}}
-{{- end -}}
-{{- toJson $opts -}}
-{{- end -}}
-
 {{- define "domain-lm.validate" -}}
 {{- if and .Values.tensorParallel.enabled (not .Values.gpu.enabled) -}}
 {{- fail "tensorParallel.enabled needs gpu.enabled=true: tensor parallelism shards the model over the GPUs of one node" -}}
