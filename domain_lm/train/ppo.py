@@ -35,6 +35,7 @@ SECTIONS = ["ppo", "tasks", "base_model"]
 NEEDS = ["sft|pretrain|base", "reward"]
 
 #: Logged every step (JSONL + TensorBoard) and plotted in the stage report.
+#: PPO-Max §5.2: reward, KL, response length and perplexity are the signals that show a collapse early.
 PLOT_KEYS = ["reward_mean", "reward_std", "kl", "response_length", "policy_ppl", "policy_clipfrac", "value_clipfrac", "value_error", "entropy", "kl_coef"]
 
 
@@ -120,7 +121,7 @@ def encode_prompts(tok, prompts: list[Prompt], max_len: int) -> tuple[torch.Tens
 
 class Critic(nn.Module):
     """Token-level values from a sequence-classification reward model: its score head applied to
-    the hidden state at every position (PPO-Max §5.3: critic initialised from the reward model)."""
+    the hidden state at every position (PPO-Max §5.3.3: critic initialised from the reward model)."""
 
     def __init__(self, seqcls: nn.Module):
         super().__init__()
@@ -270,7 +271,7 @@ def make_experience(state: "PPOState", prompts: list[Prompt]) -> tuple[Experienc
     scores = reward_scores(state.reward_model, state.reward_tok, prompts, texts, cfg.max_prompt_len + cfg.max_new_tokens)
     shaped = scores
     if cfg.use_reward_norm:
-        # PPO-Max §5.1 (reward normalisation and clipping): standardise with running moments
+        # PPO-Max §5.3.1 (reward normalisation and clipping): standardise with running moments
         # (seeded with the reward model's eval-set statistics), then clip to +-reward_clip.
         state.moments.update(scores)
         shaped = state.moments.normalize(scores, clip=cfg.reward_clip)
@@ -278,14 +279,14 @@ def make_experience(state: "PPOState", prompts: list[Prompt]) -> tuple[Experienc
     # advantages: KL to the reference folded into per-token rewards, then GAE
     kl_tok = pc.kl_estimate(logp, ref_logp, cfg.kl_estimator) * mask
     if cfg.use_token_kl:
-        # PPO-Max §5.2 (token-level KL penalty): each token pays kl_coef * KL_t.
+        # PPO-Max §5.3.2 (token-level KL penalty): each token pays kl_coef * KL_t.
         rewards, _ = pc.token_rewards(shaped, logp, ref_logp, mask, state.kl_ctl.value, cfg.kl_estimator)
     else:
         rewards, _ = pc.token_rewards(shaped - state.kl_ctl.value * kl_tok.sum(1), logp, ref_logp, mask, 0.0)
     # GAE (Schulman et al. 2016; PPO-Max §3.2); off: Monte-Carlo returns (lam = 1).
     advantages, returns = pc.gae(rewards, values, mask, cfg.gamma, cfg.lam if cfg.use_gae else 1.0)
     if cfg.use_advantage_whitening:
-        # PPO-Max §5.1 (advantage normalisation): zero mean, unit variance per batch.
+        # PPO-Max §5.3.1 (advantage normalisation): zero mean, unit variance per batch.
         advantages = pc.masked_whiten(advantages, mask)
 
     seq_kl = kl_tok.sum(1)
@@ -484,7 +485,7 @@ def train_ppo(policy_path: Path, reward_path: Path, config, work_dir: Path, resu
         actor_opt=Updater(actor, cfg.learning_rate, cfg.max_grad_norm if cfg.use_grad_clip else None, cfg.deepspeed),
         critic_opt=Updater(critic, cfg.critic_learning_rate, cfg.max_grad_norm if cfg.use_grad_clip else None, cfg.deepspeed),
         moments=moments,
-        # PPO-Max §5.2: KL coefficient fixed, or adaptive towards target_kl (Ziegler et al. 2019).
+        # PPO-Max §5.3.2: KL coefficient fixed, or adaptive towards target_kl (Ziegler et al. 2019).
         kl_ctl=pc.KLController(cfg.kl_coef, adaptive=cfg.adaptive_kl, target=cfg.target_kl, horizon=cfg.kl_horizon),
         rng=rng,
         torch_rng=torch.Generator().manual_seed(cfg.seed),
@@ -518,7 +519,7 @@ def train_ppo(policy_path: Path, reward_path: Path, config, work_dir: Path, resu
         exp, metrics = make_experience(state, batch)
         # PPO-Max §5.4 (small experience buffer): reuse the last `buffer_size` rollouts.
         buffer = (buffer + [exp])[-cfg.buffer_size :]
-        # update: the critic alone during warm-up (PPO-Max §5.3), then actor and critic
+        # update: the critic alone during warm-up (PPO-Max §5.3.3), then actor and critic
         warm = state.step < cfg.critic_warmup_steps
         metrics.update(ppo_update(state, buffer, update_actor=not warm))
         state.kl_ctl.update(metrics["kl"], cfg.rollout_batch_size)

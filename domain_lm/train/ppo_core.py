@@ -4,7 +4,9 @@ Shapes: ``B`` = sequences in a batch, ``T`` = response tokens (prompt positions 
 ``V`` = vocabulary. ``mask`` is 1.0 on real response tokens and 0.0 on padding after EOS.
 Loss functions return ``(loss, metrics)``; ``metrics`` holds detached Python floats for the
 caller to log. References are to Zheng et al. 2023, "Secrets of RLHF in Large Language Models
-Part I: PPO" (arXiv:2307.04964), written "PPO-Max §x".
+Part I: PPO" (arXiv:2307.04964), written "PPO-Max §x" (section numbers of the arXiv v2 text:
+§3.2 PPO/GAE, §5.2 monitoring metrics, §5.3.1 score reparameterisation, §5.3.2 policy constraints,
+§5.3.3 pretrained initialisation, §5.4 the PPO-Max recipe).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """(B, T) -> (B, T): ``(x - mean) / std`` over the masked entries; padding stays 0.
 
-    PPO-Max §5.3 (advantage normalisation): whitening the advantages of a batch keeps the
+    PPO-Max §5.3.1 (score reparameterisation: advantage normalisation): whitening the advantages of a batch keeps the
     policy-gradient scale stable across batches whose rewards differ in scale.
     """
     mean, var = masked_mean(x, mask), masked_var(x, mask)
@@ -89,7 +91,7 @@ def token_rewards(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(B,), (B, T), (B, T), (B, T) -> rewards (B, T).
 
-    PPO-Max §5.3 (token-level KL penalty): every response token is charged ``-kl_coef * KL_t``
+    PPO-Max §5.3.2 (policy constraints: token-level KL penalty): every response token is charged ``-kl_coef * KL_t``
     and the sequence score from the reward model is added on the last real token, so the
     critic sees where the score arrives and the policy pays for drifting at each token.
     """
@@ -166,7 +168,7 @@ def value_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(B, T) x4 -> scalar loss.
 
-    PPO-Max §5.3 (value function loss clipping):
+    PPO-Max §5.4 (the PPO-Max recipe: value function loss clipping):
       V_clip = old_V + clip(V - old_V, -eps, eps)
       loss   = 0.5 * mean_t max((V - R)^2, (V_clip - R)^2)
     Without clipping: ``0.5 * mean_t (V - R)^2``.
@@ -200,7 +202,7 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Te
 class RunningMoments:
     """Mean and std of every value seen so far, merged batch by batch (Chan et al. parallel form).
 
-    PPO-Max §5.1 (reward normalisation and clipping): scores are standardised with the running
+    PPO-Max §5.3.1 (score reparameterisation: reward normalisation and clipping): scores are standardised with the running
     statistics so the reward scale does not drift as the policy improves.
     """
 
@@ -241,7 +243,7 @@ class RunningMoments:
 class KLController:
     """The KL penalty coefficient: fixed, or adaptive towards a target KL.
 
-    Adaptive rule of Ziegler et al. 2019 (also PPO-Max §5.3):
+    Adaptive rule of Ziegler et al. 2019 (also PPO-Max §5.3.2):
       e = clip(KL / target - 1, -0.2, 0.2);  beta <- beta * (1 + e * n_steps / horizon)
     """
 
