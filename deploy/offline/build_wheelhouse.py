@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -101,6 +102,27 @@ def wheel_key(filename: str) -> tuple[str, str]:
     return canon(name), version
 
 
+def clean_source(project: Path, dest: Path) -> Path:
+    """Copy the project's files (git-tracked and untracked-but-not-ignored) to ``dest``.
+
+    Building from a clean copy keeps a stale ``build/lib`` or local runs and model files out of the
+    wheel; outside a git checkout the tree is copied as is.
+    """
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             cwd=project, check=True, capture_output=True).stdout
+        files = [f for f in out.decode().split("\0") if f]
+    except (OSError, subprocess.CalledProcessError):
+        shutil.copytree(project, dest, ignore=shutil.ignore_patterns(".venv", "build", "dist", "*.egg-info", "__pycache__"))
+        return dest
+    for rel in files:
+        src = project / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
 def pip(*args: str) -> None:
     cmd = [sys.executable, "-m", "pip", *args]
     print("+", " ".join(cmd), flush=True)
@@ -133,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     # The project wheel: no build isolation, so no network is needed to fetch setuptools.
-    pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(args.project.resolve()))
+    with tempfile.TemporaryDirectory(prefix="domain-lm-src-") as tmp:
+        src = clean_source(args.project.resolve(), Path(tmp) / "src")
+        pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(src))
     if pins:
         src = [f"--find-links={d}" for d in args.find_links] + (["--no-index"] if args.no_index else [])
         pip("download", "--no-deps", "--only-binary=:all:", "--dest", str(out), *src, *(f"{n}=={v}" for n, v in sorted(pins.items())))
