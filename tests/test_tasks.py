@@ -244,6 +244,19 @@ def test_render_failure_at_request_time_is_a_template_error(t_mini):
     assert e.value.line == line_of(text, "note.__class__")
 
 
+def test_templates_pickle_for_worker_processes(reg):
+    import copy
+    import pickle
+
+    t = reg.get("extraction")
+    back = pickle.loads(pickle.dumps(t))
+    ex = t.examples[0]
+    assert back.fingerprint == t.fingerprint and back.file == t.file
+    assert back.render_messages(ex.inputs, few_shot=1) == t.render_messages(ex.inputs, few_shot=1)
+    assert back.parse_output(t.target_text(ex.output)) == ex.output
+    assert copy.deepcopy(t) is t  # immutable: no copy needed
+
+
 def test_schemas_for_api_docs(reg):
     t = reg.get("extraction")
     s = t.input_schema()

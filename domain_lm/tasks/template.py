@@ -38,6 +38,9 @@ _ENV = ImmutableSandboxedEnvironment(
 )
 #: Names a prompt may use besides its declared inputs.
 _EXTRA_VARS = {"lang"}
+#: Private attributes rebuilt after unpickling: compiled Jinja and the schema validator cannot be
+#: pickled, and they are derived data anyway (datasets.map workers and spawned processes rebuild them).
+_DERIVED = ("_compiled", "_label_lookup", "_validator")
 _FENCE = re.compile(r"^```[A-Za-z0-9_-]*[ \t]*\n?(.*?)\n?```$", re.DOTALL)
 _LABEL_STRIP = " \t\r\n\"'`“”‘’「」『』"
 _LABEL_TRAIL = ".。!！"
@@ -90,6 +93,20 @@ class TaskTemplate(TemplateSpec):
         self._compile()
         self._build_contract()
         self._check_examples()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["__pydantic_private__"] = {k: v for k, v in (state.get("__pydantic_private__") or {}).items() if k not in _DERIVED}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._compiled, self._label_lookup, self._validator = {}, {}, None
+        self._compile()
+        self._build_contract()
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> "TaskTemplate":
+        return self  # immutable: a copy would be indistinguishable
 
     @property
     def file(self) -> str:
