@@ -168,7 +168,7 @@ class TemplateRegistry:
                     continue
                 if got.name != expected or (is_history and path.stem != f"{got.name}@{got.version}"):
                     want = f"{got.name}@{got.version}.yaml" if is_history else f"{got.name}.yaml"
-                    errors.append(TemplateError(f"file name must be {want} for template {got.name!r} version {got.version}", str(path), 1))
+                    errors.append(got._err(("name",), f"file name must be {want} for template {got.name!r} version {got.version}"))
                     continue
                 if not is_history:
                     current[got.name] = got.version
