@@ -188,6 +188,22 @@ def test_compose_file_validates_and_isolates_the_service(tmp_path):
     assert cfg["services"]["prometheus"]["ports"][0]["host_ip"] == "127.0.0.1"
 
 
+def test_compose_gpu_override_reserves_gpus(tmp_path):
+    compose = _compose_binary()
+    root = tmp_path / "srv"
+    (root / "secrets").mkdir(parents=True)
+    (root / "secrets" / "api-keys.yaml").write_text("keys: []\n")
+    env = {**os.environ, "DOMAIN_LM_ROOT": str(root), "DOMAIN_LM_TENSOR_PARALLEL_SIZE": "4"}
+    r = subprocess.run([compose, "-f", str(DEPLOY / "docker-compose.yaml"), "-f", str(DEPLOY / "docker-compose.gpu.yaml"), "config", "--format", "json"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    svc = json.loads(r.stdout)["services"]["domain-lm"]
+    assert svc["build"]["dockerfile"] == "deploy/Dockerfile.gpu" and svc["image"] == "domain-lm:gpu"
+    assert svc["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert svc["environment"]["DOMAIN_LM_TENSOR_PARALLEL_SIZE"] == "4" and svc["environment"]["DOMAIN_LM_KV_CACHE_GIB"] == ""
+    assert list(svc["networks"]) == ["backend"]  # the base file's isolation still applies
+
+
 def test_compose_validator_rejects_unknown_keys(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("services:\n  x:\n    image: busybox\n    restart_policy_typo: always\n")
