@@ -41,7 +41,7 @@ from domain_lm.hashing import sha256_file, sha256_json
 
 CORPUS_VERSION = 1  # bump when the processing changes, so old cache entries are not reused
 MIN_BLOCK_TOKENS = 16
-SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", ". ", "! ", "? ", "; ", " ", ""]
+SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", "，", "、", ". ", "! ", "? ", "; ", " ", ""]
 
 
 # --------------------------------------------------------------------------- pass 1: documents
@@ -102,14 +102,16 @@ def clean_stream(raw: Iterable[RawDoc], section: CorpusSection, stats: PartStats
         if len(text) < section.min_chars:
             stats.too_short += 1
             continue
+        hits: dict[str, int] = {}
         if section.pii_scrub:
+            # Scrub before dedupe so copies that differ only in PII count as duplicates.
             text, hits = scrub(text)
-            stats.pii_hits.update(hits)
         doc_id = exact_key(text)[:20]
         verdict = dedupe.check(doc_id, text)
         if verdict is not None:
             setattr(stats, f"duplicates_{verdict}", getattr(stats, f"duplicates_{verdict}") + 1)
             continue
+        stats.pii_hits.update(hits)  # counted for kept documents only
         lang = doc.lang if doc.lang != "auto" else detect_lang(text)
         stats.docs_out += 1
         stats.docs_by_lang[lang] += 1
@@ -333,13 +335,13 @@ def _copy_tree(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, copy_function=link_or_copy, dirs_exist_ok=True)
 
 
-def build_corpus_cached(section: CorpusSection, tokenizer, out: str | Path) -> tuple[dict[str, Any], bool]:
-    """``build_corpus`` through the content-hash cache. Returns (report, cached)."""
+def build_corpus_cached(section: CorpusSection, tokenizer, out: str | Path, cache_dir: str | Path | None = None) -> tuple[dict[str, Any], bool]:
+    """``build_corpus`` through the content-hash cache (default ``cache_root()``). Returns (report, cached)."""
     out = Path(out)
     if not section.sources:
         raise ValueError("build_corpus_cached needs corpus.sources (the stage fills in the demo corpus when empty)")
     key = cache_key(section, tokenizer)
-    entry = cache_root() / key
+    entry = Path(cache_dir or cache_root()) / key
     if section.cache and (entry / "report.json").is_file():
         _copy_tree(entry, out)
         report = json.loads((entry / "report.json").read_text(encoding="utf-8"))

@@ -39,7 +39,12 @@ class Deduper:
         self.num_perm = num_perm
         self.seed = seed
         self._exact: set[bytes] = set()
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        try:
+            self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        except ValueError:
+            # Very high thresholds give datasketch a single band; two bands of half the hashes still
+            # find every pair that similar (candidates are confirmed against the threshold below).
+            self._lsh = MinHashLSH(num_perm=num_perm, params=(2, num_perm // 2))
         self._sigs: dict[str, np.ndarray] = {}  # hash values only (the MinHash object is 3x larger)
 
     def minhash(self, text: str) -> MinHash:
