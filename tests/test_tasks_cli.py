@@ -72,3 +72,12 @@ def test_docs_example_template_is_valid(tmp_path):
 
     t = TemplateRegistry.load(tmp_path).get("fee_complaint")
     assert t.choices("zh") == ["收费", "非收费"] and t.parse_output("Not fee", "en") == "not_fee"
+
+
+def test_parse_checks_answers_against_the_contract():
+    r = runner.invoke(app, ["tasks", "parse", "sentiment", " 积极。", "--lang", "zh", "--dir", str(TEMPLATES)])
+    assert r.exit_code == 0 and json.loads(r.output) == "positive"
+    r = runner.invoke(app, ["tasks", "parse", "extraction", '```json\n{"value": 1, "unit": "%", "period": null, "evidence": null}\n```', "--dir", str(TEMPLATES)])
+    assert r.exit_code == 0 and json.loads(r.output) == {"value": 1, "unit": "%", "period": None, "evidence": None}
+    r = runner.invoke(app, ["tasks", "parse", "extraction", '{"value": "one"}', "--dir", str(TEMPLATES)])
+    assert r.exit_code == 1 and "contract broken" in r.output

@@ -81,3 +81,24 @@ def render(
         console.print(f"[dim]answer must be JSON matching: {json.dumps(t.json_schema(), ensure_ascii=False)}[/]", highlight=False)
     else:
         console.print(f"[dim]answer: text, at most {t.output.max_length} characters[/]", highlight=False)
+
+
+@app.command("parse")
+def parse(
+    name: Annotated[str, typer.Argument(help="Task name, e.g. sentiment.")],
+    text: Annotated[str, typer.Argument(help="A model answer to check, or @file.txt.")],
+    lang: Annotated[str, typer.Option("--lang", help="Answer language.")] = "en",
+    version: Annotated[Optional[int], typer.Option("--version", help="Template version (default: current).")] = None,
+    directory: DirOpt = Path("task_templates"),
+) -> None:
+    """Check a model answer against a task's output contract; print the typed value as JSON (exit 1 if broken)."""
+    from domain_lm.tasks import ContractError, TemplateRegistry
+
+    raw = Path(text[1:]).read_text(encoding="utf-8") if text.startswith("@") else text
+    t = TemplateRegistry.load(directory).get(name, version)
+    try:
+        value = t.parse_output(raw, lang=lang)
+    except ContractError as e:
+        console.print(f"[bold red]contract broken[/] {escape(e.message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    print(json.dumps(value, ensure_ascii=False))
