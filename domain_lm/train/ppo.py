@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import time
@@ -149,21 +150,47 @@ def build_models(policy_path: Path, reward_path: Path, cfg):
     return actor, critic, reward_model, tok, reward_tok, stats
 
 
+def _resolve_auto(conf: dict[str, Any], lr: float, clip: float | None, micro_batch: int) -> dict[str, Any]:
+    """Fill the ``"auto"`` values of a shared DeepSpeed JSON (written for the HF Trainer, which
+    resolves them itself) for a hand-written loop. ZeRO-2 only: ZeRO-3 partitions the weights,
+    and the rollouts call ``generate`` on the plain module."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    if conf.get("zero_optimization", {}).get("stage", 0) >= 3:
+        raise NotAvailableError("ppo.deepspeed: ZeRO-3 is not supported by the PPO loop (rollouts need whole weights); use deploy/deepspeed/zero2.json.")
+    values = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": micro_batch * world,
+        "gradient_clipping": clip or 0.0,
+        "lr": lr,
+        "betas": [0.9, 0.999],
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "enabled": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
+    }
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (values[k] if v == "auto" and k in values else fill(v)) for k, v in node.items()}
+        return node
+
+    return fill(conf)
+
+
 class Updater:
     """Optimiser step for one trainable model: plain torch (AdamW), or a DeepSpeed engine when
     ``ppo.deepspeed`` names a config (launch with ``deepspeed``/``accelerate launch``)."""
 
-    def __init__(self, model: nn.Module, lr: float, clip: float | None, deepspeed_config: str | None = None):
+    def __init__(self, model: nn.Module, lr: float, clip: float | None, deepspeed_config: str | None = None, micro_batch: int = 1):
         params = [p for p in model.parameters() if p.requires_grad]
         self.clip, self.params = clip, params
         self.engine = None
         if deepspeed_config:
             import deepspeed
 
-            conf = json.loads(Path(deepspeed_config).read_text())
-            conf.setdefault("train_micro_batch_size_per_gpu", 1)
-            conf["gradient_clipping"] = clip or 0.0
-            conf["optimizer"] = {"type": "AdamW", "params": {"lr": lr}}
+            conf = _resolve_auto(json.loads(Path(deepspeed_config).read_text()), lr, clip, micro_batch)
             self.engine, self.opt, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=conf)
         else:
             self.opt = torch.optim.AdamW(params, lr=lr)
@@ -467,9 +494,13 @@ def train_ppo(policy_path: Path, reward_path: Path, config, work_dir: Path, resu
     if cfg.rollout_engine != "hf":
         raise NotAvailableError("ppo.rollout_engine=vllm is not implemented yet: rollouts use HF generate on the live actor (set ppo.rollout_engine=hf).")
     work_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    train_prompts, held_prompts = load_prompts(config, rng)
+    # Under DeepSpeed every rank runs this loop on its own rollouts (data parallel): the prompt
+    # split is shared, the sampling seed differs per rank; rank 0 alone logs and checkpoints.
+    rank = int(os.environ.get("RANK", "0"))
+    main = rank == 0
+    torch.manual_seed(cfg.seed + rank)
+    train_prompts, held_prompts = load_prompts(config, random.Random(cfg.seed))
+    rng = random.Random(cfg.seed + 7919 * rank)
     actor, critic, reward_model, tok, reward_tok, stats = build_models(policy_path, reward_path, cfg)
     moments = pc.RunningMoments()
     if stats.get("std"):
@@ -482,13 +513,13 @@ def train_ppo(policy_path: Path, reward_path: Path, config, work_dir: Path, resu
         reward_model=reward_model,
         tok=tok,
         reward_tok=reward_tok,
-        actor_opt=Updater(actor, cfg.learning_rate, cfg.max_grad_norm if cfg.use_grad_clip else None, cfg.deepspeed),
-        critic_opt=Updater(critic, cfg.critic_learning_rate, cfg.max_grad_norm if cfg.use_grad_clip else None, cfg.deepspeed),
+        actor_opt=Updater(actor, cfg.learning_rate, cfg.max_grad_norm if cfg.use_grad_clip else None, cfg.deepspeed, cfg.mini_batch_size),
+        critic_opt=Updater(critic, cfg.critic_learning_rate, cfg.max_grad_norm if cfg.use_grad_clip else None, cfg.deepspeed, cfg.mini_batch_size),
         moments=moments,
         # PPO-Max §5.3.2: KL coefficient fixed, or adaptive towards target_kl (Ziegler et al. 2019).
         kl_ctl=pc.KLController(cfg.kl_coef, adaptive=cfg.adaptive_kl, target=cfg.target_kl, horizon=cfg.kl_horizon),
         rng=rng,
-        torch_rng=torch.Generator().manual_seed(cfg.seed),
+        torch_rng=torch.Generator().manual_seed(cfg.seed + rank),
         demos=[p for p in train_prompts if p.answer] if cfg.use_ptx else [],
     )
     summary: dict[str, Any] = {"train_prompts": len(train_prompts), "heldout_prompts": len(held_prompts)}
@@ -501,10 +532,11 @@ def train_ppo(policy_path: Path, reward_path: Path, config, work_dir: Path, resu
         before = json.loads(before_path.read_text())
     else:
         before = evaluate(state, held_prompts, use_adapter=False)
-        before_path.write_text(json.dumps(before))
+        if main:
+            before_path.write_text(json.dumps(before))
 
     tb = None
-    if tb_dir is not None:
+    if tb_dir is not None and main:
         from torch.utils.tensorboard import SummaryWriter
 
         tb = SummaryWriter(str(tb_dir))
@@ -527,21 +559,23 @@ def train_ppo(policy_path: Path, reward_path: Path, config, work_dir: Path, resu
         # log
         metrics.update(step=state.step, critic_warmup=warm, seconds=round(time.time() - t0, 2), sample=exp.texts[0][:200])
         state.history.append(metrics)
-        with log_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics, ensure_ascii=False) + "\n")
+        if main:
+            with log_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(metrics, ensure_ascii=False) + "\n")
         if tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     tb.add_scalar(f"ppo/{k}", v, state.step)
         log.info("ppo step %d: reward %.3f kl %.4f len %.1f", state.step, metrics["reward_mean"], metrics["kl"], metrics["response_length"])
         # save
-        if state.step % cfg.save_steps == 0 or state.step == cfg.steps:
+        if main and (state.step % cfg.save_steps == 0 or state.step == cfg.steps):
             save_checkpoint(state, work_dir)
         # early stop: the policy has drifted too far from the reference
         if metrics["kl"] > cfg.kl_stop_bound:
             log.warning("ppo: KL %.3f exceeded kl_stop_bound %.3f at step %d; stopping", metrics["kl"], cfg.kl_stop_bound, state.step)
             stopped_early = True
-            save_checkpoint(state, work_dir)
+            if main:
+                save_checkpoint(state, work_dir)
             break
     if tb is not None:
         tb.close()
