@@ -62,3 +62,78 @@ def _bound(node: Any, max_string: int, max_items: int, number_limit: float) -> N
 def text_regex(max_chars: int) -> str:
     """A regex for a non-empty answer of at most ``max_chars`` characters (first one not blank)."""
     return r"\S[\s\S]{0,%d}" % max(0, max_chars - 1)
+
+
+def worst_case_chars(schema: Any) -> int:
+    """Longest compact JSON a grammar built from ``schema`` can produce (escapes ignored)."""
+    if not isinstance(schema, dict):
+        return 4
+    if "const" in schema:
+        return len(_dumps(schema["const"]))
+    if "enum" in schema:
+        return max((len(_dumps(v)) for v in schema["enum"]), default=4)
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            return max((worst_case_chars(s) for s in schema[key]), default=4)
+    types = schema.get("type", "object")
+    types = types if isinstance(types, list) else [types]
+    best = 0
+    for t in types:
+        if t == "object":
+            props = schema.get("properties", {})
+            size = 2 + sum(len(k) + 4 + worst_case_chars(v) for k, v in props.items())
+        elif t == "array":
+            size = 2 + schema.get("maxItems", 64) * (worst_case_chars(schema.get("items", {})) + 1)
+        elif t == "string":
+            size = schema.get("maxLength", 10_000) + 2
+        elif t in ("number", "integer"):
+            size = 24
+        elif t == "boolean":
+            size = 5
+        else:
+            size = 4
+        best = max(best, size)
+    return best
+
+
+def fit_schema(schema: dict[str, Any], budget_chars: int, min_string: int = 8) -> dict[str, Any]:
+    """Shrink string lengths and array sizes (halving) until the worst case fits ``budget_chars``.
+
+    Used for a retry after an answer ran out of tokens mid-document: the second attempt is then
+    guaranteed to close its JSON (counting at most one character per token).
+    """
+    out = copy.deepcopy(schema)
+    for _ in range(16):
+        if worst_case_chars(out) <= budget_chars:
+            break
+        if not _halve(out, min_string):
+            break
+    return out
+
+
+def _halve(node: Any, min_string: int) -> bool:
+    changed = False
+    if isinstance(node, list):
+        for item in node:
+            changed |= _halve(item, min_string)
+        return changed
+    if not isinstance(node, dict):
+        return False
+    if isinstance(node.get("maxLength"), int) and node["maxLength"] > min_string:
+        node["maxLength"] = max(min_string, node["maxLength"] // 2)
+        node["minLength"] = min(node.get("minLength", 0), node["maxLength"])
+        changed = True
+    if isinstance(node.get("maxItems"), int) and node["maxItems"] > 1:
+        node["maxItems"] = max(1, node["maxItems"] // 2)
+        node["minItems"] = min(node.get("minItems", 0), node["maxItems"])
+        changed = True
+    for value in node.values():
+        if isinstance(value, (dict, list)):
+            changed |= _halve(value, min_string)
+    return changed
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from domain_lm.inference.base import Engine, GenerationRequest, GenerationResult
-from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING, bound_schema, text_regex
+from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING, bound_schema, fit_schema, text_regex
 from domain_lm.tasks import ContractError, TaskTemplate
 
 log = logging.getLogger(__name__)
@@ -135,10 +135,29 @@ class TaskRunner:
 
     # ------------------------------------------------------------------ async (service)
 
+    def retry_request(self, request: GenerationRequest, result: GenerationResult) -> GenerationRequest | None:
+        """A second attempt for a JSON answer cut off by ``max_tokens``: the schema shrunk to fit.
+
+        Constrained decoding guarantees the shape but not that the document closes in time; a
+        model that spends its budget on one long string gets one retry whose worst case fits.
+        """
+        if request.json_schema is None or result.finish_reason != "length":
+            return None
+        fitted = fit_schema(request.json_schema, request.max_tokens)
+        return request.model_copy(update={"json_schema": fitted}) if fitted != request.json_schema else None
+
+    async def agenerate(self, request: GenerationRequest) -> tuple[GenerationRequest, GenerationResult]:
+        """Generate, with the budget retry of ``retry_request``; returns the request actually answered."""
+        result = await self.engine.generate(request)
+        retry = self.retry_request(request, result)
+        if retry is not None:
+            return retry, await self.engine.generate(retry)
+        return request, result
+
     async def arun(self, template: TaskTemplate, inputs: dict[str, Any], lang: str = "en", adapter: str | None = None, **kw: Any) -> TaskAnswer:
         request = self.build_request(template, inputs, lang, adapter, **kw)
         t0 = time.perf_counter()
-        result = await self.engine.generate(request)
+        request, result = await self.agenerate(request)
         return self.to_answer(template, request, result, lang, (time.perf_counter() - t0) * 1000)
 
     async def arun_batch(
@@ -173,6 +192,11 @@ class TaskRunner:
                 out[i] = e
         t0 = time.perf_counter()
         results = self.engine.generate_batch([r for _, r in requests]) if requests else []
+        retries = [(k, self.retry_request(req, res)) for k, ((_, req), res) in enumerate(zip(requests, results))]
+        retries = [(k, r) for k, r in retries if r is not None]
+        if retries:
+            for (k, req), res in zip(retries, self.engine.generate_batch([r for _, r in retries])):
+                requests[k], results[k] = (requests[k][0], req), res
         latency = (time.perf_counter() - t0) * 1000 / max(1, len(requests))
         for (i, req), res in zip(requests, results):
             try:

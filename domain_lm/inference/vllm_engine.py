@@ -164,8 +164,14 @@ class VllmEngine:
         if final is None or not final.outputs:
             raise EngineError("vLLM returned no output.")
         comp = final.outputs[0]
+        text = comp.text
+        if not text and comp.token_ids and not request.stop:
+            # vLLM's incremental detokenizer can drop every character when byte-level tokens keep
+            # splitting multi-byte characters (seen with the tiny test model on Chinese); a full
+            # decode of the same tokens recovers them.
+            text = self.tokenizer.decode(list(comp.token_ids), skip_special_tokens=True)
         return GenerationResult(
-            text=comp.text,
+            text=text,
             prompt_tokens=len(final.prompt_token_ids or []),
             completion_tokens=len(comp.token_ids or []),
             finish_reason=comp.finish_reason or "stop",

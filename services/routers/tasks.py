@@ -182,7 +182,7 @@ async def run_task(name: str, body: TaskRequest, request: Request, state: StateD
         gen = runner.build_request(t, body.input, body.lang, body.adapter)  # 422/400 before queueing
         with state.admission.slot():
             t0 = time.perf_counter()
-            result = await asyncio.wait_for(runner.engine.generate(gen), state.settings.request_timeout_s)
+            gen, result = await asyncio.wait_for(runner.agenerate(gen), state.settings.request_timeout_s)
             answer = runner.to_answer(t, gen, result, body.lang, (time.perf_counter() - t0) * 1000)
     except QueueFull as e:
         state.metrics.rejected.labels("queue_full").inc()

@@ -1,0 +1,173 @@
+"""The service on the REAL vLLM CPU engine with the tiny model (engine started once per module).
+
+Every bundled task in every language is answered with a contract-satisfying output; a template
+registered with PUT is answered without a restart; a burst beyond the queue limit gets 429s while
+the admitted requests are answered correctly; a LoRA adapter is served per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import httpx
+import pytest
+
+from .conftest import REPO, requires_vllm
+
+pytestmark = [pytest.mark.vllm, requires_vllm]
+
+KEY = "test-key-vllm"
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    """A random (non-zero) LoRA adapter on the tiny model, so the adapter path really changes logits."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from domain_lm.models.loading import load_causal_lm
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_causal_lm(tiny_model_dir), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    out = tmp_path_factory.mktemp("lora-demo")
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, adapter_dir):
+    from domain_lm.inference import create_engine
+
+    eng = create_engine(
+        tiny_model_dir,
+        kind="vllm",
+        adapters={"demo": adapter_dir},
+        model_name="tiny",
+        gpu_memory_utilization=0.1,
+        kv_cache_memory_bytes=256 * 2**20,
+        max_model_len=2048,
+    )
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def templates_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("templates") / "task_templates"
+    shutil.copytree(REPO / "task_templates", d)
+    return d
+
+
+def make_app(engine, templates_dir, **kw):
+    from services.app import create_app
+    from services.security import hash_key
+    from services.settings import ServiceSettings
+
+    settings = ServiceSettings(api_keys=f"tester:{hash_key(KEY)}:*:admin", templates_dir=str(templates_dir), template_reload_interval_s=0, **kw)
+    return create_app(settings, engine=engine)
+
+
+async def _post_all(app, calls):
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc", headers={"Authorization": f"Bearer {KEY}"}, timeout=300) as c:
+        return await asyncio.gather(*(c.post(url, json=body) for url, body in calls))
+
+
+def test_engine_contract_directly(engine):
+    from domain_lm.inference import GenerationRequest
+
+    msgs = [{"role": "user", "content": "Is this about credit cards or loans?"}]
+    label, free = engine.generate_batch(
+        [GenerationRequest(messages=msgs, choices=["credit_card", "loan", "other"]), GenerationRequest(messages=msgs, max_tokens=5)]
+    )
+    assert label.text in {"credit_card", "loan", "other"}
+    assert free.completion_tokens == 5 and free.finish_reason == "length"
+    assert label.prompt_tokens == free.prompt_tokens > 0
+
+
+def test_every_bundled_task_satisfies_its_contract(engine, templates_dir):
+    from domain_lm.tasks import TemplateRegistry
+
+    reg = TemplateRegistry.load(templates_dir)
+    calls, expect = [], []
+    for t in reg:
+        for lang in t.languages:
+            ex = next(e for e in t.examples if e.lang == lang)
+            calls.append((f"/v1/tasks/{t.name}", {"input": ex.inputs, "lang": lang}))
+            expect.append((t, lang))
+    assert {t.name for t, _ in expect} >= {"sentiment", "entities", "extraction", "report_summary", "key_points", "business_line"}
+    responses = asyncio.run(_post_all(make_app(engine, templates_dir), calls))
+    for (t, lang), r in zip(expect, responses):
+        assert r.status_code == 200, (t.name, lang, r.text)
+        body = r.json()
+        # The returned output is exactly what the template's own contract check makes of the raw text.
+        assert t.parse_output(body["raw_text"], lang) == body["output"], (t.name, lang)
+        assert body["model"] == "tiny" and body["usage"]["completion_tokens"] > 0
+        if t.output.kind == "label":
+            assert body["raw_text"] in t.choices(lang)
+
+
+def test_put_template_is_answered_without_restart(engine, templates_dir):
+    from fastapi.testclient import TestClient
+
+    yaml_text = """
+name: complaint
+description: Is a customer message a complaint?
+languages: [en]
+metric: classification
+inputs:
+  text: {type: string, max_length: 500}
+output:
+  kind: label
+  labels: [complaint, other]
+prompts:
+  en:
+    variants: ["Is this a complaint? {{ text }}"]
+examples:
+  - {lang: en, inputs: {text: "You blocked my card for no reason!"}, output: complaint}
+"""
+    app = make_app(engine, templates_dir)
+    with TestClient(app, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        assert c.post("/v1/tasks/complaint", json={"input": {"text": "My card was charged twice."}}).status_code == 404
+        put = c.put("/v1/tasks/complaint", content=yaml_text, headers={"Content-Type": "application/yaml"})
+        assert put.status_code == 200, put.text
+        assert put.json()["version"] == 1 and (templates_dir / "complaint.yaml").is_file()
+        r = c.post("/v1/tasks/complaint", json={"input": {"text": "My card was charged twice."}})
+        assert r.status_code == 200, r.text
+        assert r.json()["output"] in {"complaint", "other"}
+
+
+def test_burst_beyond_queue_limit_gets_429_and_service_stays_healthy(engine, templates_dir):
+    from domain_lm.tasks import TemplateRegistry
+
+    limit, n = 4, 24
+    app = make_app(engine, templates_dir, max_queue=limit)
+    t = TemplateRegistry.load(templates_dir).get("sentiment")
+    calls = [("/v1/tasks/sentiment", {"input": {"text": f"Net income rose {i} percent."}}) for i in range(n)]
+    responses = asyncio.run(_post_all(app, calls))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 429}
+    assert codes.count(429) >= n - 2 * limit and codes.count(200) >= limit
+    for r in responses:
+        if r.status_code == 200:
+            assert r.json()["output"] in t.output.labels
+    # Nothing stays admitted, and the service keeps answering.
+    assert app.state.service.admission.in_flight == 0
+    after = asyncio.run(_post_all(app, [("/v1/tasks/sentiment", {"input": {"text": "Profit fell."}})]))
+    assert after[0].status_code == 200
+
+
+def test_adapter_is_served_per_request(engine, templates_dir):
+    from domain_lm.inference import GenerationRequest
+
+    msgs = [{"role": "user", "content": "Summarise: revenue increased, costs decreased."}]
+    base, lora = engine.generate_batch(
+        [GenerationRequest(messages=msgs, max_tokens=24), GenerationRequest(messages=msgs, max_tokens=24, adapter="demo")]
+    )
+    assert base.text != lora.text  # the random adapter changes the distribution
+    responses = asyncio.run(
+        _post_all(make_app(engine, templates_dir), [("/v1/tasks/sentiment", {"input": {"text": "Profit fell."}, "adapter": "demo"}), ("/v1/tasks/sentiment", {"input": {"text": "Profit fell."}, "adapter": "nope"})])
+    )
+    assert responses[0].status_code == 200 and responses[0].json()["adapter"] == "demo"
+    assert responses[1].status_code == 400 and "nope" in responses[1].json()["detail"]["message"]
