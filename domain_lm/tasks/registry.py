@@ -38,7 +38,6 @@ class TemplateErrors(TemplateError):
         first = self.errors[0]
         lines = "\n".join(f"  {e}" for e in self.errors)
         super().__init__(f"{len(self.errors)} template problem(s):\n{lines}", first.file, first.line)
-        self.args = (str(lines),)
 
     def __str__(self) -> str:
         return f"{len(self.errors)} template problem(s):\n" + "\n".join(f"  {e}" for e in self.errors)
@@ -146,8 +145,9 @@ class TemplateRegistry:
         return self._parsed[key]
 
     def _scan(self, force: bool) -> bool:
+        if self.directory is None:
+            return False
         with self._lock:
-            assert self.directory is not None
             seen = _fingerprint(self.directory) if self.directory.is_dir() else ()
             if seen == self._seen and not force:
                 return False
