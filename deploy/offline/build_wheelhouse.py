@@ -8,7 +8,7 @@ versions installed there, so what ships is what was tested)::
 
 It writes into ``--out``:
 
-    *.whl               the project's wheel and one wheel per dependency (binary only, no sdists)
+    *.whl               the project's wheel and one wheel per dependency (sdist-only ones built here)
     requirements.lock   ``name==version --hash=sha256:...`` for every wheel (pip's hash-checking mode)
     SHA256SUMS          ``sha256sum`` list of every file, checked by install.sh before anything else
     install.sh          the installer for the target (a copy of deploy/offline/install.sh)
@@ -160,7 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(src))
     if pins:
         src = [f"--find-links={d}" for d in args.find_links] + (["--no-index"] if args.no_index else [])
-        pip("download", "--no-deps", "--only-binary=:all:", "--dest", str(out), *src, *(f"{n}=={v}" for n, v in sorted(pins.items())))
+        # `pip wheel` saves the published wheel when there is one and builds a wheel from the sdist
+        # when there is none (deepspeed publishes only an sdist), here on the build host, so the
+        # target installs binaries only. No build isolation: sdists such as deepspeed's import torch
+        # at build time, which this venv has.
+        pip("wheel", "--no-deps", "--no-build-isolation", "--prefer-binary", "--wheel-dir", str(out), *src,
+            *(f"{n}=={v}" for n, v in sorted(pins.items())))
 
     wanted = {canon(PROJECT): project_version, **pins}
     hashes: dict[str, list[str]] = {}
