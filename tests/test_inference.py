@@ -1,0 +1,129 @@
+"""Engine contract, schema bounds and TaskRunner (fake engine; no model)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import jsonschema
+import pytest
+
+from domain_lm.inference import GenerationRequest, GenerationResult, create_engine
+from domain_lm.inference.fake import FakeEngine
+from domain_lm.inference.schema_bounds import bound_schema, fit_schema, text_regex, worst_case_chars
+from domain_lm.inference.tasks import TaskRunner
+from domain_lm.tasks import ContractError, InputError, TemplateRegistry
+
+from .conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return TemplateRegistry.load(REPO / "task_templates")
+
+
+def test_request_validation():
+    with pytest.raises(ValueError, match="exactly one"):
+        GenerationRequest()
+    with pytest.raises(ValueError, match="at most one"):
+        GenerationRequest(prompt="x", choices=["a"], json_schema={"type": "object"})
+    with pytest.raises(ValueError):
+        GenerationRequest(prompt="x", choices=[])
+
+
+def test_bound_schema_adds_missing_limits_only():
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "code": {"type": "string", "maxLength": 3},
+            "kind": {"type": "string", "enum": ["ORG", "PER"]},
+            "n": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    b = bound_schema(schema, max_string=10, max_items=4, number_limit=100)
+    p = b["properties"]
+    assert p["name"]["maxLength"] == 10 and p["code"]["maxLength"] == 3 and "maxLength" not in p["kind"]
+    assert p["n"]["anyOf"][0] == {"type": "number", "minimum": -100, "maximum": 100}
+    assert p["tags"]["maxItems"] == 4 and p["tags"]["items"]["maxLength"] == 10
+    assert "maxLength" not in schema["properties"]["name"]  # input untouched
+    jsonschema.validate({"name": "x" * 10, "tags": ["a"] * 4, "n": 5}, b)
+
+
+def test_worst_case_and_fit():
+    s = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 10}, "b": {"type": "array", "maxItems": 2, "items": {"type": "boolean"}}}}
+    # {"a":"..........","b":[false,false]} -> longest compact document is 35 chars; estimate is an upper bound
+    longest = json.dumps({"a": "x" * 10, "b": [False, False]}, separators=(",", ":"))
+    assert len(longest) <= worst_case_chars(s) <= len(longest) + 6
+    big = bound_schema({"type": "array", "items": {"type": "object", "properties": {"t": {"type": "string"}}}})
+    fitted = fit_schema(big, 150)
+    assert worst_case_chars(big) > 150 >= worst_case_chars(fitted)
+    jsonschema.validate([{"t": "abc"}], fitted)
+    import re
+
+    assert re.fullmatch(text_regex(5), "ab cd") and not re.fullmatch(text_regex(5), " abc") and not re.fullmatch(text_regex(5), "abcdef")
+
+
+def test_create_engine_fake_and_unknown():
+    eng = create_engine("m", kind="fake", adapters={"a": "/x"})
+    assert isinstance(eng, FakeEngine) and eng.adapters == {"a": "/x"}
+    with pytest.raises(Exception, match="Unknown engine kind"):
+        create_engine("m", kind="tpu")
+    with pytest.raises(Exception, match="Unknown adapter 'b'"):
+        eng.generate_batch([GenerationRequest(prompt="x", adapter="b")])
+
+
+def test_runner_attaches_the_contract(registry):
+    engine = FakeEngine()
+    runner = TaskRunner(engine)
+    senti = registry.get("sentiment")
+    req = runner.build_request(senti, {"text": "Loans grew."}, lang="zh")
+    assert req.choices == senti.choices("zh") and req.json_schema is None and req.messages[-1]["role"] == "user"
+    ext = runner.build_request(registry.get("extraction"), {"text": "Revenue 5m in 2022.", "field": "revenue"})
+    assert ext.json_schema is not None and ext.max_tokens == registry.get("extraction").output.max_tokens
+    summ = runner.build_request(registry.get("report_summary"), {"text": "Revenue rose."})
+    assert summ.regex == text_regex(registry.get("report_summary").output.max_length)
+    with pytest.raises(InputError) as e:
+        runner.build_request(senti, {"text": 3})
+    assert e.value.field == "text"
+
+
+def test_runner_answers_every_bundled_task(registry):
+    runner = TaskRunner(FakeEngine(model_name="m"))
+    for t in registry:
+        for lang in t.languages:
+            ex = next(x for x in t.examples if x.lang == lang)
+            ans = runner.run(t, ex.inputs, lang=lang)
+            assert ans.output == t.parse_output(ans.raw_text, lang) and ans.model == "m" and ans.task == t.name
+
+
+def test_runner_contract_error_and_batch_exceptions(registry):
+    senti = registry.get("sentiment")
+    runner = TaskRunner(FakeEngine(script=lambda r: "dunno"))
+    with pytest.raises(ContractError) as e:
+        runner.run(senti, {"text": "x"})
+    assert e.value.raw == "dunno"
+    out = runner.run_batch(senti, [{"text": "x"}, {}], return_exceptions=True)
+    assert isinstance(out[0], ContractError) and isinstance(out[1], InputError)
+
+
+def test_json_cut_off_by_the_budget_is_retried_with_a_fitted_schema(registry):
+    """An answer that hits max_tokens mid-document is retried once with a schema whose worst case fits."""
+
+    class Truncating(FakeEngine):
+        def _answer(self, request):
+            res = super()._answer(request)
+            if len(self.requests) == 1:
+                return GenerationResult(text='{"value": 12', prompt_tokens=3, completion_tokens=request.max_tokens, finish_reason="length")
+            return res
+
+    ext = registry.get("extraction")
+    for sync in (True, False):
+        engine = Truncating()
+        runner = TaskRunner(engine)
+        inputs = {"text": "Revenue was 5m in 2022.", "field": "revenue"}
+        ans = runner.run(ext, inputs) if sync else asyncio.run(runner.arun(ext, inputs))
+        first, second = engine.requests
+        assert worst_case_chars(second.json_schema) <= second.max_tokens < worst_case_chars(first.json_schema)
+        assert ans.output == ext.parse_output(ans.raw_text)
