@@ -68,6 +68,7 @@ class CorpusSource(Section):
     text_column: str = "text"
     lang: Literal["auto", "en", "zh"] = "auto"
     split: Literal["file", "blank_line"] = Field("file", description="Text files: one document per file, or documents separated by an empty line.")
+    max_docs: int | None = Field(None, ge=1, description="Read at most this many documents from this source (sampling a big corpus).")
 
 
 class CorpusSection(Section):
@@ -157,6 +158,7 @@ class RewardSection(Section):
     sample_k: int = Field(0, ge=0, description="Answers sampled per task prompt from the upstream model and ranked by the task metric (0: off).")
     sample_records: int = Field(16, ge=1, description="Task records used for sampled pairs when sample_k > 0.")
     center_rewards_coefficient: float | None = Field(0.01, ge=0, description="TRL auxiliary loss that keeps rewards centred on 0.")
+    lora_top_layers: int | None = Field(None, ge=1, description="LoRA only on the top N transformer layers (backward stops there: several times cheaper on CPU); None: all layers.")
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=1e-4))
 
 
@@ -208,6 +210,7 @@ class PpoSection(Section):
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus (0: off, as in PPO-Max).")
     ptx_batch_size: int = Field(4, ge=1, description="SFT demonstrations per PPO-ptx step.")
     rollout_engine: Literal["hf", "vllm"] = Field("hf", description="hf: generate with the live actor; vllm: the INFERENCE engine on a merged snapshot.")
+    lora_top_layers: int | None = Field(None, ge=1, description="Actor and critic LoRA only on the top N transformer layers (cheaper backward); None: all layers.")
 
 
 class DpoSection(Section):

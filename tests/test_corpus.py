@@ -268,9 +268,14 @@ def test_blank_line_split_and_max_docs(tmp_path, tiny_model_dir):
 
     f = tmp_path / "many.txt"
     f.write_text("\n\n".join(f"Document {i}: " + BODY_A.replace("Northbridge", f"Bank{i} " * 30) for i in range(5)))
+    tok = load_tokenizer(tiny_model_dir)
     sec = CorpusSection(sources=[CorpusSource(path=str(f), split="blank_line")], max_docs=3, heldout_fraction=0.0)
-    r = build_corpus(sec.sources, load_tokenizer(tiny_model_dir), sec, tmp_path / "out")["domain"]
-    assert r["docs_in"] == 3 and r["heldout_docs"] == 0
+    r = build_corpus(sec.sources, tok, sec, tmp_path / "out")["domain"]
+    assert r["docs_in"] == 3 and r["docs_out"] == 3 and r["heldout_docs"] == 0
+    # Per-source cap: 2 from the first source, all 5 from the second.
+    sec = CorpusSection(sources=[CorpusSource(path=str(f), split="blank_line", max_docs=2), CorpusSource(path=str(f), split="blank_line")], heldout_fraction=0.0)
+    r = build_corpus(sec.sources, tok, sec, tmp_path / "out2")["domain"]
+    assert r["docs_in"] == 7 and r["duplicates_exact"] == 2
 
 
 def test_cli_standalone_build(tmp_path, tiny_model_dir, mixed_sources):

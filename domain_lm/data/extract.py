@@ -63,10 +63,16 @@ def file_format(src: CorpusSource, path: Path) -> str | None:
 
 def iter_documents(sources: list[CorpusSource]) -> Iterator[RawDoc]:
     """Stream raw documents from every source, in a stable order."""
+    taken: dict[int, int] = {}  # per source: documents yielded so far (for src.max_docs)
     for src, f in check_sources(sources):
         fmt = file_format(src, f)
+        key = id(src)
         try:
-            yield from _READERS[fmt](src, f)
+            for doc in _READERS[fmt](src, f):
+                if src.max_docs is not None and taken.get(key, 0) >= src.max_docs:
+                    break
+                taken[key] = taken.get(key, 0) + 1
+                yield doc
         except DataError:
             raise
         except Exception as e:  # a corrupt PDF/docx/CSV: name the file, not the library's internals
