@@ -267,7 +267,11 @@ def test_blank_line_split_and_max_docs(tmp_path, tiny_model_dir):
     from domain_lm.models.loading import load_tokenizer
 
     f = tmp_path / "many.txt"
-    f.write_text("\n\n".join(f"Document {i}: " + BODY_A.replace("Northbridge", f"Bank{i} " * 30) for i in range(5)))
+    import random
+
+    rng = random.Random(0)
+    words = BODY_A.split()
+    f.write_text("\n\n".join(f"Document {i}: " + " ".join(rng.sample(words, 60)) for i in range(5)))  # 5 distinct documents
     tok = load_tokenizer(tiny_model_dir)
     sec = CorpusSection(sources=[CorpusSource(path=str(f), split="blank_line")], max_docs=3, heldout_fraction=0.0)
     r = build_corpus(sec.sources, tok, sec, tmp_path / "out")["domain"]
