@@ -179,12 +179,18 @@ def verify_bundle(path: str | Path, manifest_sha256: str | None = None) -> Bundl
 # --------------------------------------------------------------------------- build
 
 
+#: Hidden directories that belong in a bundle: the template registry's version history, so that
+#: clients pinned to an older template version keep working on the target.
+_KEEP_HIDDEN = {".versions"}
+
+
 def _copy_tree(src: Path, dest: Path) -> int:
-    """Copy the non-hidden files of ``src`` (caches, editor files and .git stay behind)."""
+    """Copy the non-hidden files of ``src`` (caches, editor and temp files, .git stay behind)."""
     n = 0
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+        hidden = [part for part in rel.parts if part.startswith(".")]
+        if (hidden and not (len(hidden) == 1 and hidden[0] in rel.parts[:-1] and hidden[0] in _KEEP_HIDDEN)) or not p.is_file():
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p, dest / rel)  # follows symlinks: the bundle holds the real bytes
@@ -317,6 +323,7 @@ def build_bundle(
         if not is_adapter_dir(adir):
             raise BundleError(f"Adapter {aname!r}: {adir} is not a LoRA adapter directory (no adapter_config.json).")
 
+    task_templates = _template_names(templates)  # validated at the source, so errors name the user's files
     out = Path(out)
     with atomic.atomic_dir(out) as staging:
         if is_adapter_dir(model_path):
@@ -341,7 +348,7 @@ def build_bundle(
             "model_summary": _model_summary(staging / "model"),
             "adapters": {a: f"adapters/{a}" for a in (adapters or {})},
             "templates": "templates",
-            "task_templates": _template_names(staging / "templates"),
+            "task_templates": task_templates,
             "source": source,
         }
         atomic.write_json(staging / METADATA_NAME, meta)

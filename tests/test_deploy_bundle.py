@@ -22,18 +22,22 @@ description: test-only template
 
 
 @pytest.fixture()
-def templates(tmp_path) -> Path:
+def templates(tmp_path, monkeypatch) -> Path:
+    """A stand-in template dir for packaging tests; validation belongs to the tasks package and is
+    covered by the tests that bundle the real task_templates/."""
+    monkeypatch.setattr("domain_lm.bundle._template_names", lambda d: [{"file": p.name} for p in sorted(Path(d).glob("*.yaml"))])
     d = tmp_path / "templates"
     d.mkdir()
     (d / "demo_label.yaml").write_text(TEMPLATE)
     (d / ".editor-swap").write_text("not part of the bundle")
+    (d / ".versions").mkdir()
+    (d / ".versions" / "demo_label@0.yaml").write_text(TEMPLATE.replace("version: 1", "version: 0"))
+    (d / ".versions" / ".demo_label@0.yaml.tmp123").write_text("half-written")
     return d
 
 
 @pytest.fixture()
-def bundle(tmp_path, tiny_model_dir, templates, monkeypatch) -> Path:
-    # These tests cover packaging and verification; template validation belongs to the tasks package.
-    monkeypatch.setattr("domain_lm.bundle._template_names", lambda d: [{"file": p.name} for p in sorted(d.glob("*.yaml"))])
+def bundle(tmp_path, tiny_model_dir, templates) -> Path:
     out = tmp_path / "bundle"
     build_bundle(out, templates, model=tiny_model_dir, name="tiny")
     return out
@@ -44,7 +48,9 @@ def test_build_writes_manifest_over_every_file(bundle, tiny_model_dir):
     files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
     assert sorted(entries) == files
     assert "model/model.safetensors" in entries and "templates/demo_label.yaml" in entries
-    assert "templates/.editor-swap" not in entries  # hidden files stay behind
+    assert "templates/.editor-swap" not in entries  # hidden files stay behind ...
+    assert "templates/.versions/demo_label@0.yaml" in entries  # ... but template history ships
+    assert "templates/.versions/.demo_label@0.yaml.tmp123" not in entries
     assert (bundle / "model" / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["name"] == "tiny" and meta["model_kind"] == "full" and meta["model_summary"]["model_type"] == "llama"
@@ -112,6 +118,16 @@ def test_missing_bundle_and_missing_manifest(tmp_path):
         verify_bundle(tmp_path)
 
 
+def test_invalid_templates_fail_the_build_naming_the_file(tmp_path, tiny_model_dir):
+    pytest.importorskip("domain_lm.tasks")
+    bad = tmp_path / "tpl"
+    shutil.copytree(REPO / "task_templates", bad)
+    (bad / "sentiment.yaml").write_text((bad / "sentiment.yaml").read_text().replace("kind: label", "kind: lable"))
+    with pytest.raises(BundleError, match=r"sentiment.yaml"):
+        build_bundle(tmp_path / "b", bad, model=tiny_model_dir)
+    assert not (tmp_path / "b").exists()
+
+
 def test_failed_build_leaves_nothing(tmp_path, templates):
     (tmp_path / "empty-model").mkdir()
     with pytest.raises(BundleError, match="no config.json"):
@@ -128,8 +144,7 @@ def _fake_stage(run: Path, stage: str, model: Path, finished: float) -> None:
     (d / "manifest.json").write_text(json.dumps(r.to_manifest()))
 
 
-def test_build_from_run_takes_the_final_generator_stage(tmp_path, tiny_model_dir, templates, monkeypatch):
-    monkeypatch.setattr("domain_lm.bundle._template_names", lambda d: [])
+def test_build_from_run_takes_the_final_generator_stage(tmp_path, tiny_model_dir, templates):
     run = tmp_path / "runs" / "demo"
     _fake_stage(run, "sft", tiny_model_dir, 10.0)
     _fake_stage(run, "dpo", tiny_model_dir, 20.0)
@@ -144,12 +159,11 @@ def test_build_from_run_takes_the_final_generator_stage(tmp_path, tiny_model_dir
         build_bundle(tmp_path / "b3", templates, run=run, stage="pretrain")
 
 
-def test_adapter_dir_is_merged_and_adapters_can_be_kept_apart(tmp_path, tiny_model_dir, templates, monkeypatch):
+def test_adapter_dir_is_merged_and_adapters_can_be_kept_apart(tmp_path, tiny_model_dir, templates):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    monkeypatch.setattr("domain_lm.bundle._template_names", lambda d: [])
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     peft = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft.save_pretrained(tmp_path / "adapter")
@@ -164,7 +178,8 @@ def test_adapter_dir_is_merged_and_adapters_can_be_kept_apart(tmp_path, tiny_mod
         build_bundle(tmp_path / "x", templates, model=tiny_model_dir, adapters={"bad": tiny_model_dir})
 
 
-def test_cli_build_and_verify(tmp_path, tiny_model_dir, templates):
+def test_cli_build_and_verify(tmp_path, tiny_model_dir):
+    templates = REPO / "task_templates"  # the real ones: the build validates them with the task registry
     env_cmd = [sys.executable, "-m", "domain_lm", "bundle"]
     b = subprocess.run(env_cmd + ["build", "--model", str(tiny_model_dir), "--templates", str(templates), "--out", str(tmp_path / "b")],
                        capture_output=True, text=True, cwd=tmp_path)
