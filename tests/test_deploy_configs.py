@@ -311,6 +311,8 @@ def test_helm_gpu_tensor_parallel_switch():
         ({}, "API keys are required"),
         ({"apiKeys": {"entries": [ENTRY]}, "tensorParallel": {"enabled": True}}, "needs gpu.enabled"),
         ({"apiKeys": {"entries": [ENTRY]}, "gpu": {"enabled": True}, "tensorParallel": {"enabled": True, "size": 1}}, "size must be 2"),
+        ({"apiKeys": {"entries": [{"id": "x", "sha256": "the-plain-key"}]}}, "sha256"),  # a plain key is not a hash
+        ({"apiKeys": {"entries": [ENTRY]}, "engine": "tgi"}, "engine"),
     ],
 )
 def test_helm_refuses_unsafe_or_inconsistent_values(values, message):
