@@ -11,11 +11,47 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import yaml
+
 from domain_lm.inference.tasks import TaskRunner
 from domain_lm.tasks import ContractError, InputError, TaskTemplate, TemplateError, TemplateErrors, TemplateRegistry
 from domain_lm.tasks.yamlsrc import load_yaml
 
 DRAFT_FILE = "<editor>"
+
+#: What "New task" puts in the editor: a small, valid label task to rename and adapt.
+STARTER = """\
+# A new task: rename it, describe it, declare its inputs, its answer and how to ask for it.
+# Omit `version`: saving assigns the next one (1 for a new task).
+name: complaint_channel
+description: Decide through which channel a customer complaint should be handled.
+languages: [en]
+metric: classification
+inputs:
+  text:
+    type: string
+    max_length: 2000
+    description: The customer's complaint.
+output:
+  kind: label
+  labels: [branch, phone, online]
+  max_tokens: 8
+prompts:
+  en:
+    system: You triage bank customer complaints. Answer with exactly one of branch, phone, online.
+    variants:
+      - |
+        Which channel should handle this complaint: branch, phone or online?
+
+        Complaint: {{ text }}
+examples:
+  - lang: en
+    inputs: {text: "The cash machine at the Main Street branch kept my card."}
+    output: branch
+  - lang: en
+    inputs: {text: "I cannot log in to the mobile banking app since the update."}
+    output: online
+"""
 #: Examples answered by a dry run when the user gives no inputs (a real model answers each one).
 MAX_DRY_RUN_EXAMPLES = 3
 
@@ -42,6 +78,12 @@ def parse_draft(text: str, registry: TemplateRegistry) -> TaskTemplate:
             f"version: task {template.name!r} is already at version {latest}; use {latest + 1} or delete the version line to get it automatically",
         )
     return template
+
+
+def as_draft(t: TaskTemplate) -> str:
+    """A template's YAML without its ``version`` line: saving it registers the next version."""
+    data = {k: v for k, v in t.to_dict().items() if k != "version"}
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=100)
 
 
 def summary(t: TaskTemplate, registry: TemplateRegistry | None = None) -> dict[str, Any]:

@@ -1,0 +1,693 @@
+/* domain-lm console: vanilla JS, no build step, no external requests.
+ *
+ * Pages (hash routes): #/tasks, #/try/<task>, #/editor[/<task>], #/runs[/<run>].
+ * Every data call carries the API key (kept in sessionStorage) as `Authorization: Bearer`, the
+ * same header the REST API checks. Running and saving tasks go through the REST API itself.
+ */
+"use strict";
+
+const API_ROOT = location.pathname.replace(/\/console(\/.*)?$/, "");
+const CONSOLE = API_ROOT + "/console";
+const KEY_STORE = "domain-lm.console.api-key";
+const LANG_NAMES = { en: "English", zh: "中文" };
+
+// --------------------------------------------------------------------------- DOM helpers
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "html") el.innerHTML = v; // only ever used with static strings
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const view = () => $("#view");
+const fmtMs = (ms) => (ms == null ? "–" : ms < 1000 ? `${ms.toFixed(0)} ms` : `${(ms / 1000).toFixed(2)} s`);
+const fmtTime = (s) => (s ? new Date(s * 1000).toLocaleString() : "–");
+const pretty = (v) => (typeof v === "string" ? v : JSON.stringify(v, null, 2));
+
+function alertBox(kind, title, body) {
+  return h("div", { class: `alert ${kind}`, role: kind === "error" ? "alert" : "status" }, h("strong", {}, title), body ? h("div", {}, body) : null);
+}
+
+function spinner(text) {
+  return h("span", { class: "muted" }, h("span", { class: "spinner" }), " ", text || "Loading…");
+}
+
+// --------------------------------------------------------------------------- API client
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    const d = detail && typeof detail === "object" && !Array.isArray(detail) ? detail : {};
+    let message = d.message || (typeof detail === "string" ? detail : "");
+    if (Array.isArray(detail)) {
+      // FastAPI request validation: [{loc, msg}]
+      message = detail.map((e) => `${(e.loc || []).filter((x) => x !== "body").join(".")}: ${e.msg}`).join("; ");
+    }
+    super(message || `HTTP ${status}`);
+    this.status = status;
+    this.detail = d;
+  }
+}
+
+function getKey() {
+  return sessionStorage.getItem(KEY_STORE);
+}
+
+async function api(path, { method = "GET", json, text, contentType, asText = false } = {}) {
+  const headers = { Authorization: `Bearer ${getKey() || ""}` };
+  let body;
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  } else if (text !== undefined) {
+    headers["Content-Type"] = contentType || "text/plain";
+    body = text;
+  }
+  const resp = await fetch(API_ROOT + path, { method, headers, body });
+  if (resp.status === 401) {
+    signOut("Your API key was not accepted. Enter a valid key.");
+    throw new ApiError(401, { message: "missing or invalid API key" });
+  }
+  if (!resp.ok) {
+    let detail = null;
+    try {
+      detail = (await resp.json()).detail;
+    } catch (_) {
+      /* not JSON */
+    }
+    throw new ApiError(resp.status, detail);
+  }
+  return asText ? resp.text() : resp.json();
+}
+
+// --------------------------------------------------------------------------- session
+
+let session = null;
+
+function showSignin(message) {
+  $("#signin").classList.remove("hidden");
+  const err = $("#signin-error");
+  err.textContent = message || "";
+  err.classList.toggle("hidden", !message);
+  $("#api-key").focus();
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(KEY_STORE);
+  session = null;
+  $("#session").classList.add("hidden");
+  view().replaceChildren();
+  showSignin(message);
+}
+
+async function startSession() {
+  session = await api("/console/api/session");
+  $("#session-label").textContent = `${session.key_id}${session.admin ? " · admin" : ""}${session.model ? " · " + session.model : ""}`;
+  $("#session").classList.remove("hidden");
+  $("#signin").classList.add("hidden");
+}
+
+async function onSignin(ev) {
+  ev.preventDefault();
+  const key = $("#api-key").value.trim();
+  if (!key) return;
+  sessionStorage.setItem(KEY_STORE, key);
+  try {
+    await startSession();
+    $("#api-key").value = "";
+    route();
+  } catch (e) {
+    if (e.status !== 401) showSignin(`Cannot reach the service: ${e.message}`);
+  }
+}
+
+// --------------------------------------------------------------------------- router
+
+const routes = { tasks: pageTasks, try: pageTry, editor: pageEditor, runs: pageRuns };
+
+function route() {
+  if (!session) return;
+  const [page, ...rest] = (location.hash.replace(/^#\/?/, "") || "tasks").split("/");
+  const fn = routes[page] || pageTasks;
+  const navPage = page === "try" ? "tasks" : page;
+  document.querySelectorAll(".nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === navPage));
+  view().replaceChildren(spinner());
+  fn(...rest.map(decodeURIComponent)).catch((e) => view().replaceChildren(alertBox("error", "Something went wrong", e.message)));
+}
+
+function pageHead(title, subtitle, ...actions) {
+  return h("div", { class: "page-head" }, h("div", {}, h("h1", {}, title), subtitle ? h("p", {}, subtitle) : null), h("div", { class: "row" }, ...actions));
+}
+
+// --------------------------------------------------------------------------- tasks
+
+function kindTag(kind) {
+  return h("span", { class: `tag kind-${kind}` }, { label: "label", json: "JSON", text: "text" }[kind] || kind);
+}
+
+function inputTable(t) {
+  const rows = Object.entries(t.inputs).map(([name, f]) =>
+    h(
+      "tr",
+      {},
+      h("td", {}, h("code", {}, name)),
+      h("td", {}, f.type + (f.max_length ? ` ≤ ${f.max_length}` : "")),
+      h("td", {}, f.required ? "yes" : "no"),
+      h("td", { class: "muted" }, f.description || "")
+    )
+  );
+  return h("table", { class: "schema" }, h("tr", {}, h("th", {}, "Input"), h("th", {}, "Type"), h("th", {}, "Required"), h("th", {}, "Description")), rows);
+}
+
+function outputSummary(t) {
+  const out = t.output;
+  if (out.kind === "label") return h("div", { class: "tags" }, out.labels.map((l) => h("span", { class: "tag" }, l)));
+  if (out.kind === "json")
+    return h("details", {}, h("summary", { class: "small" }, "JSON schema"), h("pre", { class: "codebox" }, JSON.stringify(out.schema, null, 2)));
+  return h("span", { class: "small muted" }, `Free text${out.schema && out.schema.maxLength ? `, at most ${out.schema.maxLength} characters` : ""}`);
+}
+
+async function pageTasks() {
+  const data = await api("/console/api/tasks");
+  const cards = data.tasks.map((t) =>
+    h(
+      "article",
+      { class: "card", "data-task": t.name, id: `task-${t.name}` },
+      h("div", { class: "row" }, h("h2", {}, t.name), h("span", { class: "spacer" }), h("span", { class: "tag" }, `v${t.version}`)),
+      h("p", {}, t.description),
+      h("div", { class: "tags" }, kindTag(t.output.kind), h("span", { class: "tag" }, t.metric), t.languages.map((l) => h("span", { class: "tag" }, LANG_NAMES[l] || l)), t.adapter ? h("span", { class: "tag" }, `adapter: ${t.adapter}`) : null),
+      h("h3", {}, "Inputs"),
+      inputTable(t),
+      h("h3", {}, "Answer"),
+      outputSummary(t),
+      h(
+        "div",
+        { class: "actions" },
+        h("a", { class: "btn primary-link", href: `#/try/${encodeURIComponent(t.name)}` }, h("button", { type: "button", class: "primary" }, "Try it")),
+        session.admin ? h("a", { href: `#/editor/${encodeURIComponent(t.name)}` }, h("button", { type: "button" }, "Edit template")) : null
+      )
+    )
+  );
+  const problems = data.problems.length
+    ? alertBox("warn", `${data.problems.length} template file(s) could not be loaded`, h("ul", {}, data.problems.map((p) => h("li", {}, `${p.file}${p.line ? ":" + p.line : ""}: ${p.message}`))))
+    : null;
+  view().replaceChildren(
+    pageHead(
+      "Tasks",
+      `${data.tasks.length} task(s) available to your key. Each answer is typed and checked against the task's contract.`,
+      session.admin ? h("a", { href: "#/editor" }, h("button", { type: "button", class: "accent", id: "new-task-btn" }, "New task")) : null
+    ),
+    problems,
+    h("div", { class: "cards", id: "task-list" }, cards)
+  );
+}
+
+function inputControl(name, f) {
+  const id = `in-${name}`;
+  const long = f.type === "list" || f.type === "string" && (!f.max_length || f.max_length > 200);
+  let control;
+  if (f.type === "boolean") control = h("select", { id, name }, h("option", { value: "true" }, "true"), h("option", { value: "false" }, "false"));
+  else if (f.type === "integer" || f.type === "number") control = h("input", { type: "number", id, name, step: f.type === "integer" ? "1" : "any" });
+  else if (long) control = h("textarea", { id, name, rows: f.type === "list" ? 4 : 7, maxlength: f.type === "string" && f.max_length ? f.max_length : null });
+  else control = h("input", { type: "text", id, name, maxlength: f.max_length || null });
+  return h(
+    "div",
+    { class: "field", "data-field": name },
+    h("label", { for: id }, name, h("span", { class: "hint" }, [f.type, f.type === "list" ? "one item per line" : null, f.required ? null : "optional"].filter(Boolean).join(" · "))),
+    control,
+    f.description ? h("div", { class: "small muted" }, f.description) : null,
+    h("div", { class: "field-error hidden" })
+  );
+}
+
+function readInputs(form, t) {
+  const out = {};
+  for (const [name, f] of Object.entries(t.inputs)) {
+    const raw = form.querySelector(`#in-${CSS.escape(name)}`).value;
+    if (raw === "" && !f.required) continue;
+    if (f.type === "list") out[name] = raw.split("\n").map((s) => s.trim()).filter(Boolean);
+    else if (f.type === "integer") out[name] = raw === "" ? raw : parseInt(raw, 10);
+    else if (f.type === "number") out[name] = raw === "" ? raw : parseFloat(raw);
+    else if (f.type === "boolean") out[name] = raw === "true";
+    else out[name] = raw;
+  }
+  return out;
+}
+
+function fillInputs(form, t, values) {
+  for (const [name, f] of Object.entries(t.inputs)) {
+    const el = form.querySelector(`#in-${CSS.escape(name)}`);
+    const v = values[name];
+    el.value = v === undefined || v === null ? "" : f.type === "list" ? v.join("\n") : String(v);
+  }
+}
+
+function answerView(t, answer) {
+  let main;
+  if (t.output.kind === "label") main = h("span", { class: "label-answer", id: "result-output" }, answer.output);
+  else if (t.output.kind === "json") main = h("pre", { class: "codebox", id: "result-output" }, JSON.stringify(answer.output, null, 2));
+  else main = h("div", { class: "codebox", id: "result-output" }, answer.output);
+  const u = answer.usage || {};
+  return h(
+    "div",
+    { id: "result" },
+    h("h3", {}, "Typed output"),
+    main,
+    h(
+      "div",
+      { class: "metrics" },
+      h("div", { class: "metric" }, h("div", { class: "k" }, "Latency"), h("div", { class: "v", id: "result-latency" }, fmtMs(answer.latency_ms))),
+      h("div", { class: "metric" }, h("div", { class: "k" }, "Tokens in / out"), h("div", { class: "v" }, `${u.prompt_tokens ?? "–"} / ${u.completion_tokens ?? "–"}`)),
+      h("div", { class: "metric" }, h("div", { class: "k" }, "Model"), h("div", { class: "v small" }, answer.model)),
+      h("div", { class: "metric" }, h("div", { class: "k" }, "Adapter · version"), h("div", { class: "v small" }, `${answer.adapter || "base"} · v${answer.version}`))
+    ),
+    h("h3", {}, "Raw model text"),
+    h("pre", { class: "codebox", id: "result-raw" }, answer.raw_text)
+  );
+}
+
+function errorView(e, form) {
+  const d = e.detail || {};
+  if (d.field && form) {
+    const name = String(d.field).replace(/^input\./, "");
+    const box = form.querySelector(`[data-field="${CSS.escape(name)}"]`);
+    if (box) {
+      box.querySelector("input, textarea, select").classList.add("invalid");
+      const msg = box.querySelector(".field-error");
+      msg.textContent = e.message;
+      msg.classList.remove("hidden");
+    }
+  }
+  const title = { 422: "Invalid input", 403: "Not allowed", 404: "Unknown task", 429: "The service is busy — try again in a moment", 502: "The model's answer broke the task contract", 503: "The model is not ready yet", 504: "Timed out" }[e.status] || `Request failed (HTTP ${e.status})`;
+  return h("div", { id: "result-error" }, alertBox("error", title, h("div", {}, e.message, d.raw_text !== undefined ? h("pre", { class: "codebox" }, d.raw_text) : null)));
+}
+
+async function pageTry(name) {
+  const t = await api(`/console/api/tasks/${encodeURIComponent(name)}`);
+  const result = h("div", { class: "panel", id: "result-panel" }, h("h2", {}, "Answer"), h("div", { class: "placeholder", id: "result-placeholder" }, "Fill in the inputs and press Run. The typed answer, the raw model text and the latency appear here."));
+  const langSel = h("select", { id: "lang" }, t.languages.map((l) => h("option", { value: l }, LANG_NAMES[l] || l)));
+  const examples = () => t.examples.filter((ex) => ex.lang === langSel.value);
+  let exampleIdx = 0;
+  const form = h(
+    "form",
+    { id: "try-form", novalidate: true },
+    Object.entries(t.inputs).map(([n, f]) => inputControl(n, f)),
+    h(
+      "div",
+      { class: "row", style: "margin-top:16px" },
+      h("button", { type: "submit", class: "primary", id: "run-btn" }, "Run"),
+      h("button", {
+        type: "button",
+        id: "example-btn",
+        onclick: () => {
+          const ex = examples();
+          if (!ex.length) return;
+          fillInputs(form, t, ex[exampleIdx++ % ex.length].inputs);
+        },
+      }, "Fill an example"),
+      h("span", { class: "spacer" }),
+      h("label", { for: "lang", style: "margin:0" }, "Language"),
+      langSel
+    )
+  );
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    form.querySelectorAll(".invalid").forEach((x) => x.classList.remove("invalid"));
+    form.querySelectorAll(".field-error").forEach((x) => x.classList.add("hidden"));
+    const btn = $("#run-btn");
+    btn.disabled = true;
+    result.replaceChildren(h("h2", {}, "Answer"), spinner("Asking the model…"));
+    try {
+      const answer = await api(`/v1/tasks/${encodeURIComponent(t.name)}`, { method: "POST", json: { input: readInputs(form, t), lang: langSel.value } });
+      result.replaceChildren(h("h2", {}, "Answer"), answerView(t, answer));
+    } catch (e) {
+      result.replaceChildren(h("h2", {}, "Answer"), errorView(e, form));
+    } finally {
+      btn.disabled = false;
+    }
+  });
+  view().replaceChildren(
+    pageHead(t.name, t.description, h("span", { class: "tag" }, `version ${t.version}`), kindTag(t.output.kind), h("a", { href: "#/tasks" }, h("button", { type: "button" }, "All tasks"))),
+    h("div", { class: "grid-2" }, h("div", { class: "panel" }, h("h2", {}, "Input"), form, h("h3", {}, "Answer contract"), outputSummary(t)), result)
+  );
+}
+
+// --------------------------------------------------------------------------- template editor
+
+function lineGutter(textarea, gutter, badLines) {
+  const n = textarea.value.split("\n").length;
+  const bad = new Set(badLines);
+  gutter.replaceChildren(...Array.from({ length: n }, (_, i) => h("div", { class: bad.has(i + 1) ? "bad" : null }, i + 1)));
+  gutter.scrollTop = textarea.scrollTop;
+}
+
+function gotoLine(textarea, line) {
+  const lines = textarea.value.split("\n");
+  const start = lines.slice(0, line - 1).reduce((a, l) => a + l.length + 1, 0);
+  textarea.focus();
+  textarea.setSelectionRange(start, start + (lines[line - 1] || "").length);
+  const lh = parseFloat(getComputedStyle(textarea).lineHeight) || 19;
+  textarea.scrollTop = Math.max(0, (line - 5) * lh);
+}
+
+function messagesView(messages) {
+  return h("div", {}, messages.map((m) => h("div", { class: "msg" }, h("div", { class: "role" }, m.role), h("pre", {}, m.content))));
+}
+
+function dryItemView(item, i) {
+  let outcome;
+  if (item.error) outcome = alertBox(item.error.kind === "contract" ? "warn" : "error", item.error.kind === "contract" ? "The model's answer broke the contract" : "Error", h("div", {}, item.error.message, item.error.raw !== undefined ? h("pre", {}, item.error.raw) : null));
+  else if (item.answer)
+    outcome = h(
+      "div",
+      { class: "io" },
+      h("span", { class: "k" }, "Answer"),
+      h("pre", { class: "dry-answer" }, pretty(item.answer.output)),
+      h("span", { class: "k" }, "Raw text"),
+      h("pre", {}, item.answer.raw_text),
+      h("span", { class: "k" }, "Latency"),
+      h("span", {}, fmtMs(item.answer.latency_ms))
+    );
+  else outcome = h("div", { class: "small muted" }, "Rendered only (the model is not loaded).");
+  return h(
+    "div",
+    { class: "dry-item" },
+    h("div", { class: "io" }, h("span", { class: "k" }, `Input ${i + 1}`), h("pre", {}, pretty(item.inputs)), item.expected !== null && item.expected !== undefined ? [h("span", { class: "k" }, "Expected"), h("pre", {}, pretty(item.expected))] : null),
+    outcome,
+    item.messages ? h("details", {}, h("summary", { class: "small" }, "Prompt sent to the model"), messagesView(item.messages)) : null
+  );
+}
+
+async function pageEditor(name) {
+  if (!session.admin) {
+    view().replaceChildren(pageHead("Template editor"), alertBox("warn", "Your key cannot change templates", "Ask an administrator for a key with the admin right."));
+    return;
+  }
+  const state = { name: name || null, checked: null, dryRunText: null, dryRunOk: false };
+  let initial;
+  let history = [];
+  if (name) {
+    const t = await api(`/console/api/tasks/${encodeURIComponent(name)}`);
+    history = t.history;
+    initial = (await api(`/console/api/tasks/${encodeURIComponent(name)}/versions/${t.version}/source`)).draft;
+  } else {
+    initial = (await api("/console/api/templates/starter")).yaml;
+  }
+
+  const textarea = h("textarea", { id: "yaml-editor", spellcheck: "false", autocomplete: "off", "aria-label": "Template YAML" });
+  textarea.value = initial;
+  const gutter = h("div", { class: "gutter", "aria-hidden": "true" });
+  const chip = h("span", { class: "status-chip", id: "check-status" }, "Not checked");
+  const errors = h("ul", { class: "error-list", id: "template-errors" });
+  const notice = h("div", { id: "editor-notice" });
+  const validateBtn = h("button", { type: "button", id: "validate-btn" }, "Validate");
+  const dryBtn = h("button", { type: "button", id: "dry-run-btn", class: "primary" }, "Dry run");
+  const saveBtn = h("button", { type: "button", id: "save-btn", class: "accent", disabled: true, title: "Run a successful dry run of this exact text first" }, "Save");
+  const langSel = h("select", { id: "dry-lang" }, h("option", { value: "en" }, "English"));
+  const customToggle = h("input", { type: "checkbox", id: "dry-custom" });
+  const customInput = h("textarea", { id: "dry-input", class: "code hidden", rows: 4, placeholder: '{"text": "…"}' });
+  const dryOut = h("div", { id: "dry-results" }, h("div", { class: "placeholder" }, "A dry run renders the draft on its examples (or your input) and asks the model, without saving anything."));
+  const historyBox = h("div", { id: "version-history" });
+
+  const setLanguages = (langs) => {
+    const cur = langSel.value;
+    langSel.replaceChildren(...langs.map((l) => h("option", { value: l }, LANG_NAMES[l] || l)));
+    if (langs.includes(cur)) langSel.value = cur;
+  };
+
+  const showCheck = (res) => {
+    state.checked = res;
+    errors.replaceChildren(
+      ...res.errors.map((e) =>
+        h("li", {}, e.line ? h("span", { class: "line", onclick: () => gotoLine(textarea, e.line) }, `line ${e.line}`) : h("span", { class: "line" }, "template"), h("span", {}, e.message))
+      )
+    );
+    lineGutter(textarea, gutter, res.errors.map((e) => e.line).filter(Boolean));
+    if (res.ok) {
+      const t = res.template;
+      chip.className = "status-chip ok";
+      chip.textContent = t.current_version ? `Valid · saves as ${t.name} v${t.version} (current v${t.current_version})` : `Valid · new task ${t.name} v${t.version}`;
+      setLanguages(t.languages);
+    } else {
+      chip.className = "status-chip bad";
+      chip.textContent = `${res.errors.length} problem(s)`;
+    }
+    saveBtn.disabled = !(res.ok && state.dryRunOk && state.dryRunText === textarea.value);
+  };
+
+  const validate = async () => {
+    const res = await api("/console/api/templates/check", { method: "POST", json: { yaml: textarea.value } });
+    showCheck(res);
+    return res;
+  };
+
+  let timer = null;
+  textarea.addEventListener("input", () => {
+    lineGutter(textarea, gutter, []);
+    saveBtn.disabled = true;
+    chip.className = "status-chip";
+    chip.textContent = "Editing…";
+    clearTimeout(timer);
+    timer = setTimeout(validate, 700);
+  });
+  textarea.addEventListener("scroll", () => (gutter.scrollTop = textarea.scrollTop));
+  textarea.addEventListener("keydown", (ev) => {
+    if (ev.key === "Tab") {
+      ev.preventDefault();
+      textarea.setRangeText("  ", textarea.selectionStart, textarea.selectionEnd, "end");
+      textarea.dispatchEvent(new Event("input"));
+    }
+  });
+  customToggle.addEventListener("change", () => customInput.classList.toggle("hidden", !customToggle.checked));
+  validateBtn.addEventListener("click", () => { notice.replaceChildren(); validate(); });
+
+  dryBtn.addEventListener("click", async () => {
+    notice.replaceChildren();
+    let input = null;
+    if (customToggle.checked) {
+      try {
+        input = JSON.parse(customInput.value || "{}");
+      } catch (e) {
+        dryOut.replaceChildren(alertBox("error", "The input is not valid JSON", e.message));
+        return;
+      }
+    }
+    const text = textarea.value;
+    dryBtn.disabled = true;
+    dryOut.replaceChildren(spinner("Rendering and asking the model…"));
+    try {
+      const res = await api("/console/api/templates/dry-run", { method: "POST", json: { yaml: text, lang: langSel.value, input } });
+      // Inputs or rendering failing means the template is not ready; a model answer that breaks the
+      // contract is shown as a warning (the template is fine, the model may need training).
+      const blocking = res.items.filter((it) => it.error && it.error.kind !== "contract" && it.error.kind !== "engine");
+      state.dryRunOk = res.ok && res.items.length > 0 && blocking.length === 0;
+      state.dryRunText = text;
+      showCheck(res);
+      const head = !res.ok
+        ? alertBox("error", "Fix the template first", "See the problems under the editor.")
+        : !res.items.length
+        ? alertBox("warn", "Nothing to run", `The draft has no examples in ${LANG_NAMES[langSel.value] || langSel.value}; tick "my own input" and give one.`)
+        : state.dryRunOk
+        ? alertBox("ok", "Dry run passed", `${res.items.length} input(s) rendered${res.engine ? " and answered" : ""}. You can save this version.`)
+        : alertBox("error", "Dry run failed", "An input could not be rendered; see below.");
+      dryOut.replaceChildren(head, ...res.items.map(dryItemView));
+    } catch (e) {
+      dryOut.replaceChildren(alertBox("error", "Dry run failed", e.message));
+    } finally {
+      dryBtn.disabled = false;
+    }
+  });
+
+  saveBtn.addEventListener("click", async () => {
+    const t = state.checked && state.checked.template;
+    if (!t) return;
+    saveBtn.disabled = true;
+    try {
+      const res = await api(`/v1/tasks/${encodeURIComponent(t.name)}`, { method: "PUT", text: textarea.value, contentType: "application/yaml" });
+      notice.replaceChildren(
+        alertBox("ok", `Saved ${res.name} version ${res.version}`, h("span", {}, "It is served now, without a restart. ", h("a", { href: `#/try/${encodeURIComponent(res.name)}`, id: "saved-try-link" }, "Try it"), " · ", h("a", { href: "#/tasks" }, "All tasks")))
+      );
+      state.name = res.name;
+      history = (await api(`/console/api/tasks/${encodeURIComponent(res.name)}`)).history;
+      renderHistory();
+      if (location.hash !== `#/editor/${res.name}`) history_replace(res.name);
+      await validate();
+    } catch (e) {
+      notice.replaceChildren(alertBox("error", "Not saved", e.message));
+      saveBtn.disabled = false;
+    }
+  });
+
+  const renderHistory = () => {
+    if (!state.name || !history.length) {
+      historyBox.replaceChildren(h("p", { class: "muted small" }, "A new task has no history yet. Every save keeps the previous version available."));
+      return;
+    }
+    historyBox.replaceChildren(
+      h(
+        "ul",
+        { class: "versions" },
+        history.map((v) =>
+          h(
+            "li",
+            { "data-version": v.version },
+            h("strong", {}, `v${v.version}`),
+            v.current ? h("span", { class: "tag kind-text" }, "current") : null,
+            h("span", { class: "small muted", style: "flex:1" }, v.description),
+            h("button", {
+              type: "button",
+              class: "small",
+              onclick: async () => {
+                const src = await api(`/console/api/tasks/${encodeURIComponent(state.name)}/versions/${v.version}/source`);
+                textarea.value = src.draft;
+                textarea.dispatchEvent(new Event("input"));
+                notice.replaceChildren(alertBox("warn", `Loaded version ${v.version} into the editor`, "Saving it registers it again as a new version."));
+              },
+            }, "Load")
+          )
+        )
+      )
+    );
+  };
+
+  view().replaceChildren(
+    pageHead(
+      name ? `Edit ${name}` : "New task",
+      "Write the task as YAML. Problems are shown as you type; dry-run the draft before saving.",
+      h("a", { href: "#/editor" }, h("button", { type: "button" }, "Start a new task"))
+    ),
+    h(
+      "div",
+      { class: "grid-editor" },
+      h(
+        "div",
+        { class: "panel" },
+        h("div", { class: "row", style: "margin-bottom:10px" }, h("h2", { style: "margin:0" }, "Template"), h("span", { class: "spacer" }), chip),
+        h("div", { class: "editor" }, gutter, textarea),
+        errors,
+        notice,
+        h("div", { class: "row", style: "margin-top:12px" }, validateBtn, dryBtn, h("span", { class: "spacer" }), saveBtn)
+      ),
+      h(
+        "div",
+        {},
+        h(
+          "div",
+          { class: "panel" },
+          h("h2", {}, "Dry run"),
+          h("div", { class: "row" }, h("label", { for: "dry-lang", style: "margin:0" }, "Language"), langSel, h("span", { class: "spacer" }), h("label", { for: "dry-custom", style: "margin:0;font-weight:400" }, customToggle, " my own input (JSON)")),
+          customInput,
+          h("div", { style: "margin-top:12px" }, dryOut)
+        ),
+        h("div", { class: "panel" }, h("h2", {}, "Version history"), historyBox)
+      )
+    )
+  );
+  renderHistory();
+  lineGutter(textarea, gutter, []);
+  await validate();
+}
+
+function history_replace(name) {
+  // Reflect the saved task in the URL without re-rendering the editor.
+  window.history.replaceState(null, "", `#/editor/${encodeURIComponent(name)}`);
+}
+
+// --------------------------------------------------------------------------- runs
+
+function evalTable(table) {
+  const head = h("tr", {}, h("th", {}, "Task"), h("th", {}, "Metric"), table.systems.map((s) => h("th", { class: "num" }, s)));
+  const rows = table.rows.map((r) => {
+    const vals = table.systems.map((s) => (r.scores[s] && typeof r.scores[s].score === "number" ? r.scores[s].score : null));
+    const best = Math.max(...vals.filter((v) => v !== null));
+    return h(
+      "tr",
+      {},
+      h("td", {}, r.task, r.lang ? h("span", { class: "muted small" }, ` (${r.lang})`) : null),
+      h("td", { class: "muted" }, r.headline),
+      table.systems.map((s, i) => {
+        const sc = r.scores[s];
+        if (!sc) return h("td", { class: "num muted" }, "–");
+        if (sc.skipped) return h("td", { class: "num muted", title: sc.skipped }, "skipped");
+        const extra = sc.invalid ? ` · ${sc.invalid}/${sc.n} invalid` : "";
+        return h("td", { class: `num${vals[i] === best && table.systems.length > 1 ? " best" : ""}`, title: `n=${sc.n ?? "?"}${extra}` }, vals[i].toFixed(3));
+      })
+    );
+  });
+  return h("div", { class: "eval-table" }, h("div", { class: "small muted", style: "margin-bottom:6px" }, table.file), h("table", { class: "data" }, head, rows));
+}
+
+async function pageRuns(name) {
+  const data = await api("/console/api/runs");
+  const list = data.runs.length
+    ? h(
+        "table",
+        { class: "data", id: "runs-table" },
+        h("tr", {}, h("th", {}, "Run"), h("th", {}, "Stages"), h("th", {}, "Finished"), h("th", {}, "Report"), h("th", {}, "Evaluation")),
+        data.runs.map((r) =>
+          h(
+            "tr",
+            { class: `clickable${r.name === name ? " selected" : ""}`, "data-run": r.name, onclick: () => (location.hash = `#/runs/${encodeURIComponent(r.name)}`) },
+            h("td", {}, h("strong", {}, r.name)),
+            h("td", {}, h("div", { class: "tags" }, r.stages.map((s) => h("span", { class: "tag" }, s)))),
+            h("td", { class: "muted" }, fmtTime(r.finished_at)),
+            h("td", {}, r.has_report ? "yes" : h("span", { class: "muted" }, "not yet")),
+            h("td", {}, r.has_eval ? "yes" : h("span", { class: "muted" }, "none"))
+          )
+        )
+      )
+    : h("div", { class: "placeholder" }, `No runs in ${data.runs_dir} yet. Start one with `, h("code", {}, "domain-lm pipeline run"), ".");
+  const parts = [pageHead("Runs & evaluation", `Pipeline runs in ${data.runs_dir}: stage metrics, evaluation tables and the full report.`), h("div", { class: "panel" }, list)];
+  if (name) {
+    const run = await api(`/console/api/runs/${encodeURIComponent(name)}`);
+    const stages = h(
+      "table",
+      { class: "data" },
+      h("tr", {}, h("th", {}, "Stage"), h("th", { class: "num" }, "Duration"), h("th", {}, "Key metrics")),
+      run.stages.map((s) =>
+        h(
+          "tr",
+          {},
+          h("td", {}, s.stage),
+          h("td", { class: "num" }, `${s.duration_s.toFixed(1)} s`),
+          h("td", { class: "small" }, Object.entries(s.metrics).slice(0, 6).map(([k, v]) => `${k}=${typeof v === "number" ? +v.toFixed(4) : v}`).join(" · "))
+        )
+      )
+    );
+    parts.push(h("div", { class: "panel", id: "run-stages" }, h("h2", {}, `${run.name} · stages`), stages));
+    parts.push(
+      h("div", { class: "panel", id: "run-eval" }, h("h2", {}, "Evaluation"), run.eval.length ? run.eval.map(evalTable) : h("p", { class: "muted" }, "This run has no evaluation tables."))
+    );
+    if (run.has_report) {
+      const frame = h("iframe", { class: "report", id: "run-report", sandbox: "", title: `Report of ${run.name}` });
+      parts.push(h("div", { class: "panel" }, h("h2", {}, "Report"), frame));
+      api(`/console/api/runs/${encodeURIComponent(name)}/report`, { asText: true }).then((html) => (frame.srcdoc = html));
+    }
+  }
+  view().replaceChildren(...parts);
+}
+
+// --------------------------------------------------------------------------- start
+
+window.addEventListener("hashchange", route);
+document.addEventListener("DOMContentLoaded", async () => {
+  $("#signin-form").addEventListener("submit", onSignin);
+  $("#signout-btn").addEventListener("click", () => signOut());
+  if (!getKey()) return showSignin();
+  try {
+    await startSession();
+    route();
+  } catch (e) {
+    if (e.status !== 401) showSignin(`Cannot reach the service: ${e.message}`);
+  }
+});
