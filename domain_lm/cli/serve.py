@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -113,10 +114,17 @@ def serve(
         "engine": engine_kind,
         "engine_options": engine_options,
         "adapters": {**found_adapters, **_adapters(adapter)},
-        "templates_dir": str(templates or cfg.tasks.templates_dir),
-        "max_queue": max_queue or s.max_queue,
-        "request_timeout_s": timeout or s.request_timeout_s,
     }
+    # Precedence: flag > DOMAIN_LM_* environment > pipeline config.
+    for key, flag, from_config in (
+        ("templates_dir", str(templates) if templates else None, cfg.tasks.templates_dir),
+        ("max_queue", max_queue, s.max_queue),
+        ("request_timeout_s", timeout, s.request_timeout_s),
+    ):
+        if flag is not None:
+            kwargs[key] = flag
+        elif f"DOMAIN_LM_{key.upper()}" not in os.environ:
+            kwargs[key] = from_config
     if no_auth:
         kwargs["auth"] = False
     if api_keys_file:

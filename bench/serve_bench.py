@@ -1,0 +1,177 @@
+"""Throughput and latency of the task endpoint vs a raw vLLM OpenAI server, same model and prompts.
+
+    python bench/serve_bench.py [--model PATH] [--task sentiment] [--quick] [--out bench.json]
+
+Both servers run one after the other (never at once, so they do not share the CPU), each with the
+same engine settings. The raw server gets exactly the prompts the task endpoint renders (the
+template's messages) and the same decode-time constraint (``structured_outputs`` choice / json),
+so the ratio measures what the service layer costs: validation, rendering, admission, parsing.
+Default model: SmolLM2-135M from the model store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"server not ready after {timeout}s; log: {log}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def load(url: str, bodies: list[dict], concurrency: int, check) -> dict:
+    """Send every body with at most ``concurrency`` in flight; latency per request, overall rate."""
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    errors = 0
+
+    async with httpx.AsyncClient(timeout=600) as client:
+
+        async def one(body: dict) -> None:
+            nonlocal errors
+            async with sem:
+                t0 = time.perf_counter()
+                r = await client.post(url, json=body)
+                latencies.append(time.perf_counter() - t0)
+                if r.status_code != 200 or not check(r.json()):
+                    errors += 1
+
+        await one(bodies[0])  # warm-up (grammar compile, first-batch allocations)
+        latencies.clear()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(b) for b in bodies))
+        wall = time.perf_counter() - t0
+    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
+    return {"requests": len(bodies), "errors": errors, "rps": len(bodies) / wall, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="Model directory (default: smollm2-135m from the store).")
+    ap.add_argument("--templates", default=str(REPO / "task_templates"))
+    ap.add_argument("--task", default="sentiment")
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--requests", type=int, default=0, help="Requests per level (default: 4x concurrency, at least 16; --quick: 2x, at least 8).")
+    ap.add_argument("--quick", action="store_true", help="A short run.")
+    ap.add_argument("--kv-cache-gib", type=float, default=1.0)
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--out", type=Path, help="Write the results as JSON here.")
+    args = ap.parse_args()
+
+    from domain_lm.inference.schema_bounds import bound_schema
+    from domain_lm.models.registry import resolve
+    from domain_lm.tasks import TemplateRegistry
+
+    model = Path(args.model) if args.model else resolve("smollm2-135m")
+    template = TemplateRegistry.load(args.templates).get(args.task)
+    examples = [(ex.lang, dict(ex.inputs)) for ex in template.examples]
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    def n_for(c: int) -> int:
+        return args.requests or (max(8, 2 * c) if args.quick else max(16, 4 * c))
+
+    # Same prompts and constraints for both servers.
+    from domain_lm.inference.tasks import TaskRunner
+    from domain_lm.inference.fake import FakeEngine
+
+    runner = TaskRunner(FakeEngine())
+    task_bodies, raw_bodies = [], []
+    for i in range(max(n_for(c) for c in levels)):
+        lang, inputs = examples[i % len(examples)]
+        req = runner.build_request(template, inputs, lang)
+        task_bodies.append({"input": inputs, "lang": lang})
+        so = {"choice": req.choices} if req.choices else {"json": req.json_schema} if req.json_schema else {"regex": req.regex}
+        raw_bodies.append({"model": "m", "messages": req.messages, "max_tokens": req.max_tokens, "temperature": 0, "structured_outputs": so})
+
+    kv = str(int(args.kv_cache_gib * 2**30))
+    logs = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    results: dict[str, dict] = {}
+
+    port = free_port()
+    svc = start(
+        [sys.executable, "-m", "domain_lm", "serve", "--model", str(model), "--templates", args.templates, "--engine", "vllm", "--no-auth",
+         "--host", "127.0.0.1", "--port", str(port), "--max-queue", "100000", "--kv-cache-gib", str(args.kv_cache_gib),
+         "--max-model-len", str(args.max_model_len), "--log-level", "WARNING"],
+        logs / "service.log",
+    )
+    try:
+        wait_ready(svc, f"http://127.0.0.1:{port}/readyz", logs / "service.log")
+        results["task_endpoint"] = {
+            str(c): asyncio.run(load(f"http://127.0.0.1:{port}/v1/tasks/{args.task}", task_bodies[: n_for(c)], c, lambda b: "output" in b)) for c in levels
+        }
+    finally:
+        stop(svc)
+
+    port = free_port()
+    raw = start(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "m", "--host", "127.0.0.1",
+         "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", str(args.max_model_len),
+         "--kv-cache-memory-bytes", kv, "--max-num-seqs", "64", "--seed", "0",
+         "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}), "--disable-log-stats"],
+        logs / "vllm.log",
+    )
+    try:
+        wait_ready(raw, f"http://127.0.0.1:{port}/health", logs / "vllm.log")
+        results["raw_vllm"] = {
+            str(c): asyncio.run(load(f"http://127.0.0.1:{port}/v1/chat/completions", raw_bodies[: n_for(c)], c, lambda b: bool(b.get("choices")))) for c in levels
+        }
+    finally:
+        stop(raw)
+
+    print(f"model: {model}\ntask: {args.task}  (logs: {logs})\n")
+    print(f"{'conc':>4} | {'task req/s':>10} {'p50 ms':>8} {'p99 ms':>8} | {'raw req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>6} | errors")
+    for c in levels:
+        t, r = results["task_endpoint"][str(c)], results["raw_vllm"][str(c)]
+        ratio = t["rps"] / r["rps"] if r["rps"] else float("nan")
+        results.setdefault("ratio", {})[str(c)] = ratio
+        print(f"{c:>4} | {t['rps']:>10.2f} {t['p50_ms']:>8.0f} {t['p99_ms']:>8.0f} | {r['rps']:>9.2f} {r['p50_ms']:>8.0f} {r['p99_ms']:>8.0f} | {ratio:>6.1%} | {t['errors']}/{r['errors']}")
+    if args.out:
+        args.out.write_text(json.dumps({"model": str(model), "task": args.task, **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
