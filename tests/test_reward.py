@@ -78,3 +78,14 @@ def test_pair_metrics_are_pairwise():
     assert m["accuracy"] == 0.5 and m["margin_mean"] == 3.0
     # rewards 12, 2, 3, 5 -> mean 5.5
     assert m["reward_mean"] == pytest.approx(5.5)
+
+
+def test_peft_config_top_layers(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from domain_lm.config import LoraSection
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    # the tiny model has 2 layers: top 1 -> only layer 1 is adapted; top >= depth -> every layer
+    assert reward.peft_config(LoraSection(), "SEQ_CLS", model, 1).layers_to_transform == [1]
+    assert reward.peft_config(LoraSection(), "SEQ_CLS", model, 5).layers_to_transform is None

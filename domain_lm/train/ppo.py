@@ -139,13 +139,14 @@ def build_models(policy_path: Path, reward_path: Path, cfg):
     """actor (LoRA), critic (LoRA + value head), frozen reward model, tokenizer, reward stats."""
     from peft import get_peft_model
 
-    from domain_lm.models.loading import load_causal_lm, load_tokenizer, lora_config
-    from domain_lm.train.reward import load_reward_model
+    from domain_lm.models.loading import load_causal_lm, load_tokenizer
+    from domain_lm.train.reward import load_reward_model, peft_config
 
     tok = load_tokenizer(policy_path)
-    actor = get_peft_model(load_causal_lm(policy_path, trainable=True), lora_config(cfg.lora))
+    base = load_causal_lm(policy_path, trainable=True)
+    actor = get_peft_model(base, peft_config(cfg.lora, "CAUSAL_LM", base, cfg.lora_top_layers))
     critic_base, _, _ = load_reward_model(reward_path, trainable=True)
-    critic = Critic(get_peft_model(critic_base, lora_config(cfg.lora, task_type="SEQ_CLS")))
+    critic = Critic(get_peft_model(critic_base, peft_config(cfg.lora, "SEQ_CLS", critic_base, cfg.lora_top_layers)))
     reward_model, reward_tok, stats = load_reward_model(reward_path)
     return actor, critic, reward_model, tok, reward_tok, stats
 

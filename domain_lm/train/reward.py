@@ -116,6 +116,18 @@ def margin_histogram(margins: torch.Tensor, path: Path, title: str = "reward mar
 # --------------------------------------------------------------------------- training
 
 
+def peft_config(lora, task_type: str, model, top_layers: int | None = None):
+    """``loading.lora_config`` restricted to the top ``top_layers`` transformer layers when set:
+    layers below hold no trainable weights, so backward stops at the lowest adapted layer."""
+    from domain_lm.models.loading import lora_config
+
+    conf = lora_config(lora, task_type=task_type)
+    n = getattr(model.config.get_text_config(), "num_hidden_layers", None)
+    if top_layers and n and top_layers < n:
+        conf.layers_to_transform = list(range(n - top_layers, n))
+    return conf
+
+
 def trl_args(train_section, output_dir: Path, cls, **overrides):
     """``common.training_arguments`` for a TRL config class.
 
@@ -154,7 +166,6 @@ def train_reward_model(
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    from domain_lm.models.loading import lora_config
     from domain_lm.train.common import last_checkpoint, make_progress_callback
 
     model, tok, _ = load_reward_model(model_path, trainable=True)
@@ -166,20 +177,20 @@ def train_reward_model(
         center_rewards_coefficient=section.center_rewards_coefficient,
         disable_dropout=True,
     )
-    peft_config = lora_config(section.lora, task_type="SEQ_CLS") if section.method == "lora" else None
+    peft_conf = peft_config(section.lora, "SEQ_CLS", model, section.lora_top_layers) if section.method == "lora" else None
     callbacks = [make_progress_callback("reward model", log_path)] if log_path else []
     trainer = RewardTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list([p.to_trl() for p in train_pairs]),
         processing_class=tok,
-        peft_config=peft_config,
+        peft_config=peft_conf,
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(work_dir) if resume else None)
 
     trained = trainer.model
-    if peft_config is not None:
+    if peft_conf is not None:
         trained = trained.merge_and_unload()
     trained.eval()
     # Held-out pairs; with no eval split, the training pairs (then the accuracy is a fit, not a test).

@@ -1,0 +1,155 @@
+"""RLHF benchmark on SmolLM2-135M: reward model on held-out HH pairs, then a short PPO-Max run on
+bank-task prompts.
+
+    .venv/bin/python bench/rlhf_bench.py --quick            # ~15 min on a 2-core CPU
+    .venv/bin/python bench/rlhf_bench.py --policy runs/demo/sft/model   # start PPO from an SFT model
+
+Part A (reward model, general preferences): Anthropic HH pairs from ``--data``/hh_rlhf, a seeded
+split held out by prompt, LoRA reward model, accuracy on the held-out pairs.
+Part B (PPO on bank tasks): a bank-task reward model on pairs built from the labelled task data
+(wrong label / broken contract as rejected), then PPO-Max from ``--policy`` (default: SmolLM2-Instruct
+itself, standing in for the SFT model) on the task templates' prompts. Reported: held-out mean
+reward and task score before and after, max KL against ``ppo.kl_stop_bound``.
+Results: ``--out``/results.json and a printed table. Numbers depend on the (shared) CPU; the
+checks at the end say whether each target was met, they do not assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def hh_pairs(data: Path, tok, max_len: int, n_train: int, n_eval: int, seed: int):
+    """Held-out split of HH pairs that fit in ``max_len`` tokens (split by prompt, seeded)."""
+    from domain_lm.data.preference import load_preferences, split_pairs
+    from domain_lm.train.reward import encode_dialogues
+
+    pairs = []
+    for name in ("helpful_base", "harmless_base", "helpful_online"):
+        f = data / "hh_rlhf" / f"{name}.jsonl"
+        if f.is_file():
+            pairs += load_preferences(f)
+    random.Random(seed).shuffle(pairs)
+    kept = []
+    for p in pairs:
+        lens = encode_dialogues(tok, [p.prompt, p.prompt], [p.chosen, p.rejected], 10**6)["attention_mask"].sum(1)
+        if int(lens.max()) <= max_len:
+            kept.append(p)
+        if len(kept) >= n_train + n_eval:
+            break
+    train, held = split_pairs(kept, n_eval / max(1, len(kept)), seed)
+    return train[:n_train], held[:n_eval], len(pairs)
+
+
+def part_a(model_path: Path, data: Path, out: Path, quick: bool, seed: int) -> dict:
+    from domain_lm.config import build_config
+    from domain_lm.models.loading import load_tokenizer
+    from domain_lm.train.reward import train_reward_model
+
+    # quick: sized for a shared 2-core CPU (~30 GFLOPS: one 16x160-token forward of SmolLM2 ~20 s),
+    # so the reward model sees few pairs; the number shows the pipeline, not a converged model.
+    n_train, n_eval, max_len, steps, top = (64, 64, 128, 8, 4) if quick else (3000, 600, 384, 750, None)
+    tok = load_tokenizer(model_path)
+    train, held, total = hh_pairs(data, tok, max_len, n_train, n_eval, seed)
+    _log(f"A: HH pairs: {len(train)} train / {len(held)} held-out (of {total}, <= {max_len} tokens)")
+    over = [f"reward.train.max_steps={steps}", "reward.train.batch_size=8", f"reward.train.max_seq_len={max_len}", f"reward.train.seed={seed}", "reward.train.save_steps=100000", "reward.train.logging_steps=1"]
+    over += ["reward.train.learning_rate=5e-4", "reward.lora_top_layers=4"] if top else ["reward.train.learning_rate=2e-4"]
+    cfg = build_config({}, over)
+    t0 = time.time()
+    m = train_reward_model(model_path, train, held, cfg.reward, out / "a_work", out / "a_reward_model")
+    m.pop("_margins")
+    m.pop("_history")
+    return {"pairs_train": len(train), "pairs_heldout": len(held), "max_len": max_len, "steps": steps, "lora_top_layers": top, "heldout_accuracy": m["accuracy"], "heldout_margin_mean": m["margin_mean"], "train_loss": m["train_loss"], "seconds": round(time.time() - t0, 1)}
+
+
+def part_b(model_path: Path, policy: Path, out: Path, quick: bool, seed: int) -> dict:
+    from domain_lm.config import build_config
+    from domain_lm.data import preference
+    from domain_lm.train import ppo
+    from domain_lm.train.reward import train_reward_model
+
+    tasks = ["sentiment", "business_line"]
+    common = [f"tasks.demo_tasks={json.dumps(tasks)}", "tasks.demo_langs=[en]", f"tasks.seed={seed}"]
+    rm_steps, rm_eval = (12, 32) if quick else (400, 400)
+    ppo_over = (
+        ["ppo.steps=6", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.max_new_tokens=6", "ppo.critic_warmup_steps=1", "ppo.eval_prompts=16", "ppo.lora_top_layers=4", "ppo.ptx_batch_size=2", "ppo.learning_rate=2e-4", "ppo.critic_learning_rate=2e-4"]
+        if quick
+        else ["ppo.steps=60", "ppo.rollout_batch_size=16", "ppo.mini_batch_size=8", "ppo.max_new_tokens=16", "ppo.critic_warmup_steps=5", "ppo.eval_prompts=96", "ppo.learning_rate=1e-4", "ppo.critic_learning_rate=1e-4"]
+    )
+    rm_over = ["reward.train.learning_rate=5e-4", "reward.lora_top_layers=4"] if quick else ["reward.train.learning_rate=2e-4"]
+    cfg = build_config(
+        {},
+        common
+        + ["reward.train.batch_size=8", f"reward.train.max_steps={rm_steps}", "reward.train.max_seq_len=256", "reward.train.save_steps=100000", "reward.train.logging_steps=1", "reward.eval_fraction=0.15"]
+        + rm_over
+        + ppo_over
+        + ["ppo.temperature=1.0", "ppo.top_p=1.0", "ppo.max_prompt_len=256", "ppo.save_steps=5", f"ppo.seed={seed}", "ppo.kl_coef=0.05"],
+    )
+    train_pairs, eval_pairs, counts = preference.build_preference_data(cfg)
+    eval_pairs = eval_pairs[:rm_eval]
+    _log(f"B: bank-task pairs {counts}: {len(train_pairs)} train / {len(eval_pairs)} held-out")
+    t0 = time.time()
+    rm = train_reward_model(model_path, train_pairs, eval_pairs, cfg.reward, out / "b_rm_work", out / "b_reward_model")
+    rm.pop("_margins")
+    rm.pop("_history")
+    _log(f"B: bank reward model held-out accuracy {rm['accuracy']:.3f} ({time.time() - t0:.0f}s); PPO from {policy}")
+    t1 = time.time()
+    state, summary = ppo.train_ppo(policy, out / "b_reward_model", cfg, out / "b_ppo_work")
+    rows = state.history
+    return {
+        "reward_model": {"pairs": counts, "heldout_accuracy": rm["accuracy"], "steps": rm_steps, "seconds": round(t1 - t0, 1)},
+        "ppo": {**{k: v for k, v in summary.items()}, "kl_stop_bound": cfg.ppo.kl_stop_bound, "seconds": round(time.time() - t1, 1), "reward_by_step": [round(r["reward_mean"], 4) for r in rows], "kl_by_step": [round(r["kl"], 4) for r in rows]},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="Small sizes (~15 min on a 2-core CPU).")
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data", help="The shared data folder (hh_rlhf/ inside).")
+    ap.add_argument("--model", default="smollm2-135m", help="Registry name or model directory for the reward models.")
+    ap.add_argument("--policy", type=Path, default=None, help="PPO start policy (an SFT model dir); default: --model.")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_rlhf"))
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--skip-a", action="store_true", help="Only the PPO part.")
+    ap.add_argument("--skip-b", action="store_true", help="Only the HH reward-model part.")
+    args = ap.parse_args()
+
+    import torch
+
+    from domain_lm.models import registry
+
+    torch.manual_seed(args.seed)
+    model_path = Path(args.model) if Path(args.model).is_dir() else registry.resolve(args.model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"model": str(model_path), "quick": args.quick, "seed": args.seed, "threads": torch.get_num_threads()}
+    t0 = time.time()
+    if not args.skip_a:
+        results["hh_reward_model"] = part_a(model_path, args.data, args.out, args.quick, args.seed)
+        _log(f"A: {results['hh_reward_model']}")
+    if not args.skip_b:
+        results["bank_ppo"] = part_b(model_path, args.policy or model_path, args.out, args.quick, args.seed)
+        _log(f"B: {results['bank_ppo']['ppo']}")
+    results["seconds"] = round(time.time() - t0, 1)
+
+    checks = {}
+    if "bank_ppo" in results:
+        p = results["bank_ppo"]["ppo"]
+        checks["heldout_reward_rose"] = p.get("heldout_reward_after", 0) > p.get("heldout_reward_before", 0)
+        checks["kl_under_bound"] = p["max_kl"] <= p["kl_stop_bound"] and not p["stopped_early"]
+        if "heldout_task_score_before" in p:
+            checks["task_score_within_1pt"] = p["heldout_task_score_after"] >= p["heldout_task_score_before"] - 0.01
+    results["checks"] = checks
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
