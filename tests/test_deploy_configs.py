@@ -140,6 +140,7 @@ def test_healthcheck_script_reports_status(tmp_path):
         assert subprocess.run([sys.executable, script, "/readyz"], env=env, capture_output=True).returncode == 1
     finally:
         srv.shutdown()
+        srv.server_close()
     env["DOMAIN_LM_PORT"] = str(srv.server_address[1])
     assert subprocess.run([sys.executable, script], env=env, capture_output=True).returncode == 1  # nothing listening
 
