@@ -285,6 +285,7 @@ def test_helm_cpu_render_is_valid_kubernetes(tmp_path):
     assert kinds["ConfigMap"]["data"]["sentiment.yaml"].strip() == "name: sentiment"
     assert kinds["NetworkPolicy"]["spec"]["egress"] == [] and "Egress" in kinds["NetworkPolicy"]["spec"]["policyTypes"]
     assert kinds["Service"]["spec"]["ports"][0]["targetPort"] == "http"
+    assert next(v for v in pod["volumes"] if v["name"] == "shm")["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
 
 
 def test_helm_gpu_tensor_parallel_switch():
@@ -297,7 +298,7 @@ def test_helm_gpu_tensor_parallel_switch():
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 4 and c["resources"]["requests"]["memory"] == "32Gi"
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["DOMAIN_LM_TENSOR_PARALLEL_SIZE"] == "4" and "DOMAIN_LM_KV_CACHE_GIB" not in env
-    assert any(v["name"] == "shm" and v["emptyDir"]["medium"] == "Memory" for v in pod["volumes"])
+    assert next(v for v in pod["volumes"] if v["name"] == "shm")["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert next(v for v in pod["volumes"] if v["name"] == "api-keys")["secret"]["secretName"] == "bank-keys"
     single = _by_kind(_render({"apiKeys": {"entries": [ENTRY]}, "gpu": {"enabled": True, "count": 1}}))
