@@ -315,3 +315,11 @@ def test_audit_lines_and_masked_json_logs(templates, caplog):
     assert data["key_id"] == "ops" and data["status"] == 200 and "ts" in data
     assert "4111" not in line and "jane.doe" not in line and "555-0100" not in line
     assert "<CARD_NUMBER>" in data["body"]["text"] and "<EMAIL>" in data["body"]["text"]
+
+
+def test_no_telemetry_and_offline_are_forced():
+    import os
+
+    import services.app  # noqa: F401 - importing the service sets them
+
+    assert all(os.environ[k] == "1" for k in ("HF_HUB_OFFLINE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK"))
