@@ -209,7 +209,6 @@ class PpoSection(Section):
     use_policy_clip: bool = Field(True, description="Clipped surrogate objective.")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus (0: off, as in PPO-Max).")
     ptx_batch_size: int = Field(4, ge=1, description="SFT demonstrations per PPO-ptx step.")
-    rollout_engine: Literal["hf", "vllm"] = Field("hf", description="hf: generate with the live actor; vllm: the INFERENCE engine on a merged snapshot.")
     lora_top_layers: int | None = Field(None, ge=1, description="Actor and critic LoRA only on the top N transformer layers (cheaper backward); None: all layers.")
 
 

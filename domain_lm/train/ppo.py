@@ -9,6 +9,9 @@ config diff. The math lives in ``ppo_core`` (pure functions); this module is the
 Models: actor = upstream (SFT) model + LoRA; reference = the same model with the adapter disabled
 (frozen, no second copy); critic = the reward model + LoRA with its score head applied at every
 token (a value head), warmed up on the value loss before the actor moves; reward model frozen.
+Rollouts use HF ``generate`` on the live actor: its LoRA weights change every step, and pushing
+them into a vLLM engine each step costs more than it saves at these sizes (the INFERENCE engine
+is used where weights are fixed: sampled preference pairs, evaluation).
 """
 
 from __future__ import annotations
@@ -492,8 +495,6 @@ def evaluate(state: PPOState, prompts: list[Prompt], batch_size: int = 8, use_ad
 def train_ppo(policy_path: Path, reward_path: Path, config, work_dir: Path, resume: bool = False, tb_dir: Path | None = None) -> tuple[PPOState, dict[str, Any]]:
     """Run PPO-Max; returns the final state and summary metrics. Logs go to ``work_dir``."""
     cfg = config.ppo
-    if cfg.rollout_engine != "hf":
-        raise NotAvailableError("ppo.rollout_engine=vllm is not implemented yet: rollouts use HF generate on the live actor (set ppo.rollout_engine=hf).")
     work_dir.mkdir(parents=True, exist_ok=True)
     # Under DeepSpeed every rank runs this loop on its own rollouts (data parallel): the prompt
     # split is shared, the sampling seed differs per rank; rank 0 alone logs and checkpoints.
