@@ -31,6 +31,11 @@ function h(tag, attrs, ...children) {
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const view = () => $("#view");
+const render = (...nodes) => view().replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
+
+function navButton(text, hash, cls, id) {
+  return h("button", { type: "button", class: cls || null, id: id || null, onclick: () => (location.hash = hash) }, text);
+}
 const fmtMs = (ms) => (ms == null ? "–" : ms < 1000 ? `${ms.toFixed(0)} ms` : `${(ms / 1000).toFixed(2)} s`);
 const fmtTime = (s) => (s ? new Date(s * 1000).toLocaleString() : "–");
 const pretty = (v) => (typeof v === "string" ? v : JSON.stringify(v, null, 2));
@@ -106,7 +111,7 @@ function signOut(message) {
   sessionStorage.removeItem(KEY_STORE);
   session = null;
   $("#session").classList.add("hidden");
-  view().replaceChildren();
+  render();
   showSignin(message);
 }
 
@@ -141,8 +146,8 @@ function route() {
   const fn = routes[page] || pageTasks;
   const navPage = page === "try" ? "tasks" : page;
   document.querySelectorAll(".nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === navPage));
-  view().replaceChildren(spinner());
-  fn(...rest.map(decodeURIComponent)).catch((e) => view().replaceChildren(alertBox("error", "Something went wrong", e.message)));
+  render(spinner());
+  fn(...rest.map(decodeURIComponent)).catch((e) => render(alertBox("error", "Something went wrong", e.message)));
 }
 
 function pageHead(title, subtitle, ...actions) {
@@ -161,7 +166,7 @@ function inputTable(t) {
       "tr",
       {},
       h("td", {}, h("code", {}, name)),
-      h("td", {}, f.type + (f.max_length ? ` ≤ ${f.max_length}` : "")),
+      h("td", { class: "nowrap" }, f.type + (f.max_length ? ` ≤ ${f.max_length}` : "")),
       h("td", {}, f.required ? "yes" : "no"),
       h("td", { class: "muted" }, f.description || "")
     )
@@ -193,19 +198,19 @@ async function pageTasks() {
       h(
         "div",
         { class: "actions" },
-        h("a", { class: "btn primary-link", href: `#/try/${encodeURIComponent(t.name)}` }, h("button", { type: "button", class: "primary" }, "Try it")),
-        session.admin ? h("a", { href: `#/editor/${encodeURIComponent(t.name)}` }, h("button", { type: "button" }, "Edit template")) : null
+        navButton("Try it", `#/try/${encodeURIComponent(t.name)}`, "primary"),
+        session.admin ? navButton("Edit template", `#/editor/${encodeURIComponent(t.name)}`) : null
       )
     )
   );
   const problems = data.problems.length
     ? alertBox("warn", `${data.problems.length} template file(s) could not be loaded`, h("ul", {}, data.problems.map((p) => h("li", {}, `${p.file}${p.line ? ":" + p.line : ""}: ${p.message}`))))
     : null;
-  view().replaceChildren(
+  render(
     pageHead(
       "Tasks",
       `${data.tasks.length} task(s) available to your key. Each answer is typed and checked against the task's contract.`,
-      session.admin ? h("a", { href: "#/editor" }, h("button", { type: "button", class: "accent", id: "new-task-btn" }, "New task")) : null
+      session.admin ? navButton("New task", "#/editor", "accent", "new-task-btn") : null
     ),
     problems,
     h("div", { class: "cards", id: "task-list" }, cards)
@@ -336,8 +341,8 @@ async function pageTry(name) {
       btn.disabled = false;
     }
   });
-  view().replaceChildren(
-    pageHead(t.name, t.description, h("span", { class: "tag" }, `version ${t.version}`), kindTag(t.output.kind), h("a", { href: "#/tasks" }, h("button", { type: "button" }, "All tasks"))),
+  render(
+    pageHead(t.name, t.description, h("span", { class: "tag" }, `version ${t.version}`), kindTag(t.output.kind), navButton("All tasks", "#/tasks")),
     h("div", { class: "grid-2" }, h("div", { class: "panel" }, h("h2", {}, "Input"), form, h("h3", {}, "Answer contract"), outputSummary(t)), result)
   );
 }
@@ -390,7 +395,7 @@ function dryItemView(item, i) {
 
 async function pageEditor(name) {
   if (!session.admin) {
-    view().replaceChildren(pageHead("Template editor"), alertBox("warn", "Your key cannot change templates", "Ask an administrator for a key with the admin right."));
+    render(pageHead("Template editor"), alertBox("warn", "Your key cannot change templates", "Ask an administrator for a key with the admin right."));
     return;
   }
   const state = { name: name || null, checked: null, dryRunText: null, dryRunOk: false };
@@ -560,11 +565,11 @@ async function pageEditor(name) {
     );
   };
 
-  view().replaceChildren(
+  render(
     pageHead(
       name ? `Edit ${name}` : "New task",
       "Write the task as YAML. Problems are shown as you type; dry-run the draft before saving.",
-      h("a", { href: "#/editor" }, h("button", { type: "button" }, "Start a new task"))
+      navButton("Start a new task", "#/editor")
     ),
     h(
       "div",
@@ -674,7 +679,7 @@ async function pageRuns(name) {
       api(`/console/api/runs/${encodeURIComponent(name)}/report`, { asText: true }).then((html) => (frame.srcdoc = html));
     }
   }
-  view().replaceChildren(...parts);
+  render(...parts);
 }
 
 // --------------------------------------------------------------------------- start
