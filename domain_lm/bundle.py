@@ -189,8 +189,8 @@ def _copy_tree(src: Path, dest: Path) -> int:
     n = 0
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src)
-        hidden = [part for part in rel.parts if part.startswith(".")]
-        if (hidden and not (len(hidden) == 1 and hidden[0] in rel.parts[:-1] and hidden[0] in _KEEP_HIDDEN)) or not p.is_file():
+        hidden_dirs = [part for part in rel.parts[:-1] if part.startswith(".")]
+        if rel.name.startswith(".") or any(d not in _KEEP_HIDDEN for d in hidden_dirs) or not p.is_file():
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p, dest / rel)  # follows symlinks: the bundle holds the real bytes
@@ -304,19 +304,20 @@ def build_bundle(
     if not templates.is_dir():
         raise BundleError(f"Templates directory {templates} does not exist. Pass --templates with the directory of task YAML files.")
     source: dict[str, Any] = {}
-    upstream_card = None
+    upstream_card = Path(model_card).read_text(encoding="utf-8") if model_card else None
     if run is not None:
         model_path, source = model_from_run(run, stage=stage, runs_dir=runs_dir)
         stage_card = Path(source["stage_dir"]) / CARD_NAME
-        upstream_card = stage_card.read_text(encoding="utf-8") if stage_card.is_file() else None
+        if upstream_card is None and stage_card.is_file():
+            upstream_card = stage_card.read_text(encoding="utf-8")
     else:
         model_path = Path(model)  # type: ignore[arg-type]
         if not model_path.is_dir():
             raise BundleError(f"Model directory {model_path} does not exist.")
         source = {"model": str(model_path.resolve())}
-    for cand in (model_card, model_path / CARD_NAME, model_path / "README.md"):
-        if cand and Path(cand).is_file() and upstream_card is None:
-            upstream_card = Path(cand).read_text(encoding="utf-8")
+    for cand in (model_path / CARD_NAME, model_path / "README.md"):
+        if upstream_card is None and cand.is_file():
+            upstream_card = cand.read_text(encoding="utf-8")
     for aname, adir in (adapters or {}).items():
         if not _ADAPTER_NAME.match(aname):
             raise BundleError(f"Adapter name {aname!r} must be letters, digits, '.', '_' or '-' (max 64).")

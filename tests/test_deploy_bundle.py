@@ -153,8 +153,11 @@ def test_build_from_run_takes_the_final_generator_stage(tmp_path, tiny_model_dir
     info = build_bundle(tmp_path / "b", templates, run="demo", runs_dir=tmp_path / "runs")
     assert info.metadata["source"]["stage"] == "ppo" and info.metadata["source"]["fingerprint"] == "fp-ppo"
     assert "# ppo card" in (info.root / "MODEL_CARD.md").read_text()
-    info = build_bundle(tmp_path / "b2", templates, run=run, stage="sft")
+    (tmp_path / "card.md").write_text("# reviewed card\n")
+    info = build_bundle(tmp_path / "b2", templates, run=run, stage="sft", model_card=tmp_path / "card.md")
     assert info.metadata["source"]["stage"] == "sft"
+    card = (info.root / "MODEL_CARD.md").read_text()
+    assert "# reviewed card" in card and "# sft card" not in card  # an explicit card wins
     with pytest.raises(BundleError, match="no complete stage"):
         build_bundle(tmp_path / "b3", templates, run=run, stage="pretrain")
 
