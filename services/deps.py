@@ -13,8 +13,8 @@ from services.security import ANONYMOUS, Principal
 from services.state import ServiceState
 
 
-def api_error(status: int, error: str, message: str, **extra: Any) -> HTTPException:
-    return HTTPException(status_code=status, detail={"error": error, "message": message, **extra})
+def api_error(status: int, error: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> HTTPException:
+    return HTTPException(status_code=status, detail={"error": error, "message": message, **extra}, headers=headers)
 
 
 def get_state(request: Request) -> ServiceState:

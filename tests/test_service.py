@@ -233,7 +233,7 @@ def test_100_concurrent_with_queue_limit_10(templates):
     codes = [r.status_code for r in responses]
     assert codes.count(200) == 10 and codes.count(429) == 90
     assert all(r.json()["output"] == "positive" for r in responses if r.status_code == 200)
-    assert all(r.json()["detail"]["error"] == "queue_full" for r in responses if r.status_code == 429)
+    assert all(r.json()["detail"]["error"] == "queue_full" and r.headers["retry-after"] == "1" for r in responses if r.status_code == 429)
     assert app.state.service.admission.in_flight == 0
     with client(app) as c:
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200

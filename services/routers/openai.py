@@ -101,7 +101,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
             result = await asyncio.wait_for(engine.generate(gen), state.settings.request_timeout_s)
     except QueueFull as e:
         state.metrics.rejected.labels("queue_full").inc()
-        raise api_error(429, "queue_full", str(e)) from None
+        raise api_error(429, "queue_full", str(e), headers={"Retry-After": "1"}) from None
     except (asyncio.TimeoutError, TimeoutError):
         state.metrics.rejected.labels("timeout").inc()
         raise api_error(504, "timeout", f"no answer within {state.settings.request_timeout_s:g}s") from None

@@ -140,7 +140,7 @@ async def run_batch(name: str, body: BatchRequest, request: Request, state: Stat
             )
     except QueueFull as e:
         state.metrics.rejected.labels("queue_full").inc()
-        raise api_error(429, "queue_full", str(e)) from None
+        raise api_error(429, "queue_full", str(e), headers={"Retry-After": "1"}) from None
     except (asyncio.TimeoutError, TimeoutError) as e:
         raise _map_error(state, name, e) from None
     items, usage = [], Usage()
@@ -186,7 +186,7 @@ async def run_task(name: str, body: TaskRequest, request: Request, state: StateD
             answer = runner.to_answer(t, gen, result, body.lang, (time.perf_counter() - t0) * 1000)
     except QueueFull as e:
         state.metrics.rejected.labels("queue_full").inc()
-        raise api_error(429, "queue_full", str(e), retry_after_s=1) from None
+        raise api_error(429, "queue_full", str(e), headers={"Retry-After": "1"}) from None
     except Exception as e:
         raise _map_error(state, name, e) from None
     _count(state, answer)
