@@ -96,7 +96,8 @@ class TaskRunner:
         kw: dict[str, Any] = {}
         if out.kind == "label":
             kw["choices"] = template.choices(lang)
-            default = LABEL_MAX_TOKENS
+            # Room for the longest choice even at one byte per token (CJK labels are 3 bytes a character).
+            default = max(LABEL_MAX_TOKENS, 4 * max(len(c) for c in kw["choices"]) + 8)
         elif out.kind == "json":
             kw["json_schema"] = bound_schema(template.json_schema() or {}, self.json_max_string, self.json_max_items)
             default = JSON_MAX_TOKENS
