@@ -55,6 +55,16 @@ def training_arguments(section: TrainSection, output_dir: str | Path, cls: Any =
         deepspeed=section.deepspeed,
     )
     kwargs.update(overrides)
+    # transformers 5 dropped ``warmup_ratio`` (a float ``warmup_steps`` below 1 is the ratio) and
+    # ``logging_dir`` (TensorBoard logs go to <output_dir>/runs); keep older/other classes working.
+    import inspect
+
+    accepted = inspect.signature(cls).parameters
+    if "warmup_ratio" not in accepted:
+        ratio = kwargs.pop("warmup_ratio")
+        kwargs.setdefault("warmup_steps", ratio)
+    if "logging_dir" not in accepted:
+        kwargs.pop("logging_dir")
     return cls(**kwargs)
 
 
