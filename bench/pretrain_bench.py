@@ -36,7 +36,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ect-docs", type=int, default=120, help="Earnings-call transcripts to read.")
     p.add_argument("--fomc-docs", type=int, default=40, help="FOMC minutes / press conferences to read (each).")
     p.add_argument("--zh-docs", type=int, default=1500, help="Chinese financial documents to read.")
-    p.add_argument("--eval-blocks", type=int, default=48)
+    p.add_argument("--eval-blocks", type=int, default=16, help="Held-out blocks per perplexity measurement.")
+    p.add_argument("--top-layers", type=int, default=None, help="LoRA on the top N layers only (cheaper backward on CPU).")
     return p.parse_args()
 
 
@@ -62,14 +63,15 @@ def main() -> int:
         {
             "run": {"name": f"bench-{args.method}-{args.steps}", "output_dir": str(args.out)},
             "base_model": {"name": args.model},
-            "corpus": {"sources": sources, "general_sources": general, "block_size": args.block_size, "chunk_tokens": 512, "heldout_fraction": 0.05, "min_chars": 200},
+            "corpus": {"sources": sources, "general_sources": general, "block_size": args.block_size, "chunk_tokens": 512, "heldout_fraction": 0.05, "min_chars": 150},
             "pretrain": {
                 "method": args.method,
                 "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r, "dropout": 0.0},
                 "replay_fraction": args.replay,
                 "replay_samples": 16,
                 "eval_max_blocks": args.eval_blocks,
-                "train": {"max_steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr, "save_steps": max(10, args.steps // 2), "logging_steps": 5, "warmup_ratio": 0.05},
+                "lora_top_layers": args.top_layers,
+                "train": {"max_steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr, "save_steps": max(10, args.steps // 2), "logging_steps": max(1, args.steps // 8), "warmup_ratio": 0.05},
             },
         }
     )

@@ -99,6 +99,7 @@ class PretrainSection(Section):
     replay_samples: int = Field(32, ge=0, description="Texts sampled from the base model when no general corpus.")
     replay_max_new_tokens: int = Field(128, ge=8, description="Length of each text sampled from the base model.")
     eval_max_blocks: int = Field(64, ge=1, description="Held-out blocks used for each perplexity measurement.")
+    lora_top_layers: int | None = Field(None, ge=1, description="LoRA only on the top N transformer layers (backward stops there: cheaper on CPU); None: all layers.")
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=2e-4))
 
 

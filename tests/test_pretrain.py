@@ -199,3 +199,12 @@ def test_deepspeed_zero2_two_processes(tmp_path, tiny_model_dir):
     model = load_causal_lm(res.artefact("model"))
     assert sum(p.numel() for p in model.parameters()) > 0
     assert math.isfinite(res.metrics["ppl_domain_after"])
+
+
+def test_lora_top_layers_limits_trainable_params(tiny_model_dir):
+    from domain_lm.config import PretrainSection
+    from domain_lm.train.pretrain import build_model
+
+    model = build_model(PretrainSection(lora_top_layers=1), tiny_model_dir)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.1." in n for n in trainable)  # the tiny model has layers 0 and 1

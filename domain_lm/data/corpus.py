@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator
 
 from domain_lm import atomic
 from domain_lm.config import CorpusSection, CorpusSource
-from domain_lm.data.corpus_clean import clean_document, detect_lang
+from domain_lm.data.corpus_clean import clean_document, detect_lang, effective_length
 from domain_lm.data.dedupe import Deduper, exact_key
 from domain_lm.data.extract import RawDoc, check_sources, iter_documents
 from domain_lm.hashing import sha256_file, sha256_json
@@ -99,7 +99,7 @@ def clean_stream(raw: Iterable[RawDoc], section: CorpusSection, stats: PartStats
         stats.docs_in += 1
         text, dropped = clean_document(doc.text, section.boilerplate_patterns)
         stats.boilerplate_dropped += dropped
-        if len(text) < section.min_chars:
+        if effective_length(text) < section.min_chars:
             stats.too_short += 1
             continue
         hits: dict[str, int] = {}

@@ -50,6 +50,12 @@ def detect_lang(text: str) -> str:
     return "zh" if cjk >= (cjk + latin / 3) / 3 else "en"
 
 
+def effective_length(text: str) -> int:
+    """Length in "Latin-character equivalents": a CJK character counts 3 (about one English word's
+    worth of content), so ``min_chars`` does not throw away short but complete Chinese news items."""
+    return len(text) + 2 * len(_CJK.findall(text))
+
+
 def strip_boilerplate(text: str, extra_patterns: list[str] | None = None) -> tuple[str, int]:
     """Drop page-number lines, short lines repeated 3+ times in the document (running headers and
     footers) and legal-boilerplate paragraphs. Returns (text, lines/paragraphs dropped)."""

@@ -191,7 +191,16 @@ def build_model(section: PretrainSection, base_path: Path):
     from peft import get_peft_model
 
     modules_to_save = ["embed_tokens", "lm_head"] if section.train_embeddings else None
-    return get_peft_model(model, lora_config(section.lora, modules_to_save=modules_to_save))
+    lora = section.lora
+    if section.lora_top_layers and lora.target_modules == "all-linear":
+        # PEFT ignores layers_to_transform with the string "all-linear": name the linear modules.
+        names = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and "lm_head" not in n})
+        lora = lora.model_copy(update={"target_modules": names})
+    conf = lora_config(lora, modules_to_save=modules_to_save)
+    if section.lora_top_layers:
+        n = model.config.num_hidden_layers
+        conf.layers_to_transform = list(range(max(0, n - section.lora_top_layers), n))
+    return get_peft_model(model, conf)
 
 
 def _trainer_class():
