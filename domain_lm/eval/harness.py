@@ -35,12 +35,19 @@ def gold_value(template: Any, value: Any) -> Any:
     return value
 
 
-def predict(engine: Any, template: Any, inputs: Sequence[dict[str, Any]], lang: str = "en", adapter: str | None = None, batch_size: int = 64) -> list[Prediction]:
-    """Answers for ``inputs`` through ``TaskRunner``; a broken contract becomes an invalid prediction."""
+def predict(engine: Any, template: Any, inputs: Sequence[dict[str, Any]], lang: str = "en", adapter: str | None = None, batch_size: int = 64, max_tokens: int | None = None) -> list[Prediction]:
+    """Answers for ``inputs`` through ``TaskRunner``; a broken contract becomes an invalid prediction.
+
+    ``max_tokens`` caps generation for json/text tasks (label tasks need only their choices); an
+    answer cut off by the cap fails its contract and counts as invalid.
+    """
     from domain_lm.inference.tasks import TaskRunner
     from domain_lm.tasks import ContractError, InputError
 
-    runner = TaskRunner(engine)
+    cap = None
+    if max_tokens is not None and template.output.kind != "label":
+        cap = min(max_tokens, template.output.max_tokens or max_tokens)
+    runner = TaskRunner(engine, max_tokens=cap)
     out: list[Prediction] = []
     for start in range(0, len(inputs), batch_size):
         chunk = list(inputs[start : start + batch_size])
@@ -65,7 +72,7 @@ def score_predictions(template: Any, golds: Sequence[Any], preds: Sequence[Predi
     return M.score(template.metric, g, p, labels=labels, lang=lang)
 
 
-def evaluate_records(engine: Any, template: Any, records: Sequence[Any], adapter: str | None = None, keep_examples: int = 5) -> dict[str, Any]:
+def evaluate_records(engine: Any, template: Any, records: Sequence[Any], adapter: str | None = None, keep_examples: int = 5, max_tokens: int | None = None) -> dict[str, Any]:
     """Score ``records`` (with ``.inputs``, ``.output``, ``.lang``) for one template; languages kept apart
     in generation but scored together. Adds ``latency_ms`` per example and a few sample outputs."""
     if not records:
@@ -74,7 +81,7 @@ def evaluate_records(engine: Any, template: Any, records: Sequence[Any], adapter
     t0 = time.perf_counter()
     for lang in sorted({r.lang for r in records}):
         idx = [i for i, r in enumerate(records) if r.lang == lang]
-        for i, p in zip(idx, predict(engine, template, [records[i].inputs for i in idx], lang=lang, adapter=adapter)):
+        for i, p in zip(idx, predict(engine, template, [records[i].inputs for i in idx], lang=lang, adapter=adapter, max_tokens=max_tokens)):
             preds[i] = p
     elapsed = time.perf_counter() - t0
     langs = {r.lang for r in records}
@@ -133,14 +140,18 @@ def evaluate_model(
     kind: str = "auto",
     adapters: dict[str, str] | None = None,
     adapter: str | None = None,
+    max_tokens: int | dict[str, int] | None = None,
     **engine_opts: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Open one engine for ``model_path`` and score every ``task -> (template, records)``."""
+    """Open one engine for ``model_path`` and score every ``task -> (template, records)``.
+
+    ``max_tokens``: one generation cap for json/text tasks, or a cap per task name."""
     from domain_lm.inference import create_engine
 
     kind = resolve_kind(kind)
     engine = create_engine(model_path, kind=kind, adapters=adapters, **engine_opts)
     try:
-        return {name: evaluate_records(engine, t, recs, adapter=adapter) for name, (t, recs) in tasks.items()}
+        caps = max_tokens if isinstance(max_tokens, dict) else {name: max_tokens for name in tasks}
+        return {name: evaluate_records(engine, t, recs, adapter=adapter, max_tokens=caps.get(name)) for name, (t, recs) in tasks.items()}
     finally:
         engine.close()

@@ -57,7 +57,7 @@ def build_report(config: PipelineConfig, registry: Any, models: dict[str, str]) 
     opts = engine_options(cfg.engine, cfg.gpu_memory_utilization)
     for stage, path in models.items():
         log.info("eval: scoring %s (%s)", stage, path)
-        for t, scores in evaluate_model(path, tasks, kind=cfg.engine, **opts).items():
+        for t, scores in evaluate_model(path, tasks, kind=cfg.engine, max_tokens=cfg.max_new_tokens, **opts).items():
             report["tasks"][t]["systems"][stage] = scores
     if cfg.baseline:
         for t, (tmpl, recs) in tasks.items():
