@@ -305,13 +305,24 @@ def inputs_hash(sources: list[CorpusSource]) -> dict[str, str]:
     return {str(f): sha256_file(f) for _, f in check_sources(sources)}
 
 
+def _content_key(sources: list[CorpusSource]) -> list[dict[str, Any]]:
+    """Per source: its options and (path relative to the source, content hash) of each file, so the
+    same files in another directory (e.g. the demo corpus written into each run) hit the cache."""
+    out = []
+    for src in sources:
+        root = Path(src.path).expanduser()
+        files = [(str(f.relative_to(root)) if f != root else f.name, sha256_file(f)) for _, f in check_sources([src])]
+        out.append({"options": src.model_dump(mode="json", exclude={"path"}), "files": files})
+    return out
+
+
 def cache_key(section: CorpusSection, tokenizer) -> str:
     return sha256_json(
         {
             "version": CORPUS_VERSION,
-            "section": section.model_dump(mode="json", exclude={"cache"}),
-            "domain": inputs_hash(section.sources),
-            "general": inputs_hash(section.general_sources),
+            "section": section.model_dump(mode="json", exclude={"cache", "sources", "general_sources"}),
+            "domain": _content_key(section.sources),
+            "general": _content_key(section.general_sources),
             "tokenizer": tokenizer_hash(tokenizer),
         }
     )
