@@ -209,3 +209,21 @@ def test_instruct_sources_join_the_training_set(tmp_path, registry, tokenizer):
     cfg = _cfg(tmp_path, data, instruct_sources=[{"path": str(tmp_path / "a.json"), "formatting": "alpaca"}])
     stats = S.build_sft_data(cfg, tokenizer, tmp_path / "out", registry=registry)
     assert stats.train_examples["instruct:a"] == 1
+
+
+def test_cli_sft_build(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from domain_lm.cli import app
+
+    data = _write_jsonl(tmp_path / "s.jsonl", ROWS)
+    args = ["sft", "build", "--out", str(tmp_path / "out"), "--task", "sentiment", "--data", str(data), "--field", "text=sentence",
+            "--label-field", "lab", "--model", str(tiny_model_dir), "-s", f"tasks.templates_dir={TEMPLATES}"]
+    args += [x for k, v in LABEL_MAP.items() for x in ("--label-map", f"{k}={v}")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert sum(stats["records"].values()) == len(ROWS)
+    assert sum(stats["train_records"].values()) + sum(stats["eval_records"].values()) == len(ROWS)
+    bad = CliRunner().invoke(app, ["sft", "build", "--out", str(tmp_path / "o2"), "--task", "sentiment", "--model", str(tiny_model_dir)])
+    assert bad.exit_code != 0
