@@ -76,11 +76,11 @@ def part_b(model_path: Path, policy: Path, out: Path, quick: bool, seed: int) ->
     from domain_lm.train import ppo
     from domain_lm.train.reward import train_reward_model
 
-    tasks = ["sentiment", "business_line"]
+    tasks = ["sentiment"] if quick else ["sentiment", "business_line"]
     common = [f"tasks.demo_tasks={json.dumps(tasks)}", "tasks.demo_langs=[en]", f"tasks.seed={seed}"]
-    rm_steps, rm_eval = (12, 32) if quick else (400, 400)
+    rm_steps, rm_eval = (6, 16) if quick else (400, 400)
     ppo_over = (
-        ["ppo.steps=6", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4", "ppo.max_new_tokens=6", "ppo.critic_warmup_steps=1", "ppo.eval_prompts=16", "ppo.lora_top_layers=4", "ppo.ptx_batch_size=2", "ppo.learning_rate=2e-4", "ppo.critic_learning_rate=2e-4"]
+        ["ppo.steps=4", "ppo.rollout_batch_size=4", "ppo.mini_batch_size=2", "ppo.max_new_tokens=5", "ppo.critic_warmup_steps=1", "ppo.eval_prompts=8", "ppo.lora_top_layers=4", "ppo.ptx_batch_size=2", "ppo.learning_rate=3e-4", "ppo.critic_learning_rate=3e-4"]
         if quick
         else ["ppo.steps=60", "ppo.rollout_batch_size=16", "ppo.mini_batch_size=8", "ppo.max_new_tokens=16", "ppo.critic_warmup_steps=5", "ppo.eval_prompts=96", "ppo.learning_rate=1e-4", "ppo.critic_learning_rate=1e-4"]
     )
