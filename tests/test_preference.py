@@ -116,3 +116,29 @@ def test_real_templates_give_pairs_for_every_task():
     assert {p.task for p in pairs} >= {name for name in reg.names() if any(r[0].name == name for r in examples)}
     for p in pairs:
         assert p.chosen != p.rejected and p.prompt[-1]["role"] == "user"
+
+
+def test_reward_build_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from domain_lm.cli.reward import app
+
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "responses": ["a", "b", "c"]}, {"prompt": "r", "chosen": "x", "rejected": "y"}])
+    out = tmp_path / "out.jsonl"
+    res = CliRunner().invoke(app, ["build", "--source", str(src), "--no-tasks", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert len(pref.load_preferences(out)) == 4 and "ranked=3" in res.output
+
+
+def test_sampled_pairs_with_the_hf_engine(tiny_model_dir):
+    from domain_lm.inference import create_engine
+
+    t = LabelTemplate()
+    records = [(t, {"text": s}, "en", "positive") for s in ("Profit rose", "Deposits grew")]
+    engine = create_engine(str(tiny_model_dir), kind="hf")
+    try:
+        # the random tiny model never says a label, so rank its samples by length instead
+        pairs = pref.sampled_pairs(records, engine, k=3, max_tokens=8, scorer=lambda t, text, gold, lang: float(len(text)))
+    finally:
+        engine.close()
+    assert pairs and all(len(p.chosen) > len(p.rejected) and p.kind == "sampled" for p in pairs)
