@@ -194,3 +194,30 @@ def test_cli_build_and_verify(tmp_path, tiny_model_dir):
     _flip_one_byte(tmp_path / "b" / "model" / "config.json", 5)
     v = subprocess.run(env_cmd + ["verify", str(tmp_path / "b")], capture_output=True, text=True)
     assert v.returncode == 2 and "model/config.json does not match" in " ".join(v.stderr.split()), v.stdout + v.stderr
+
+
+def test_bundle_serve_verifies_then_execs_serve_with_adapters(tmp_path, tiny_model_dir, templates, monkeypatch):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from domain_lm.cli import app
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    info = build_bundle(tmp_path / "b", templates, model=tiny_model_dir, adapters={"cards": tmp_path / "adapter"})
+    calls = []
+    monkeypatch.setattr("os.execv", lambda exe, argv: calls.append(argv))
+    r = CliRunner().invoke(app, ["bundle", "serve", str(info.root), "--engine", "hf", "--port", "8123"])
+    assert r.exit_code == 0, r.output
+    argv = calls[0]
+    assert argv[1:4] == ["-m", "domain_lm", "serve"]
+    assert argv[argv.index("--model") + 1] == str(info.model_dir) and argv[argv.index("--templates") + 1] == str(info.templates_dir)
+    assert argv[argv.index("--adapter") + 1] == f"cards={info.root / 'adapters' / 'cards'}"
+    assert argv[-4:] == ["--engine", "hf", "--port", "8123"]
+    _flip_one_byte(info.root / "adapters" / "cards" / "adapter_config.json", 3)
+    calls.clear()
+    r = CliRunner().invoke(app, ["bundle", "serve", str(info.root)])
+    assert r.exit_code != 0 and not calls  # nothing is started from a tampered bundle
+    assert "adapters/cards/adapter_config.json" in str(r.exception)
