@@ -377,7 +377,16 @@ function dryItemView(item, i) {
       "div",
       { class: "io" },
       h("span", { class: "k" }, "Answer"),
-      h("pre", { class: "dry-answer" }, pretty(item.answer.output)),
+      h(
+        "div",
+        {},
+        h("pre", { class: "dry-answer", style: "display:inline" }, pretty(item.answer.output)),
+        item.expected !== null && item.expected !== undefined
+          ? JSON.stringify(item.answer.output) === JSON.stringify(item.expected)
+            ? h("span", { class: "match yes" }, "matches the example")
+            : h("span", { class: "match no" }, "differs from the example")
+          : null
+      ),
       h("span", { class: "k" }, "Raw text"),
       h("pre", {}, item.answer.raw_text),
       h("span", { class: "k" }, "Latency"),
@@ -450,9 +459,11 @@ async function pageEditor(name) {
     saveBtn.disabled = !(res.ok && state.dryRunOk && state.dryRunText === textarea.value);
   };
 
+  let checkSeq = 0;
   const validate = async () => {
+    const seq = ++checkSeq;
     const res = await api("/console/api/templates/check", { method: "POST", json: { yaml: textarea.value } });
-    showCheck(res);
+    if (seq === checkSeq) showCheck(res); // a slower, older answer must not overwrite a newer one
     return res;
   };
 
@@ -625,7 +636,12 @@ function evalTable(table) {
         if (!sc) return h("td", { class: "num muted" }, "–");
         if (sc.skipped) return h("td", { class: "num muted", title: sc.skipped }, "skipped");
         const extra = sc.invalid ? ` · ${sc.invalid}/${sc.n} invalid` : "";
-        return h("td", { class: `num${vals[i] === best && table.systems.length > 1 ? " best" : ""}`, title: `n=${sc.n ?? "?"}${extra}` }, vals[i].toFixed(3));
+        return h(
+          "td",
+          { class: `num${vals[i] === best && table.systems.length > 1 ? " best" : ""}`, title: `n=${sc.n ?? "?"}${extra}` },
+          vals[i].toFixed(3),
+          sc.invalid ? h("div", { class: "small muted" }, `${sc.invalid}/${sc.n} invalid`) : null
+        );
       })
     );
   });
