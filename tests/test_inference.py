@@ -127,3 +127,19 @@ def test_json_cut_off_by_the_budget_is_retried_with_a_fitted_schema(registry):
         first, second = engine.requests
         assert worst_case_chars(second.json_schema) <= second.max_tokens < worst_case_chars(first.json_schema)
         assert ans.output == ext.parse_output(ans.raw_text)
+
+
+def test_chat_prompts_are_not_given_a_second_bos():
+    from domain_lm.inference import encode_prompt
+
+    class Tok:
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+            return "<bos>" + messages[-1]["content"]
+
+        def __call__(self, text, add_special_tokens):
+            return {"input_ids": ([0] if add_special_tokens else []) + [ord(c) for c in text]}
+
+    assert encode_prompt(Tok(), GenerationRequest(messages=[{"role": "user", "content": "hi"}]))[0] == ord("<")
+    assert encode_prompt(Tok(), GenerationRequest(prompt="hi")) == [0, ord("h"), ord("i")]

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from domain_lm.inference.base import Engine, EngineError, GenerationRequest, GenerationResult, check_adapter, render_prompt
+from domain_lm.inference.base import Engine, EngineError, GenerationRequest, GenerationResult, check_adapter, encode_prompt, render_prompt
 
 __all__ = [
     "Engine",
@@ -23,6 +23,7 @@ __all__ = [
     "GenerationResult",
     "check_adapter",
     "create_engine",
+    "encode_prompt",
     "render_prompt",
     "vllm_available",
 ]

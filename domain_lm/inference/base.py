@@ -91,3 +91,10 @@ def render_prompt(tokenizer: Any, request: GenerationRequest) -> str:
     # Base models without a chat template: a transcript the model can continue.
     lines = [f"{m['role']}: {m['content']}" for m in messages]
     return "\n".join(lines) + "\nassistant:"
+
+
+def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
+    """Prompt token ids. A chat-template rendering already holds its special tokens (BOS included
+    where the model wants one), so only a raw ``prompt`` gets the tokenizer's specials added."""
+    add_special = request.prompt is not None
+    return list(tokenizer(render_prompt(tokenizer, request), add_special_tokens=add_special)["input_ids"])

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from domain_lm.inference.base import EngineError, GenerationRequest, GenerationResult, check_adapter, render_prompt
+from domain_lm.inference.base import EngineError, GenerationRequest, GenerationResult, check_adapter, encode_prompt
 from domain_lm.models.loading import load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -205,8 +205,15 @@ class HFEngine:
         self.model.set_adapter(adapter)
         return contextlib.nullcontext()
 
-    def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    def _encode(self, requests: list[GenerationRequest]) -> dict[str, torch.Tensor]:
+        """Left-padded prompt ids and attention mask for a batch."""
+        seqs = [encode_prompt(self.tokenizer, r) for r in requests]
+        width = max(map(len, seqs))
+        pad = self.tokenizer.pad_token_id
+        return {
+            "input_ids": torch.tensor([[pad] * (width - len(s)) + s for s in seqs]),
+            "attention_mask": torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs]),
+        }
 
     # ------------------------------------------------------------------ labels: pick by likelihood
 
@@ -215,7 +222,7 @@ class HFEngine:
         """Score every (prompt, choice + EOS) continuation; the most likely choice is the answer."""
         pairs: list[tuple[int, str, list[int], list[int]]] = []
         for i, r in enumerate(requests):
-            prompt_ids = self.tokenizer(render_prompt(self.tokenizer, r), add_special_tokens=False)["input_ids"]
+            prompt_ids = encode_prompt(self.tokenizer, r)
             for c in r.choices or []:
                 cont = self.tokenizer(c, add_special_tokens=False)["input_ids"] + [self.eos_id]
                 pairs.append((i, c, prompt_ids, cont))
@@ -270,8 +277,7 @@ class HFEngine:
     def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        prompts = [render_prompt(self.tokenizer, r) for r in requests]
-        enc = self._encode(prompts)
+        enc = self._encode(requests)
         r0 = requests[0]
         grammars = [self._grammar(r) for r in requests]
         processors = LogitsProcessorList()

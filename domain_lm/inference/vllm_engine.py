@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from domain_lm.inference._loop import LoopThread
-from domain_lm.inference.base import EngineError, GenerationRequest, GenerationResult, check_adapter, render_prompt
+from domain_lm.inference.base import EngineError, GenerationRequest, GenerationResult, check_adapter, encode_prompt
 from domain_lm.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,9 @@ class VllmEngine:
         if self._llm is None:
             raise EngineError("The vLLM engine is closed.")
         check_adapter(self, request.adapter)
-        prompt = render_prompt(self.tokenizer, request)
+        from vllm.inputs import TokensPrompt
+
+        prompt = TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, request))
         request_id = uuid.uuid4().hex
         final = None
         try:
