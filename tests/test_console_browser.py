@@ -251,6 +251,8 @@ def test_create_task_in_editor_run_it_and_see_it_listed(live, browser):
     assert "Saved card_dispute version 1" in notice.text
     assert (templates / "card_dispute.yaml").is_file()
     assert _get(base + "/v1/tasks/card_dispute")[1]["version"] == 1
+    wait(browser, lambda d: "saves as card_dispute v2" in d.find_element(By.ID, "check-status").text)
+    assert not browser.find_element(By.ID, "save-btn").is_enabled()  # no second copy of the same text
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#version-history li[data-version='1']"))
     shot(browser, "07-editor-saved")
 

@@ -294,7 +294,8 @@ function errorView(e, form) {
     }
   }
   const title = { 422: "Invalid input", 403: "Not allowed", 404: "Unknown task", 429: "The service is busy — try again in a moment", 502: "The model's answer broke the task contract", 503: "The model is not ready yet", 504: "Timed out" }[e.status] || `Request failed (HTTP ${e.status})`;
-  return h("div", { id: "result-error" }, alertBox("error", title, h("div", {}, e.message, d.raw_text !== undefined ? h("pre", { class: "codebox" }, d.raw_text) : null)));
+  const field = d.field ? `${String(d.field).replace(/^input\./, "")}: ` : "";
+  return h("div", { id: "result-error" }, alertBox("error", title, h("div", {}, field + e.message, d.raw_text !== undefined ? h("pre", { class: "codebox" }, d.raw_text) : null)));
 }
 
 async function pageTry(name) {
@@ -534,6 +535,7 @@ async function pageEditor(name) {
         alertBox("ok", `Saved ${res.name} version ${res.version}`, h("span", {}, "It is served now, without a restart. ", h("a", { href: `#/try/${encodeURIComponent(res.name)}`, id: "saved-try-link" }, "Try it"), " · ", h("a", { href: "#/tasks" }, "All tasks")))
       );
       state.name = res.name;
+      state.dryRunOk = false; // the saved text is the current version now: saving it again would only add a copy
       history = (await api(`/console/api/tasks/${encodeURIComponent(res.name)}`)).history;
       renderHistory();
       if (location.hash !== `#/editor/${res.name}`) history_replace(res.name);
