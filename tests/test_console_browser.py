@@ -206,6 +206,18 @@ def test_run_sentiment(live, browser):
     shot(browser, "04-run-invalid-input")
 
 
+def test_run_json_task(live, browser):
+    base, _ = live
+    go(browser, base, "/try/entities")
+    visible(browser, "#in-text").send_keys("HSBC and the People's Bank of China met in Shanghai.")
+    browser.find_element(By.ID, "run-btn").click()
+    output = visible(browser, "#result-output")
+    value = json.loads(output.text)  # the typed output is rendered as JSON
+    assert isinstance(value, list) and all(set(item) == {"text", "type"} for item in value)
+    assert browser.find_element(By.ID, "result-raw").text.strip().startswith("[")
+    shot(browser, "05-run-json-task")
+
+
 def test_wrong_template_shows_its_error_and_is_not_saved(live, browser):
     base, templates = live
     go(browser, base, "/editor")
@@ -224,7 +236,7 @@ def test_wrong_template_shows_its_error_and_is_not_saved(live, browser):
     browser.find_element(By.ID, "dry-run-btn").click()
     visible(browser, "#dry-results .alert.error")
     assert not browser.find_element(By.ID, "save-btn").is_enabled()
-    shot(browser, "05-editor-wrong-template")
+    shot(browser, "06-editor-wrong-template")
     assert not (templates / "card_dispute.yaml").exists() and not (templates / ".versions" / "card_dispute@1.yaml").exists()
     assert _get(base + "/v1/tasks/card_dispute")[0] == 404
 
@@ -242,7 +254,7 @@ def test_create_task_in_editor_run_it_and_see_it_listed(live, browser):
     answers = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#dry-results .dry-answer")]
     assert len(answers) == 2 and set(answers) <= {"fraud", "billing_error"}
     assert not (templates / "card_dispute.yaml").exists()  # a dry run saves nothing
-    shot(browser, "06-editor-dry-run")
+    shot(browser, "07-editor-dry-run")
 
     save = browser.find_element(By.ID, "save-btn")
     assert save.is_enabled()
@@ -254,18 +266,18 @@ def test_create_task_in_editor_run_it_and_see_it_listed(live, browser):
     wait(browser, lambda d: "saves as card_dispute v2" in d.find_element(By.ID, "check-status").text)
     assert not browser.find_element(By.ID, "save-btn").is_enabled()  # no second copy of the same text
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#version-history li[data-version='1']"))
-    shot(browser, "07-editor-saved")
+    shot(browser, "08-editor-saved")
 
     browser.find_element(By.ID, "saved-try-link").click()
     visible(browser, "#in-text").send_keys("Two identical charges from the same hotel appeared on my statement.")
     browser.find_element(By.ID, "run-btn").click()
     assert visible(browser, "#result-output").text in ("fraud", "billing_error")
-    shot(browser, "08-run-new-task")
+    shot(browser, "09-run-new-task")
 
     go(browser, base, "/tasks")
     card = visible(browser, "#task-card_dispute")
     assert "fraud" in card.text and "billing_error" in card.text and "v1" in card.text
-    shot(browser, "09-tasks-with-new-task")
+    shot(browser, "10-tasks-with-new-task")
 
 
 def test_edit_task_makes_a_new_version_and_keeps_history(live, browser):
@@ -285,7 +297,7 @@ def test_edit_task_makes_a_new_version_and_keeps_history(live, browser):
     current = browser.find_element(By.CSS_SELECTOR, "#version-history li[data-version='2']")
     assert "current" in current.text and "Second edition" in current.text
     assert (templates / ".versions" / "card_dispute@1.yaml").is_file() and (templates / ".versions" / "card_dispute@2.yaml").is_file()
-    shot(browser, "10-editor-version-history")
+    shot(browser, "11-editor-version-history")
     # the old version loads back into the editor
     browser.find_element(By.CSS_SELECTOR, "#version-history li[data-version='1'] button").click()
     wait(browser, lambda d: "Second edition" not in d.find_element(By.ID, "yaml-editor").get_attribute("value"))
@@ -306,4 +318,4 @@ def test_runs_page_shows_eval_tables_and_report(live, browser):
     assert "train_loss=1.25" in browser.find_element(By.ID, "run-stages").text
     wait(browser, lambda d: d.find_element(By.ID, "run-report").get_attribute("srcdoc"))
     assert "demo" in browser.find_element(By.ID, "run-report").get_attribute("srcdoc")
-    shot(browser, "11-runs")
+    shot(browser, "12-runs")

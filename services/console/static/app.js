@@ -177,8 +177,18 @@ function inputTable(t) {
 function outputSummary(t) {
   const out = t.output;
   if (out.kind === "label") return h("div", { class: "tags" }, out.labels.map((l) => h("span", { class: "tag" }, l)));
-  if (out.kind === "json")
-    return h("details", {}, h("summary", { class: "small" }, "JSON schema"), h("pre", { class: "codebox" }, JSON.stringify(out.schema, null, 2)));
+  if (out.kind === "json") {
+    // The top-level fields say most of what a reader needs; the full schema is one click away.
+    const sc = out.schema || {};
+    const obj = sc.type === "array" ? sc.items || {} : sc;
+    const fields = Object.keys(obj.properties || {});
+    return h(
+      "div",
+      {},
+      fields.length ? h("div", { class: "tags" }, h("span", { class: "small muted" }, sc.type === "array" ? "a list of" : "an object with"), fields.map((f) => h("span", { class: "tag" }, f))) : null,
+      h("details", {}, h("summary", { class: "small" }, "JSON schema"), h("pre", { class: "codebox" }, JSON.stringify(out.schema, null, 2)))
+    );
+  }
   return h("span", { class: "small muted" }, `Free text${out.schema && out.schema.maxLength ? `, at most ${out.schema.maxLength} characters` : ""}`);
 }
 
