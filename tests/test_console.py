@@ -257,3 +257,10 @@ def test_runs_dir_missing_is_empty(app, tmp_path, monkeypatch):
     with client(app) as c:
         data = c.get("/console/api/runs").json()
     assert data == {"runs_dir": str(tmp_path / "nowhere"), "runs": []}
+
+
+def test_no_auth_mode_session_needs_no_key(templates):
+    app = create_app(ServiceSettings(auth=False, templates_dir=str(templates)), engine=FakeEngine(model_name="dev-lm"))
+    with client(app, key=None) as c:
+        assert c.get("/console/api/session").json() == {"key_id": "anonymous", "admin": True, "tasks": ["*"], "model": "dev-lm", "ready": True}
+        assert c.post("/console/api/templates/check", json={"yaml": NEW_TASK}).json()["ok"]

@@ -319,3 +319,31 @@ def test_runs_page_shows_eval_tables_and_report(live, browser):
     wait(browser, lambda d: d.find_element(By.ID, "run-report").get_attribute("srcdoc"))
     assert "demo" in browser.find_element(By.ID, "run-report").get_attribute("srcdoc")
     shot(browser, "12-runs")
+
+
+def test_no_auth_service_opens_without_sign_in(browser, tmp_path):
+    """A development service (--no-auth) opens straight on the task list, with no sign-in form."""
+    import uvicorn
+
+    from domain_lm.inference.fake import FakeEngine
+    from services.app import create_app
+    from services.settings import ServiceSettings
+
+    templates = tmp_path / "task_templates"
+    shutil.copytree(REPO / "task_templates", templates)
+    app = create_app(ServiceSettings(auth=False, templates_dir=str(templates)), engine=FakeEngine(model_name="dev-lm"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 20
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        browser.get(f"http://127.0.0.1:{port}/console/")
+        visible(browser, "#task-sentiment")
+        assert not browser.find_element(By.ID, "signin").is_displayed()
+        assert "no API keys" in browser.find_element(By.ID, "session-label").text
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -716,7 +716,18 @@ window.addEventListener("hashchange", route);
 document.addEventListener("DOMContentLoaded", async () => {
   $("#signin-form").addEventListener("submit", onSignin);
   $("#signout-btn").addEventListener("click", () => signOut());
-  if (!getKey()) return showSignin();
+  if (!getKey()) {
+    // A service started with --no-auth answers without a key: no sign-in then.
+    const probe = await fetch(CONSOLE + "/api/session").catch(() => null);
+    if (probe && probe.ok) {
+      session = await probe.json();
+      $("#session-label").textContent = `no API keys (development) · ${session.model || "model loading"}`;
+      $("#session").classList.remove("hidden");
+      $("#signout-btn").classList.add("hidden");
+      return route();
+    }
+    return showSignin();
+  }
   try {
     await startSession();
     route();
