@@ -57,7 +57,7 @@ class VllmEngine:
         model_path: str | Path,
         adapters: dict[str, str] | None = None,
         *,
-        dtype: str = "float32",
+        dtype: str | None = None,
         gpu_memory_utilization: float = 0.25,
         max_model_len: int = 2048,
         max_num_seqs: int = 64,
@@ -82,7 +82,10 @@ class VllmEngine:
             need = max_lora_rank or max(ranks)
             rank = next((r for r in (8, 16, 32, 64, 128, 256, 512) if r >= need), need)
             lora_opts = {"enable_lora": True, "max_loras": max(1, len(self.adapters)), "max_lora_rank": rank}
-        if "kv_cache_memory_bytes" not in extra and _on_cpu():
+        on_cpu = _on_cpu()
+        if dtype is None:
+            dtype = "float32" if on_cpu else "auto"  # bf16 is emulated (and ~30x slower) on CPU
+        if "kv_cache_memory_bytes" not in extra and on_cpu:
             extra["kv_cache_memory_bytes"] = _cpu_kv_bytes(gpu_memory_utilization)
         # Compact JSON: a small model otherwise spends its token budget on whitespace between fields.
         extra.setdefault("structured_outputs_config", StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True))
