@@ -264,3 +264,19 @@ def test_no_auth_mode_session_needs_no_key(templates):
     with client(app, key=None) as c:
         assert c.get("/console/api/session").json() == {"key_id": "anonymous", "admin": True, "tasks": ["*"], "model": "dev-lm", "ready": True}
         assert c.post("/console/api/templates/check", json={"yaml": NEW_TASK}).json()["ok"]
+
+
+def test_dry_run_takes_queue_slots_and_obeys_the_timeout(templates):
+    settings = ServiceSettings(api_keys=KEYS, templates_dir=str(templates), max_queue=1, request_timeout_s=0.5)
+    app = create_app(settings, engine=FakeEngine(model_name="fake", delay=0.05))
+    with client(app) as c:
+        # two examples need two slots: the queue of one refuses them rather than growing
+        r = c.post("/console/api/templates/dry-run", json={"yaml": NEW_TASK, "lang": "en"})
+        assert r.status_code == 429 and r.json()["detail"]["error"] == "queue_full"
+        one = c.post("/console/api/templates/dry-run", json={"yaml": NEW_TASK, "lang": "en", "input": {"text": "x"}})
+        assert one.status_code == 200 and one.json()["items"][0]["answer"]["output"] == "fraud"
+    slow = create_app(settings, engine=FakeEngine(model_name="fake", delay=2.0))
+    with client(slow) as c:
+        r = c.post("/console/api/templates/dry-run", json={"yaml": NEW_TASK, "lang": "en", "input": {"text": "x"}})
+        assert r.status_code == 504
+        assert slow.state.service.admission.in_flight == 0  # the slot was given back

@@ -8,6 +8,7 @@ itself (``POST``/``PUT /v1/tasks/{name}``), so the console shows exactly what cl
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain_lm.tasks import TemplateError, UnknownTaskError
+from services.admission import QueueFull
 from services.console import editor, runs
 from services.deps import AdminDep, ApiKeyDep, RegistryDep, StateDep, api_error
 from services.state import ServiceState
@@ -129,17 +131,25 @@ def check(body: DraftBody, registry: RegistryDep, principal: AdminDep) -> dict[s
 
 @router.post("/api/templates/dry-run", summary="Render and answer a draft on example inputs without saving it")
 async def dry_run(body: DryRunBody, state: StateDep, registry: RegistryDep, principal: AdminDep) -> dict[str, Any]:  # noqa: ARG001
-    result = editor.check(body.yaml, registry)
-    if not result["ok"]:
-        return {**result, "items": []}
-    template = editor.parse_draft(body.yaml, registry)
-    if body.lang not in template.languages:
-        return {**result, "ok": False, "errors": [{"message": f"the draft has no language {body.lang!r} (it has {', '.join(template.languages)})", "line": None}], "items": []}
     try:
-        items = await editor.dry_run(template, state.engine if state.ready() else None, body.lang, body.input, body.variant)
+        template = editor.parse_draft(body.yaml, registry)
     except TemplateError as e:
-        return {**result, "ok": False, "errors": editor.error_list(e), "items": []}
-    return {**result, "engine": state.ready(), "items": items}
+        return {"ok": False, "errors": editor.error_list(e), "template": None, "items": []}
+    result = {"ok": True, "errors": [], "template": editor.summary(template, registry)}
+    if body.lang not in template.languages:
+        problem = {"message": f"the draft has no language {body.lang!r} (it has {', '.join(template.languages)})", "line": None}
+        return {**result, "ok": False, "errors": [problem], "items": []}
+    engine = state.engine if state.ready() else None
+    n = 1 if body.input is not None else min(len(template.examples_for(body.lang)), editor.MAX_DRY_RUN_EXAMPLES)
+    # A dry run uses the model like any request: it takes queue slots and obeys the request timeout.
+    try:
+        with state.admission.slot(max(1, n) if engine is not None else 0):
+            items = await asyncio.wait_for(editor.dry_run(template, engine, body.lang, body.input, body.variant), state.settings.request_timeout_s)
+    except QueueFull as e:
+        raise api_error(429, "queue_full", str(e), retry_after_s=1) from None
+    except (asyncio.TimeoutError, TimeoutError):
+        raise api_error(504, "timeout", f"no answer within {state.settings.request_timeout_s:g}s") from None
+    return {**result, "engine": engine is not None, "items": items}
 
 
 # --------------------------------------------------------------------------- runs and evaluation
