@@ -366,8 +366,10 @@ def ppo_update(state: "PPOState", buffer: list[Experience], update_actor: bool) 
     """``ppo_epochs`` passes over the experience buffer in shuffled mini-batches."""
     cfg = state.cfg
     sums: dict[str, list[float]] = {}
-    state.actor.train()
-    state.critic.train()
+    # Dropout stays off (eval mode; gradients still flow) so the first pass reproduces the
+    # rollout's log-probs exactly and the ratio starts at 1.
+    state.actor.eval()
+    state.critic.eval()
     for _ in range(cfg.ppo_epochs):
         for exp in buffer:
             order = torch.randperm(exp.response.size(0), generator=state.torch_rng)
