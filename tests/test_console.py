@@ -175,6 +175,9 @@ def test_check_applies_the_registry_version_rule(app, templates):
         assert "version:" not in src["draft"] and "version: 1" in src["yaml"]
         res = c.post("/console/api/templates/check", json={"yaml": src["draft"]}).json()
         assert res["ok"] and res["template"]["version"] == 2 and res["template"]["current_version"] == 1
+        assert res["unchanged"] is True  # the editor will not offer to save an identical copy
+        edited = src["draft"].replace("Classify the sentiment", "Classify the tone")
+        assert c.post("/console/api/templates/check", json={"yaml": edited}).json()["unchanged"] is False
 
 
 def test_dry_run_answers_examples_and_saves_nothing(app, templates):

@@ -263,7 +263,7 @@ def test_create_task_in_editor_run_it_and_see_it_listed(live, browser):
     assert "Saved card_dispute version 1" in notice.text
     assert (templates / "card_dispute.yaml").is_file()
     assert _get(base + "/v1/tasks/card_dispute")[1]["version"] == 1
-    wait(browser, lambda d: "saves as card_dispute v2" in d.find_element(By.ID, "check-status").text)
+    wait(browser, lambda d: "same as the current card_dispute v1" in d.find_element(By.ID, "check-status").text)
     assert not browser.find_element(By.ID, "save-btn").is_enabled()  # no second copy of the same text
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#version-history li[data-version='1']"))
     shot(browser, "08-editor-saved")
@@ -287,7 +287,7 @@ def test_edit_task_makes_a_new_version_and_keeps_history(live, browser):
     editor = visible(browser, "#yaml-editor")
     draft = editor.get_attribute("value")
     assert draft.startswith("name: card_dispute") and "\nversion:" not in draft  # saving assigns the next version
-    wait(browser, lambda d: "saves as card_dispute v2 (current v1)" in d.find_element(By.ID, "check-status").text)
+    wait(browser, lambda d: "same as the current card_dispute v1" in d.find_element(By.ID, "check-status").text)
     set_editor(browser, draft.replace("Decide whether", "Second edition, decide whether"))
     browser.find_element(By.ID, "dry-run-btn").click()
     visible(browser, "#dry-results .alert.ok")

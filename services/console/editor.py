@@ -105,12 +105,20 @@ def summary(t: TaskTemplate, registry: TemplateRegistry | None = None) -> dict[s
     }
 
 
+def unchanged(t: TaskTemplate, registry: TemplateRegistry) -> bool:
+    """True when the draft equals the task's current version in everything but the version number."""
+    if t.name not in registry:
+        return False
+    strip = lambda d: {k: v for k, v in d.items() if k != "version"}  # noqa: E731
+    return strip(t.to_dict()) == strip(registry.get(t.name).to_dict())
+
+
 def check(text: str, registry: TemplateRegistry) -> dict[str, Any]:
     try:
         t = parse_draft(text, registry)
     except TemplateError as e:
-        return {"ok": False, "errors": error_list(e), "template": None}
-    return {"ok": True, "errors": [], "template": summary(t, registry)}
+        return {"ok": False, "errors": error_list(e), "template": None, "unchanged": False}
+    return {"ok": True, "errors": [], "template": summary(t, registry), "unchanged": unchanged(t, registry)}
 
 
 async def dry_run(

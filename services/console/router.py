@@ -134,8 +134,8 @@ async def dry_run(body: DryRunBody, state: StateDep, registry: RegistryDep, prin
     try:
         template = editor.parse_draft(body.yaml, registry)
     except TemplateError as e:
-        return {"ok": False, "errors": editor.error_list(e), "template": None, "items": []}
-    result = {"ok": True, "errors": [], "template": editor.summary(template, registry)}
+        return {"ok": False, "errors": editor.error_list(e), "template": None, "unchanged": False, "items": []}
+    result = {"ok": True, "errors": [], "template": editor.summary(template, registry), "unchanged": editor.unchanged(template, registry)}
     if body.lang not in template.languages:
         problem = {"message": f"the draft has no language {body.lang!r} (it has {', '.join(template.languages)})", "line": None}
         return {**result, "ok": False, "errors": [problem], "items": []}

@@ -461,13 +461,18 @@ async function pageEditor(name) {
     if (res.ok) {
       const t = res.template;
       chip.className = "status-chip ok";
-      chip.textContent = t.current_version ? `Valid · saves as ${t.name} v${t.version} (current v${t.current_version})` : `Valid · new task ${t.name} v${t.version}`;
+      chip.textContent = res.unchanged
+        ? `Valid · same as the current ${t.name} v${t.current_version}`
+        : t.current_version
+        ? `Valid · saves as ${t.name} v${t.version} (current v${t.current_version})`
+        : `Valid · new task ${t.name} v${t.version}`;
       setLanguages(t.languages);
     } else {
       chip.className = "status-chip bad";
       chip.textContent = `${res.errors.length} problem(s)`;
     }
-    saveBtn.disabled = !(res.ok && state.dryRunOk && state.dryRunText === textarea.value);
+    // Saving needs a passed dry run of this exact text, and a change worth a new version.
+    saveBtn.disabled = !(res.ok && !res.unchanged && state.dryRunOk && state.dryRunText === textarea.value);
   };
 
   let checkSeq = 0;
