@@ -550,6 +550,7 @@ async function pageEditor(name) {
         alertBox("ok", `Saved ${res.name} version ${res.version}`, h("span", {}, "It is served now, without a restart. ", h("a", { href: `#/try/${encodeURIComponent(res.name)}`, id: "saved-try-link" }, "Try it"), " · ", h("a", { href: "#/tasks" }, "All tasks")))
       );
       state.name = res.name;
+      view().querySelector("h1").textContent = `Edit ${res.name}`;
       state.dryRunOk = false; // the saved text is the current version now: saving it again would only add a copy
       history = (await api(`/console/api/tasks/${encodeURIComponent(res.name)}`)).history;
       renderHistory();
