@@ -70,7 +70,7 @@ def part_a(model_path: Path, data: Path, out: Path, quick: bool, seed: int) -> d
     return {"pairs_train": len(train), "pairs_heldout": len(held), "max_len": max_len, "steps": steps, "lora_top_layers": top, "heldout_accuracy": m["accuracy"], "heldout_margin_mean": m["margin_mean"], "train_loss": m["train_loss"], "seconds": round(time.time() - t0, 1)}
 
 
-def part_b(model_path: Path, policy: Path, out: Path, quick: bool, seed: int) -> dict:
+def part_b(model_path: Path, policy: Path, out: Path, quick: bool, seed: int, reward_model: Path | None = None, ppo_steps: int | None = None, rollout: int | None = None) -> dict:
     from domain_lm.config import build_config
     from domain_lm.data import preference
     from domain_lm.train import ppo
@@ -84,28 +84,40 @@ def part_b(model_path: Path, policy: Path, out: Path, quick: bool, seed: int) ->
         if quick
         else ["ppo.steps=60", "ppo.rollout_batch_size=16", "ppo.mini_batch_size=8", "ppo.max_new_tokens=16", "ppo.critic_warmup_steps=5", "ppo.eval_prompts=96", "ppo.learning_rate=1e-4", "ppo.critic_learning_rate=1e-4"]
     )
-    rm_over = ["reward.train.learning_rate=5e-4", "reward.lora_top_layers=4"] if quick else ["reward.train.learning_rate=2e-4"]
+    rm_over = ["reward.train.learning_rate=5e-4", "reward.lora_top_layers=4", "reward.train.warmup_ratio=0"] if quick else ["reward.train.learning_rate=2e-4"]
+    if ppo_steps:
+        ppo_over.append(f"ppo.steps={ppo_steps}")
+    if rollout:
+        ppo_over += [f"ppo.rollout_batch_size={rollout}", f"ppo.mini_batch_size={max(1, rollout // 2)}", f"ppo.eval_prompts={2 * rollout}"]
     cfg = build_config(
         {},
         common
         + ["reward.train.batch_size=8", f"reward.train.max_steps={rm_steps}", "reward.train.max_seq_len=256", "reward.train.save_steps=100000", "reward.train.logging_steps=1", "reward.eval_fraction=0.15"]
         + rm_over
         + ppo_over
-        + ["ppo.temperature=1.0", "ppo.top_p=1.0", "ppo.max_prompt_len=256", "ppo.save_steps=5", f"ppo.seed={seed}", "ppo.kl_coef=0.05"],
+        + ["ppo.temperature=0.7", "ppo.top_p=0.9", "ppo.max_prompt_len=256", "ppo.save_steps=5", f"ppo.seed={seed}", "ppo.kl_coef=0.05"],
     )
     train_pairs, eval_pairs, counts = preference.build_preference_data(cfg)
     eval_pairs = eval_pairs[:rm_eval]
     _log(f"B: bank-task pairs {counts}: {len(train_pairs)} train / {len(eval_pairs)} held-out")
     t0 = time.time()
-    rm = train_reward_model(model_path, train_pairs, eval_pairs, cfg.reward, out / "b_rm_work", out / "b_reward_model")
-    rm.pop("_margins")
-    rm.pop("_history")
+    if reward_model is None:
+        reward_model = out / "b_reward_model"
+        rm = train_reward_model(model_path, train_pairs, eval_pairs, cfg.reward, out / "b_rm_work", reward_model)
+        rm.pop("_margins")
+        rm.pop("_history")
+    else:  # reuse a trained bank reward model (its held-out accuracy is re-measured here)
+        from domain_lm.train.reward import load_reward_model, pair_metrics
+
+        m, t, _ = load_reward_model(reward_model)
+        rm = pair_metrics(m, t, eval_pairs)[0]
+        del m
     _log(f"B: bank reward model held-out accuracy {rm['accuracy']:.3f} ({time.time() - t0:.0f}s); PPO from {policy}")
     t1 = time.time()
-    state, summary = ppo.train_ppo(policy, out / "b_reward_model", cfg, out / "b_ppo_work")
+    state, summary = ppo.train_ppo(policy, reward_model, cfg, out / "b_ppo_work")
     rows = state.history
     return {
-        "reward_model": {"pairs": counts, "heldout_accuracy": rm["accuracy"], "steps": rm_steps, "seconds": round(t1 - t0, 1)},
+        "reward_model": {"pairs": counts, "heldout_pairs": len(eval_pairs), "heldout_accuracy": rm["accuracy"], "steps": rm_steps, "path": str(reward_model), "seconds": round(t1 - t0, 1)},
         "ppo": {**{k: v for k, v in summary.items()}, "kl_stop_bound": cfg.ppo.kl_stop_bound, "seconds": round(time.time() - t1, 1), "reward_by_step": [round(r["reward_mean"], 4) for r in rows], "kl_by_step": [round(r["kl"], 4) for r in rows]},
     }
 
@@ -120,6 +132,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--skip-a", action="store_true", help="Only the PPO part.")
     ap.add_argument("--skip-b", action="store_true", help="Only the HH reward-model part.")
+    ap.add_argument("--reward-model", type=Path, default=None, help="Reuse a trained bank-task reward model (skip its training).")
+    ap.add_argument("--ppo-steps", type=int, default=None, help="Override the PPO step count.")
+    ap.add_argument("--rollout", type=int, default=None, help="Override the PPO rollout batch size.")
     args = ap.parse_args()
 
     import torch
@@ -135,7 +150,7 @@ def main() -> None:
         results["hh_reward_model"] = part_a(model_path, args.data, args.out, args.quick, args.seed)
         _log(f"A: {results['hh_reward_model']}")
     if not args.skip_b:
-        results["bank_ppo"] = part_b(model_path, args.policy or model_path, args.out, args.quick, args.seed)
+        results["bank_ppo"] = part_b(model_path, args.policy or model_path, args.out, args.quick, args.seed, args.reward_model, args.ppo_steps, args.rollout)
         _log(f"B: {results['bank_ppo']['ppo']}")
     results["seconds"] = round(time.time() - t0, 1)
 
