@@ -172,7 +172,9 @@ def coerce_output(template: Any, value: Any) -> Any:
                     value = [{k: e[k] for k in item_props if isinstance(e, dict) and k in e} for e in value]
                 value = {name: value}
         return value
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False) if not isinstance(value, (int, float)) else str(value)
+    if isinstance(value, str):
+        return value
+    return str(value) if isinstance(value, (int, float)) else json.dumps(value, ensure_ascii=False)
 
 
 def records_from_rows(template: Any, rows: list[dict[str, Any]], ds: TaskDataset) -> list[Record]:
