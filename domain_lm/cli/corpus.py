@@ -38,6 +38,9 @@ def build(
     cfg = config_from(config, items)
     if out.exists() and any(out.iterdir()):
         raise DataError(f"Output directory {out} is not empty. Choose a new --out directory or empty it.")
+    from domain_lm.data.extract import check_sources
+
+    check_sources(list(cfg.corpus.sources) + list(cfg.corpus.general_sources))  # bad path: fail before writing
     tokenizer = load_tokenizer(registry.resolve(cfg.base_model.name, store=cfg.base_model.store))
     out.mkdir(parents=True, exist_ok=True)
     section = resolve_section(cfg.corpus, out / ".sources")
