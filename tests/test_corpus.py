@@ -309,3 +309,13 @@ def test_cache_key_follows_content_not_location(tmp_path, tiny_model_dir):
     # The demo corpus shows the pipeline's work: a copy, near-duplicates, a fragment, PII, Chinese.
     assert d["duplicates_exact"] >= 1 and d["duplicates_near"] >= 1 and d["too_short"] == 1
     assert {"EMAIL", "PHONE", "CARD_NUMBER", "ID_NUMBER"} <= set(d["pii_hits"]) and d["docs_by_lang"]["zh"] >= 2
+
+
+def test_cli_missing_source_exits_2_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "never"
+    proc = subprocess.run([sys.executable, "-m", "domain_lm", "corpus", "build", "--source", str(tmp_path / "missing_dir"), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "missing_dir" in proc.stdout + proc.stderr
+    assert not out.exists()
