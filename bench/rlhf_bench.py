@@ -1,7 +1,8 @@
 """RLHF benchmark on SmolLM2-135M: reward model on held-out HH pairs, then a short PPO-Max run on
 bank-task prompts.
 
-    .venv/bin/python bench/rlhf_bench.py --quick            # ~15 min on a 2-core CPU
+    .venv/bin/python bench/rlhf_bench.py --quick            # sized for ~15 min on an idle 2-core CPU
+                                                             # (took ~58 min at load average 10+)
     .venv/bin/python bench/rlhf_bench.py --policy runs/demo/sft/model   # start PPO from an SFT model
 
 Part A (reward model, general preferences): Anthropic HH pairs from ``--data``/hh_rlhf, a seeded
