@@ -132,7 +132,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="Write the results as JSON here.")
     args = ap.parse_args()
 
-    from domain_lm.inference.schema_bounds import bound_schema
     from domain_lm.models.registry import resolve
     from domain_lm.tasks import TemplateRegistry
 
@@ -145,8 +144,8 @@ def main() -> None:
         return args.requests or (max(8, 2 * c) if args.quick else max(16, 4 * c))
 
     # Same prompts and constraints for both servers.
-    from domain_lm.inference.tasks import TaskRunner
     from domain_lm.inference.fake import FakeEngine
+    from domain_lm.inference.tasks import TaskRunner
 
     runner = TaskRunner(FakeEngine())
     task_bodies, raw_bodies = [], []

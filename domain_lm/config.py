@@ -155,6 +155,7 @@ class RewardSection(Section):
     method: Literal["lora", "full"] = "lora"
     lora: LoraSection = Field(default_factory=LoraSection)
     eval_fraction: float = Field(0.1, ge=0, lt=1)
+    max_eval_pairs: int | None = Field(256, ge=1, description="Held-out pairs scored after training (seeded sample); None: all.")
     max_pairs_per_source: int | None = Field(None, ge=1, description="Cap on pairs read from each preference file.")
     sample_k: int = Field(0, ge=0, description="Answers sampled per task prompt from the upstream model and ranked by the task metric (0: off).")
     sample_records: int = Field(16, ge=1, description="Task records used for sampled pairs when sample_k > 0.")

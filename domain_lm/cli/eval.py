@@ -53,10 +53,10 @@ def eval_(
         raise DataError("Standalone evaluation needs --task and --data (and usually --field/--label-field).")
 
     from domain_lm.config import TaskDataset
+    from domain_lm.data.sft_data import read_table, records_from_rows
     from domain_lm.eval.harness import engine_options, evaluate_baseline, evaluate_model, resolve_kind
     from domain_lm.eval.metrics import PRIMARY, primary
     from domain_lm.eval.report import markdown_table, write_report
-    from domain_lm.data.sft_data import read_table, records_from_rows
     from domain_lm.models.loading import is_adapter_dir
     from domain_lm.tasks import TemplateRegistry
 

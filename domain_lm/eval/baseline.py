@@ -12,9 +12,9 @@ from domain_lm.eval.metrics import classification_scores
 
 
 def make_pipeline(lang: str = "en", seed: int = 42):
+    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline as sk_pipeline
-    from sklearn.feature_extraction.text import TfidfVectorizer
 
     if lang == "zh":
         vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=1, sublinear_tf=True)

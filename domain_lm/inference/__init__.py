@@ -14,7 +14,16 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from domain_lm.inference.base import Engine, EngineError, GenerationRequest, GenerationResult, check_adapter, encode_prompt, render_prompt, stream_results
+from domain_lm.inference.base import (
+    Engine,
+    EngineError,
+    GenerationRequest,
+    GenerationResult,
+    check_adapter,
+    encode_prompt,
+    render_prompt,
+    stream_results,
+)
 
 __all__ = [
     "Engine",

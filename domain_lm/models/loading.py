@@ -11,7 +11,6 @@ import torch
 from domain_lm.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
-    from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from domain_lm.config import LoraSection
@@ -105,16 +104,38 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype | None = None, trainable
     return model
 
 
-def lora_config(section: "LoraSection", task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None):
+def lora_config(
+    section: "LoraSection",
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
+    model: Any = None,
+    top_layers: int | None = None,
+):
+    """PEFT LoraConfig from the config section.
+
+    With ``top_layers`` (and the ``model``), only the top N transformer layers get adapters, so
+    backward stops at the lowest adapted layer (several times cheaper on CPU). PEFT ignores
+    ``layers_to_transform`` when ``target_modules`` is the string "all-linear", so the linear
+    module names are spelled out in that case.
+    """
     from peft import LoraConfig
 
+    target: Any = section.target_modules
+    layers = None
+    n = getattr(model.config.get_text_config(), "num_hidden_layers", None) if (model is not None and top_layers) else None
+    if n and top_layers < n:
+        layers = list(range(n - top_layers, n))
+        if target == "all-linear":
+            heads = {"lm_head", "score", "classifier"}
+            target = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in heads})
     return LoraConfig(
         r=section.r,
         lora_alpha=section.alpha,
         lora_dropout=section.dropout,
-        target_modules=section.target_modules,
+        target_modules=target,
         task_type=task_type,
         modules_to_save=modules_to_save,
+        layers_to_transform=layers,
     )
 
 

@@ -30,8 +30,7 @@ def run(ctx) -> StageResult:
     from trl import DPOConfig, DPOTrainer
 
     from domain_lm.models.loading import load_causal_lm, load_tokenizer, lora_config
-    from domain_lm.train.common import last_checkpoint, make_progress_callback, plot_curves
-    from domain_lm.train.reward import trl_args
+    from domain_lm.train.common import last_checkpoint, make_progress_callback, plot_curves, training_arguments
 
     cfg = ctx.config.dpo
     upstream, model_path = ctx.input_model("sft", "pretrain", "base")
@@ -42,10 +41,10 @@ def run(ctx) -> StageResult:
 
     tok = load_tokenizer(model_path)
     model = load_causal_lm(model_path, trainable=True)
-    args = trl_args(
+    args = training_arguments(
         cfg.train,
         ctx.work_dir,
-        DPOConfig,
+        cls=DPOConfig,
         beta=cfg.beta,
         loss_type=[cfg.loss_type],
         max_length=cfg.train.max_seq_len,

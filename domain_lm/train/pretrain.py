@@ -191,15 +191,7 @@ def build_model(section: PretrainSection, base_path: Path):
     from peft import get_peft_model
 
     modules_to_save = ["embed_tokens", "lm_head"] if section.train_embeddings else None
-    lora = section.lora
-    if section.lora_top_layers and lora.target_modules == "all-linear":
-        # PEFT ignores layers_to_transform with the string "all-linear": name the linear modules.
-        names = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and "lm_head" not in n})
-        lora = lora.model_copy(update={"target_modules": names})
-    conf = lora_config(lora, modules_to_save=modules_to_save)
-    if section.lora_top_layers:
-        n = model.config.num_hidden_layers
-        conf.layers_to_transform = list(range(max(0, n - section.lora_top_layers), n))
+    conf = lora_config(section.lora, modules_to_save=modules_to_save, model=model, top_layers=section.lora_top_layers)
     return get_peft_model(model, conf)
 
 
@@ -227,21 +219,6 @@ def _trainer_class():
             return super()._inner_training_loop(*args, **kwargs)
 
     return PretrainTrainer
-
-
-def _training_args_cls(**kwargs: Any):
-    """TrainingArguments, accepting ``warmup_ratio`` also on transformers 5 (where a float
-    ``warmup_steps`` in [0, 1) is the ratio and ``warmup_ratio`` was removed)."""
-    import inspect
-
-    from transformers import TrainingArguments
-
-    params = inspect.signature(TrainingArguments).parameters
-    if "warmup_ratio" in kwargs and "warmup_ratio" not in params:
-        kwargs.setdefault("warmup_steps", kwargs.pop("warmup_ratio"))
-    if "logging_dir" not in params:
-        kwargs.pop("logging_dir", None)  # v5: TensorBoard logs go to <output_dir>/runs/
-    return TrainingArguments(**kwargs)
 
 
 def _kill_callback(step: int):
@@ -284,7 +261,7 @@ def train(section: PretrainSection, base_path: Path, corpus_dir: Path, work_dir:
             atomic.write_json(before_file, before)
 
     out_dir = work_dir / "trainer"
-    args = training_arguments(section.train, out_dir, cls=_training_args_cls)
+    args = training_arguments(section.train, out_dir)
     callbacks = [make_progress_callback("pretrain", work_dir / "progress.jsonl")]
     if extra.get("stop_after_step"):
         callbacks.append(_kill_callback(int(extra["stop_after_step"])))

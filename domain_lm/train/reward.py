@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -117,40 +118,10 @@ def margin_histogram(margins: torch.Tensor, path: Path, title: str = "reward mar
 
 
 def peft_config(lora, task_type: str, model, top_layers: int | None = None):
-    """``loading.lora_config`` restricted to the top ``top_layers`` transformer layers when set:
-    layers below hold no trainable weights, so backward stops at the lowest adapted layer."""
+    """LoRA config for ``model``, restricted to its top ``top_layers`` transformer layers when set."""
     from domain_lm.models.loading import lora_config
 
-    conf = lora_config(lora, task_type=task_type)
-    n = getattr(model.config.get_text_config(), "num_hidden_layers", None)
-    if top_layers and n and top_layers < n:
-        conf.layers_to_transform = list(range(n - top_layers, n))
-    return conf
-
-
-def trl_args(train_section, output_dir: Path, cls, **overrides):
-    """``common.training_arguments`` for a TRL config class.
-
-    transformers 5 dropped ``warmup_ratio`` (``warmup_steps`` < 1 is now read as a ratio) and
-    ``logging_dir``, which ``training_arguments`` still passes; translate/drop them here so this
-    works with the shared helper before and after it is fixed.
-    """
-    import inspect
-
-    from domain_lm.train.common import training_arguments
-
-    accepted = set(inspect.signature(cls.__init__).parameters)
-
-    def make(**kw):
-        ratio = kw.pop("warmup_ratio", None)
-        if ratio and "warmup_ratio" not in accepted and "warmup_steps" not in kw:
-            kw["warmup_steps"] = ratio
-        elif ratio is not None and "warmup_ratio" in accepted:
-            kw["warmup_ratio"] = ratio
-        return cls(**{k: v for k, v in kw.items() if k in accepted})
-
-    return training_arguments(train_section, output_dir, cls=make, **overrides)
-
+    return lora_config(lora, task_type=task_type, model=model, top_layers=top_layers)
 
 def train_reward_model(
     model_path: str | Path,
@@ -166,13 +137,13 @@ def train_reward_model(
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    from domain_lm.train.common import last_checkpoint, make_progress_callback
+    from domain_lm.train.common import last_checkpoint, make_progress_callback, training_arguments
 
     model, tok, _ = load_reward_model(model_path, trainable=True)
-    args = trl_args(
+    args = training_arguments(
         section.train,
         work_dir,
-        RewardConfig,
+        cls=RewardConfig,
         max_length=section.train.max_seq_len,
         center_rewards_coefficient=section.center_rewards_coefficient,
         disable_dropout=True,
@@ -195,6 +166,9 @@ def train_reward_model(
     trained.eval()
     # Held-out pairs; with no eval split, the training pairs (then the accuracy is a fit, not a test).
     held = list(eval_pairs) or list(train_pairs)
+    cap = getattr(section, "max_eval_pairs", None)
+    if cap is not None and len(held) > cap:
+        held = random.Random(section.train.seed).sample(held, cap)
     metrics, margins = pair_metrics(trained, tok, held, section.train.batch_size, section.train.max_seq_len)
     metrics["eval_is_heldout"] = bool(eval_pairs)
     metrics["train_pairs"] = len(train_pairs)

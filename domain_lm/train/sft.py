@@ -86,7 +86,7 @@ def build_trainer(model_path: str | Path, examples: list[dict[str, Any]], sectio
     args = training_arguments(
         section.train,
         output_dir,
-        cls=_compatible(SFTConfig),
+        cls=SFTConfig,
         max_length=section.train.max_seq_len,
         packing=section.packing,
         completion_only_loss=True,
@@ -95,25 +95,6 @@ def build_trainer(model_path: str | Path, examples: list[dict[str, Any]], sectio
         eos_token=tokenizer.eos_token,
     )
     return SFTTrainer(model=model, args=args, train_dataset=make_dataset(examples), processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks or [])
-
-
-def _compatible(cls):
-    """``cls`` accepting what ``common.training_arguments`` passes under transformers 5, which
-    dropped ``warmup_ratio`` (a ``warmup_steps`` below 1 is now a ratio) and ``logging_dir``."""
-    import inspect
-
-    accepted = set(inspect.signature(cls.__init__).parameters)
-
-    def make(**kw):
-        ratio = kw.pop("warmup_ratio", None)
-        if ratio is not None:
-            if "warmup_ratio" in accepted:
-                kw["warmup_ratio"] = ratio
-            elif "warmup_steps" not in kw:
-                kw["warmup_steps"] = ratio
-        return cls(**{k: v for k, v in kw.items() if k in accepted})
-
-    return make
 
 
 def _load_4bit(model_path: str | Path):
