@@ -113,8 +113,19 @@ class TaskDataset(Section):
     max_examples: int | None = None
 
 
+#: The task templates that ship with the project (repository checkout / editable install).
+BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "task_templates"
+
+
 class TasksSection(Section):
-    templates_dir: str = "task_templates"
+    templates_dir: str = Field("task_templates", validate_default=True, description="Directory of task templates; the bundled ones when the default is not in the working directory.")
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _bundled_default(cls, v: str) -> str:
+        if v == "task_templates" and not Path(v).is_dir() and BUNDLED_TEMPLATES.is_dir():
+            return str(BUNDLED_TEMPLATES)
+        return v
     datasets: list[TaskDataset] = Field(default_factory=list, description="Empty: the built-in demo examples.")
     eval_fraction: float = Field(0.2, ge=0, lt=1)
     demo_tasks: list[str] = Field(default_factory=list, description="Demo tasks used when datasets is empty; empty: every bundled task.")
@@ -145,6 +156,7 @@ class SftSection(Section):
     instruct_sources: list[InstructSource] = Field(default_factory=list)
     per_task_adapters: bool = False
     qlora: bool = Field(False, description="Load the base in 4-bit (QLoRA) when bitsandbytes and CUDA are available; else plain LoRA.")
+    lora_top_layers: int | None = Field(None, ge=1, description="LoRA only on the top N transformer layers (backward stops there: cheaper on CPU); None: all layers.")
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=2e-4))
 
 
@@ -166,7 +178,7 @@ class RewardSection(Section):
 
 class PpoSection(Section):
     enabled: bool = True
-    algorithm: Literal["ppo", "dpo"] = Field("ppo", description="RLHF stage the pipeline runs.")
+    algorithm: Literal["ppo", "dpo", "both"] = Field("ppo", description="RLHF stage(s) the pipeline runs; both: PPO and DPO, compared side by side in eval.")
     steps: int = Field(20, ge=1)
     rollout_batch_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(48, ge=1)
@@ -215,11 +227,13 @@ class PpoSection(Section):
 
 
 class DpoSection(Section):
-    enabled: bool = True
+    """Used when ``ppo.algorithm`` is ``dpo`` or ``both``."""
+
     beta: float = Field(0.1, gt=0)
     loss_type: str = Field("sigmoid", description="TRL DPO loss: sigmoid (DPO), ipo, hinge, ...")
     method: Literal["lora", "full"] = "lora"
     lora: LoraSection = Field(default_factory=LoraSection)
+    lora_top_layers: int | None = Field(None, ge=1, description="LoRA only on the top N transformer layers (backward stops there: cheaper on CPU); None: all layers.")
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=5e-5))
 
 

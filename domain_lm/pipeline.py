@@ -23,7 +23,7 @@ def plan(config: PipelineConfig) -> list[str]:
     if config.sft.enabled:
         stages.append("sft")
     if config.ppo.enabled:
-        stages += ["reward", "ppo"] if config.ppo.algorithm == "ppo" else ["dpo"]
+        stages += {"ppo": ["reward", "ppo"], "dpo": ["dpo"], "both": ["reward", "ppo", "dpo"]}[config.ppo.algorithm]
     if config.eval.enabled:
         stages.append("eval")
     return stages

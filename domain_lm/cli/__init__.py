@@ -61,8 +61,20 @@ for _name, (_module, _help) in COMMANDS.items():
     app.add_typer(_sub, name=_name, help=_help)
 
 
+def _quiet_libraries(level: str) -> None:
+    """The CLI shows its own rich progress; library progress bars and load reports only add noise
+    (``DOMAIN_LM_LOG=INFO`` or ``DEBUG`` brings them back). Set before the libraries are imported."""
+    if level.upper() in ("INFO", "DEBUG"):
+        return
+    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("DOMAIN_LM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    level = os.environ.get("DOMAIN_LM_LOG", "WARNING")
+    _quiet_libraries(level)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
     except DomainLMError as e:

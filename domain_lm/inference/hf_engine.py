@@ -234,10 +234,15 @@ class HFEngine:
             pad = self.tokenizer.pad_token_id
             ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
             mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
-            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # (B, T, V)
+            # Only the last positions predict continuation tokens: keep just their logits (the
+            # full (B, T, V) tensor is most of the cost for long prompts and a large vocabulary).
+            keep = max(len(c) for _, _, _, c in chunk) + 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)  # (B, keep, V); column j is position width - keep + j
             for row, (_, _, p, c) in enumerate(chunk):
                 first = width - len(c)  # position of the first continuation token
-                positions = torch.arange(first - 1, width - 1)
+                positions = torch.arange(first - 1, width - 1) - (width - keep)
                 scores.append(float(logp[row, positions, torch.tensor(c)].sum()))
         best: dict[int, tuple[float, str, int, int]] = {}
         for (i, c, p, cont), s in zip(pairs, scores):

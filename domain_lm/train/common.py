@@ -79,6 +79,16 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return str(max(cks, key=lambda p: int(p.name.split("-")[-1])))
 
 
+def quiet_trainer(trainer):
+    """Drop the Trainer's stdout printer of every log dict: the rich bar shows progress and loss,
+    the JSONL log and TensorBoard keep every value. Returns the trainer."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
 def make_progress_callback(description: str, log_path: str | Path):
     """A TrainerCallback that advances a rich progress bar and appends every log to a JSONL file."""
     from transformers import TrainerCallback
@@ -103,6 +113,8 @@ def make_progress_callback(description: str, log_path: str | Path):
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and (args.process_index == 0):
+                if self._tid is not None and "loss" in logs:
+                    self._progress.update(self._tid, description=f"{description}  loss {float(logs['loss']):.4g}")
                 self._log.parent.mkdir(parents=True, exist_ok=True)
                 with self._log.open("a", encoding="utf-8") as f:
                     f.write(json.dumps({"step": state.global_step, **logs}) + "\n")

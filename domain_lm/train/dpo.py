@@ -30,7 +30,7 @@ def run(ctx) -> StageResult:
     from trl import DPOConfig, DPOTrainer
 
     from domain_lm.models.loading import load_causal_lm, load_tokenizer, lora_config
-    from domain_lm.train.common import last_checkpoint, make_progress_callback, plot_curves, training_arguments
+    from domain_lm.train.common import last_checkpoint, make_progress_callback, plot_curves, quiet_trainer, training_arguments
 
     cfg = ctx.config.dpo
     upstream, model_path = ctx.input_model("sft", "pretrain", "base")
@@ -56,10 +56,10 @@ def run(ctx) -> StageResult:
         train_dataset=Dataset.from_list([p.to_trl() for p in train_pairs]),
         eval_dataset=Dataset.from_list([p.to_trl() for p in eval_pairs]) if eval_pairs else None,
         processing_class=tok,
-        peft_config=lora_config(cfg.lora) if cfg.method == "lora" else None,
+        peft_config=lora_config(cfg.lora, model=model, top_layers=cfg.lora_top_layers) if cfg.method == "lora" else None,
         callbacks=[make_progress_callback("dpo", out / "train_log.jsonl")],
     )
-    trainer.train(resume_from_checkpoint=last_checkpoint(ctx.work_dir) if ctx.resume else None)
+    quiet_trainer(trainer).train(resume_from_checkpoint=last_checkpoint(ctx.work_dir) if ctx.resume else None)
     metrics = trainer.evaluate() if eval_pairs else {}
 
     # Save: the adapter (for per-request LoRA serving) and merged full weights (the `model` artefact).

@@ -235,7 +235,7 @@ def _kill_callback(step: int):
 def train(section: PretrainSection, base_path: Path, corpus_dir: Path, work_dir: Path, block_size: int, resume: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train on every rank; returns data info, perplexity before (rank 0) and the trainer."""
     from domain_lm.models.loading import load_tokenizer
-    from domain_lm.train.common import last_checkpoint, make_progress_callback, training_arguments
+    from domain_lm.train.common import last_checkpoint, make_progress_callback, quiet_trainer, training_arguments
 
     extra = extra or {}
     rank, _ = world_rank()
@@ -274,7 +274,7 @@ def train(section: PretrainSection, base_path: Path, corpus_dir: Path, work_dir:
     )
     ckpt = last_checkpoint(out_dir) if resume else None
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=ckpt)
+    quiet_trainer(trainer).train(resume_from_checkpoint=ckpt)
     train_s = time.time() - t0
     # Collective under DeepSpeed (ZeRO-3 gathers the weights); only the main process writes.
     final = work_dir / "final"

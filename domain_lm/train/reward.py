@@ -137,7 +137,7 @@ def train_reward_model(
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    from domain_lm.train.common import last_checkpoint, make_progress_callback, training_arguments
+    from domain_lm.train.common import last_checkpoint, make_progress_callback, quiet_trainer, training_arguments
 
     model, tok, _ = load_reward_model(model_path, trainable=True)
     args = training_arguments(
@@ -158,7 +158,7 @@ def train_reward_model(
         peft_config=peft_conf,
         callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=last_checkpoint(work_dir) if resume else None)
+    quiet_trainer(trainer).train(resume_from_checkpoint=last_checkpoint(work_dir) if resume else None)
 
     trained = trainer.model
     if peft_conf is not None:

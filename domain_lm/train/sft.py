@@ -69,20 +69,20 @@ def build_trainer(model_path: str | Path, examples: list[dict[str, Any]], sectio
     from trl import SFTConfig, SFTTrainer
 
     from domain_lm.models.loading import load_causal_lm, load_tokenizer, lora_config
-    from domain_lm.train.common import training_arguments
+    from domain_lm.train.common import quiet_trainer, training_arguments
 
     tokenizer = load_tokenizer(model_path)
     if not getattr(tokenizer, "chat_template", None):
         from domain_lm.errors import DomainLMError
 
         raise DomainLMError(f"Model {model_path} has no chat template; SFT renders prompts with it (as the service does). Use an instruct model or add a chat template to its tokenizer_config.json.")
-    peft_config = lora_config(section.lora) if section.method == "lora" else None
     if section.qlora and section.method == "lora" and qlora_available():
         model = _load_4bit(model_path)
     else:
         if section.qlora:
             log.warning("sft.qlora requested but bitsandbytes + CUDA are not available: training plain LoRA")
         model = load_causal_lm(model_path, trainable=True)
+    peft_config = lora_config(section.lora, model=model, top_layers=section.lora_top_layers) if section.method == "lora" else None
     args = training_arguments(
         section.train,
         output_dir,
@@ -94,7 +94,8 @@ def build_trainer(model_path: str | Path, examples: list[dict[str, Any]], sectio
         dataset_num_proc=None,
         eos_token=tokenizer.eos_token,
     )
-    return SFTTrainer(model=model, args=args, train_dataset=make_dataset(examples), processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks or [])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=make_dataset(examples), processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks or [])
+    return quiet_trainer(trainer)
 
 
 def _load_4bit(model_path: str | Path):
