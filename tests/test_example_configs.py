@@ -27,14 +27,24 @@ CONFIGS = REPO / "configs"
 PREFIX = "../shared/data"
 NAMES = ["bank-en.yaml", "bank-zh.yaml"]
 
-# Independent statement of what each dataset's gold output must become, computed from the raw row.
-# A wrong `label_field` / `label_map` in a config makes the loaded records disagree with these.
+# Independent statement of what each dataset's template inputs and gold output must be, computed
+# from the raw row. A wrong `fields` / `label_field` / `label_map` in a config makes the loaded
+# records disagree with these.
 TWITTER = {"bearish": "negative", "bullish": "positive", "neutral": "neutral"}
-EXPECTED: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "fpb/train.jsonl": lambda row: row["label"],
-    "twitter_fin_sentiment/train.jsonl": lambda row: TWITTER[row["label"]],
-    "bbt_fincuge/finfe/train.jsonl": lambda row: row["label_name"],  # the name column, not the mapped int
-    "bbt_fincuge/finna/train.jsonl": lambda row: row["summary"].strip(),
+# CLUENER types the entities task covers (the others are dropped), written here independently.
+CLUENER = {"company": "ORG", "organization": "ORG", "government": "ORG", "name": "PER", "address": "LOC", "scene": "LOC"}
+
+EXPECTED: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], Callable[[dict[str, Any]], Any]]] = {
+    "fpb/train.jsonl": (lambda row: {"text": row["text"]}, lambda row: row["label"]),
+    "twitter_fin_sentiment/train.jsonl": (lambda row: {"text": row["text"]}, lambda row: TWITTER[row["label"]]),
+    # FinFE: the config maps the int `label`; check it against the file's own `label_name` column.
+    "bbt_fincuge/finfe/train.jsonl": (lambda row: {"text": row["text"]}, lambda row: row["label_name"]),
+    "bbt_fincuge/finna/train.jsonl": (lambda row: {"text": row["text"]}, lambda row: row["summary"].strip()),
+    "finer_ord/train.jsonl": (lambda row: {"text": row["text"]}, lambda row: [{"text": e["text"], "type": e["type"]} for e in row["entities"]]),
+    "cluener/train.jsonl": (
+        lambda row: {"text": row["text"]},
+        lambda row: [{"text": e["text"], "type": CLUENER[e["type"]]} for e in row["entities"] if e["type"] in CLUENER],
+    ),
 }
 
 
@@ -53,11 +63,9 @@ def _reroot(value: Any, root: Path) -> Any:
     return value
 
 
-def _config_on(name: str, root: Path, **updates: Any) -> PipelineConfig:
-    """The config with its ``../shared/data`` paths pointing at ``root`` (plus top-level section updates)."""
+def _config_on(name: str, root: Path) -> PipelineConfig:
+    """The config with its ``../shared/data`` paths pointing at ``root``."""
     data = _reroot(yaml.safe_load((CONFIGS / name).read_text(encoding="utf-8")), root)
-    for section, values in updates.items():
-        data[section] = {**data.get(section, {}), **values}
     return build_config(data, source=name)
 
 
@@ -148,14 +156,14 @@ def test_task_records_load_with_the_declared_mapping(name, shared_data, registry
         start += len(rows)
         # No row was skipped (a bad `fields` mapping or over-long inputs would drop rows) ...
         assert len(recs) == len(rows) == ds.max_examples, f"{ds.path}: {len(recs)} records from {len(rows)} rows"
-        expected = EXPECTED[_rel_to(ds.path, shared_data)]
+        expected_inputs, expected_output = EXPECTED[_rel_to(ds.path, shared_data)]
         outputs = []
         for rec, row in zip(recs, rows):
             assert rec.task == ds.task and rec.lang == ds.lang
-            assert rec.inputs == {f: row[c] for f, c in ds.fields.items()}
-            # ... every gold output is what the raw row says, in the template's vocabulary ...
+            # ... the template inputs and the gold output are what the raw row says ...
+            assert rec.inputs == expected_inputs(row), f"{ds.path}: {row} -> inputs {rec.inputs!r}"
             got = rec.output.strip() if isinstance(rec.output, str) and t.output.kind == "text" else rec.output
-            assert got == expected(row), f"{ds.path}: {row} -> {rec.output!r}"
+            assert got == expected_output(row), f"{ds.path}: {row} -> {rec.output!r}"
             # ... and renders into an SFT example (the output contract accepts the target).
             ex = sft_data.render_example(t, rec)
             assert ex["messages"][-1]["content"] == t.target_text(rec.output, lang=ds.lang)

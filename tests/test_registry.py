@@ -99,3 +99,51 @@ def test_smollm2_import_generates_coherent_english(smollm2_dir):
     from domain_lm.models import registry as reg
 
     assert reg.import_model("smollm2-135m", store=smollm2_dir.parent).path == smollm2_dir
+
+
+def test_base_checkpoint_without_chat_template_gets_one(tiny_model_dir, tmp_path):
+    """A base model (no chat template) imported from a local dir gets one, and the token that
+    closes an assistant turn is the EOS used for training targets and decoding."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    src = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, src)
+    (src / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((src / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (src / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert not AutoTokenizer.from_pretrained(src).chat_template
+
+    stored = registry.import_model(str(src), store=tmp_path / "store", as_name="base")
+    tok = AutoTokenizer.from_pretrained(stored.path)
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    text = tok.apply_chat_template(msgs, tokenize=False)
+    assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n"
+    assert tok.eos_token == "<|im_end|>"
+    prompt = tok.apply_chat_template(msgs[:2], tokenize=False, add_generation_prompt=True)
+    assert text.startswith(prompt) and prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_gemma_style_template_folds_system_into_first_user_turn():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from domain_lm.models.chat_templates import GEMMA, default_template
+
+    class Tok:
+        eos_token = "<eos>"
+
+        def get_vocab(self):
+            return {"<start_of_turn>": 105, "<end_of_turn>": 106, "<eos>": 1}
+
+    template, end = default_template(Tok())
+    assert (template, end) == (GEMMA, "<end_of_turn>")
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)  # as transformers renders
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A"}, {"role": "user", "content": "Q2"}]
+    out = env.from_string(template).render(messages=msgs, bos_token="<bos>", add_generation_prompt=True)
+    assert out == (
+        "<bos><start_of_turn>user\nS\n\nQ1<end_of_turn>\n<start_of_turn>model\nA<end_of_turn>\n"
+        "<start_of_turn>user\nQ2<end_of_turn>\n<start_of_turn>model\n"
+    )

