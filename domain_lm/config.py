@@ -303,9 +303,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "corpus": {"block_size": 256, "min_chars": 120},
         "pretrain": {"replay_samples": 8, "lora_top_layers": 8, "train": {"max_steps": 24, "batch_size": 4, "max_seq_len": 256, "save_steps": 8}},
-        "sft": {"lora_top_layers": 8, "train": {"max_steps": 40, "batch_size": 4, "max_seq_len": 384, "save_steps": 10, "learning_rate": 3e-4}},
-        "reward": {"lora_top_layers": 4, "max_eval_pairs": 64, "train": {"max_steps": 24, "batch_size": 4, "max_seq_len": 384, "save_steps": 8, "learning_rate": 5e-4}},
-        "ppo": {"steps": 6, "rollout_batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 24, "critic_warmup_steps": 1, "save_steps": 3, "lora_top_layers": 4, "eval_prompts": 8},
+        "sft": {"lora_top_layers": 8, "train": {"max_steps": 32, "batch_size": 4, "max_seq_len": 384, "save_steps": 8, "learning_rate": 1e-3}},
+        "reward": {"lora_top_layers": 4, "max_eval_pairs": 64, "train": {"max_steps": 16, "batch_size": 4, "max_seq_len": 384, "save_steps": 8, "learning_rate": 5e-4}},
+        "ppo": {"steps": 6, "rollout_batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 24, "critic_warmup_steps": 1, "save_steps": 3, "lora_top_layers": 4, "eval_prompts": 8,
+                "learning_rate": 2e-4, "critic_learning_rate": 3e-4},
         "dpo": {"lora_top_layers": 8, "train": {"max_steps": 20, "batch_size": 2, "max_seq_len": 384, "save_steps": 10}},
         "eval": {"max_examples": 8, "max_new_tokens": 128},
     },

@@ -86,15 +86,19 @@ def build_markdown(run: Run, config: PipelineConfig | None) -> tuple[str, list[P
     for s in stages:
         lines += ["", f"## {_SECTION_TITLES.get(s.stage, s.stage)}", ""]
         sub = s.path / "report.md"
+        referenced = ""
         if sub.is_file():
-            text = sub.read_text(encoding="utf-8").strip()
+            referenced = sub.read_text(encoding="utf-8").strip()
             # demote the stage report's headings under this section
-            lines += [("##" + ln if ln.startswith("#") else ln) for ln in text.splitlines()]
+            lines += [("##" + ln if ln.startswith("#") else ln) for ln in referenced.splitlines()]
             lines.append("")
         scalars = {k: v for k, v in s.metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        if referenced:
+            # the stage's own report already shows its metrics (per-task keys "task/system/metric"
+            # are its evaluation table): list only what it leaves out
+            scalars = {k: v for k, v in scalars.items() if "/" not in k and f"| {k} |" not in referenced}
         if scalars:
             lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in scalars.items()]
-        referenced = sub.read_text(encoding="utf-8") if sub.is_file() else ""
         for img in _images(s):
             images.append(img)
             if img.name not in referenced:

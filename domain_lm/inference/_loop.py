@@ -37,6 +37,20 @@ class LoopThread:
         return await asyncio.wrap_future(self.submit(coro))
 
     def stop(self) -> None:
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10)
+        """Cancel what still runs on the loop (an engine's output handlers), let the cancellations
+        finish, then stop: tasks left pending would be destroyed noisily at interpreter exit."""
+        if not self.loop.is_running():
+            return
+
+        async def drain() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            self.run(drain(), timeout=10)
+        except Exception:  # noqa: BLE001 - best effort: stopping must not raise
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
