@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,42 +24,15 @@ from pathlib import Path
 
 import httpx
 
+from domain_lm.serve_demo import free_port, stop_service, wait_ready
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 600) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"server not ready after {timeout}s; log: {log}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def load(url: str, bodies: list[dict], concurrency: int, check) -> dict:
@@ -169,12 +141,12 @@ def main() -> None:
         logs / "service.log",
     )
     try:
-        wait_ready(svc, f"http://127.0.0.1:{port}/readyz", logs / "service.log")
+        wait_ready(svc, f"http://127.0.0.1:{port}", log_path=logs / "service.log")
         results["task_endpoint"] = {
             str(c): asyncio.run(load(f"http://127.0.0.1:{port}/v1/tasks/{args.task}", task_bodies[: n_for(c)], c, lambda b: "output" in b)) for c in levels
         }
     finally:
-        stop(svc)
+        stop_service(svc, timeout=60)
 
     port = free_port()
     raw = start(
@@ -185,12 +157,12 @@ def main() -> None:
         logs / "vllm.log",
     )
     try:
-        wait_ready(raw, f"http://127.0.0.1:{port}/health", logs / "vllm.log")
+        wait_ready(raw, f"http://127.0.0.1:{port}", log_path=logs / "vllm.log", probe="/health")
         results["raw_vllm"] = {
             str(c): asyncio.run(load(f"http://127.0.0.1:{port}/v1/chat/completions", raw_bodies[: n_for(c)], c, lambda b: bool(b.get("choices")))) for c in levels
         }
     finally:
-        stop(raw)
+        stop_service(raw, timeout=60)
 
     print(f"model: {model}\ntask: {args.task}  (logs: {logs})\n")
     print(f"{'conc':>4} | {'task req/s':>10} {'p50 ms':>8} {'p99 ms':>8} | {'raw req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>6} | errors")

@@ -31,14 +31,15 @@ def start_service(model: Path, templates: str, engine: str, port: int, extra: li
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 600.0, log_path: Path | None = None) -> None:
+def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 600.0, log_path: Path | None = None, probe: str = "/readyz") -> None:
+    """Block until ``base + probe`` answers 200; a clear error if the process exits or time runs out."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace")[-2000:] if log_path and log_path.is_file() else ""
             raise DomainLMError(f"The service exited with code {proc.returncode} before it was ready.\n{tail}")
         try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{base}{probe}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -46,11 +47,11 @@ def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 600.0, log_pa
     raise DomainLMError(f"The service did not become ready within {timeout:.0f}s.")
 
 
-def stop_service(proc: subprocess.Popen) -> None:
+def stop_service(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

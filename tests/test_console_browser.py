@@ -44,6 +44,7 @@ TIMEOUT = 60  # seconds for one page step on a busy 2-core machine (the tiny mod
 if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
     pytest.skip(f"chromium/chromedriver not installed ({CHROMIUM}, {CHROMEDRIVER}); apt-get install chromium chromium-driver", allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -127,7 +128,8 @@ def shot(driver, name: str) -> None:
 
 
 def wait(driver, cond, timeout: float = TIMEOUT):
-    return WebDriverWait(driver, timeout).until(cond)
+    # The console re-renders lists while a condition reads them: a stale element means "poll again".
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(cond)
 
 
 def visible(driver, css: str, timeout: float = TIMEOUT):
