@@ -55,3 +55,25 @@ def test_missing_artefact_is_an_error(tmp_path):
         with run.writing("x") as w:
             w.add_artefact("model", "model")
     assert run.load("x") is None
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """Artefacts are readable by the user a service runs as (not mkstemp's private 0600/0700)."""
+    import os
+    import stat
+
+    from domain_lm import atomic
+
+    old = os.umask(0o022)
+    try:
+        import importlib
+
+        importlib.reload(atomic)
+        atomic.write_text(tmp_path / "a.txt", "x")
+        with atomic.atomic_dir(tmp_path / "stage") as d:
+            (d / "f").write_text("y")
+        assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+        assert stat.S_IMODE((tmp_path / "stage").stat().st_mode) == 0o755
+    finally:
+        os.umask(old)
+        importlib.reload(atomic)
