@@ -29,7 +29,6 @@ from domain_lm.serve_demo import free_port, stop_service, wait_ready
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -140,7 +140,7 @@ examples:
 def test_burst_beyond_queue_limit_gets_429_and_service_stays_healthy(engine, templates_dir):
     from domain_lm.tasks import TemplateRegistry
 
-    limit, n = 4, 24
+    limit, n = 10, 100  # the numbers: 100 concurrent requests, a queue of 10
     app = make_app(engine, templates_dir, max_queue=limit)
     t = TemplateRegistry.load(templates_dir).get("sentiment")
     calls = [("/v1/tasks/sentiment", {"input": {"text": f"Net income rose {i} percent."}}) for i in range(n)]

@@ -123,6 +123,7 @@ def peft_config(lora, task_type: str, model, top_layers: int | None = None):
 
     return lora_config(lora, task_type=task_type, model=model, top_layers=top_layers)
 
+
 def train_reward_model(
     model_path: str | Path,
     train_pairs: Sequence[PreferencePair],
