@@ -232,8 +232,9 @@ def test_wrong_template_shows_its_error_and_is_not_saved(live, browser):
     # the list is re-rendered by the typing debounce too: look the element up afresh on every poll
     item = wait(browser, lambda d: next((e.text for e in d.find_elements(By.CSS_SELECTOR, "#template-errors li") if f"line {bad_line}" in e.text), None))
     assert "output.kind" in item
-    assert browser.find_element(By.CSS_SELECTOR, ".gutter div.bad").text == str(bad_line)
-    assert "problem" in browser.find_element(By.ID, "check-status").text
+    # the gutter and status are re-rendered too: poll them (a stale read means "look again")
+    wait(browser, lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, ".gutter div.bad")] == [str(bad_line)])
+    wait(browser, lambda d: "problem" in d.find_element(By.ID, "check-status").text)
     assert not browser.find_element(By.ID, "save-btn").is_enabled()
     browser.find_element(By.ID, "dry-run-btn").click()
     visible(browser, "#dry-results .alert.error")
