@@ -22,7 +22,10 @@ Measured on the shared 2-core CPU (2026-11-29, seed 42, HF engine; LoRA r=16, lr
       SFT weighted F1 0.847 (accuracy 0.853) vs TF-IDF+LR 0.775 on the same 150 held-out sentences
   --quick --tasks ner,extraction (48 + 32 train, 24 + 24 held-out, 10 steps):
       FiNER-ORD entity F1 0.00 -> 0.00; TAT-QA numeric match 0.17 -> 0.33 (exact match 0 -> 0)
-The FPB goal (weighted F1 >= 0.88) needs the default run (thousands of examples, 2 epochs).
+  --quick --tasks sentiment --train-per-task 1600 --test-per-task 300 --skip-base (200 steps of 8,
+  3355 s, 40 tokens/s with a test suite running alongside):
+      SFT weighted F1 0.883 (accuracy 0.883, macro F1 0.864) vs TF-IDF+LR 0.770 on 300 held-out
+      sentences: the FPB goal (weighted F1 >= 0.88) is met by the 135M model.
 """
 
 from __future__ import annotations
