@@ -12,7 +12,9 @@ Measured 2026-11-29 on the shared 2-core CPU (load ~12, so ~25-35 tokens/s), 252
 (120 ECTSum transcripts, 80 FOMC files, 52 Chinese items), 12 steps x 4 x 256 tokens, replay 0.2:
   --top-layers 15 --lr 2e-3 (LoRA r32): domain ppl 27.47 -> 24.31 (-11.5%), general 16.45 -> 13.05 (-20.6%), 24 tok/s
   --method full --lr 1e-4           : domain ppl 27.47 -> 23.70 (-13.7%), general 16.45 -> 12.96 (-21.2%), 35 tok/s
-The -25% domain goal needs far more tokens than ~12k (a GPU run with the default --steps or more).
+Idle CPU, same corpus, --method full --lr 1e-4, 4 x 256-token blocks per step:
+  --steps 60: domain ppl 27.47 -> 20.70 (-24.7%), general 16.45 -> 11.08 (-32.7%), 143 tok/s
+  --steps 80: domain ppl 27.47 -> 19.95 (-27.4%, goal met), general 16.45 -> 10.82 (-34.2%), 134 tok/s
 The general held-out set is HH text while replay also trains on HH text, so it mostly shows that
 general ability is not lost, not a pure forgetting measure (use --replay 0 to see forgetting).
 """
