@@ -161,9 +161,14 @@ def task_examples(name: str) -> list[TaskExample]:
     """The rows of task dataset ``name`` shaped for its template (inputs + gold output)."""
     meta = info(name)
     if meta.kind != "task" or meta.task not in _SHAPES:
-        raise DataError(f"Embedded dataset {name!r} is {meta.kind} data, not a task dataset; task datasets: {', '.join(available('task'))}.")
+        raise DataError(
+            f"Embedded dataset {name!r} is {meta.kind} data, not a task dataset; task datasets: {', '.join(available('task'))}."
+        )
     inputs_of, output_of = _SHAPES[meta.task]
-    return [TaskExample(task=meta.task, lang="en", doc=r["doc"], inputs=inputs_of(r), output=output_of(name, r), dataset=name) for r in records(name)]
+    return [
+        TaskExample(task=meta.task, lang="en", doc=r["doc"], inputs=inputs_of(r), output=output_of(name, r), dataset=name)
+        for r in records(name)
+    ]
 
 
 # --------------------------------------------------------------------------- splits and corpus
@@ -197,7 +202,9 @@ def corpus_paths() -> dict[str, list[Path]]:
     return out
 
 
-def corpus_documents(part: CorpusPart, split: Literal["train", "heldout"] | None = None, fraction: float = HELDOUT_FRACTION, seed: int = SEED) -> list[dict[str, Any]]:
+def corpus_documents(
+    part: CorpusPart, split: Literal["train", "heldout"] | None = None, fraction: float = HELDOUT_FRACTION, seed: int = SEED
+) -> list[dict[str, Any]]:
     """The documents ``{"doc", "source", "text"}`` of one corpus part, optionally one side of the doc split.
 
     The domain part shares its doc ids with the task datasets (a FIN NER agreement, a company's
@@ -212,7 +219,9 @@ def corpus_documents(part: CorpusPart, split: Literal["train", "heldout"] | None
     return held if split == "heldout" else train
 
 
-def write_corpus(part: CorpusPart, out: Path, split: Literal["train", "heldout"] | None = None, fraction: float = HELDOUT_FRACTION, seed: int = SEED) -> Path:
+def write_corpus(
+    part: CorpusPart, out: Path, split: Literal["train", "heldout"] | None = None, fraction: float = HELDOUT_FRACTION, seed: int = SEED
+) -> Path:
     """Write one corpus part as plain JSON Lines (column ``text``) for ``corpus.sources``; returns the file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     docs = corpus_documents(part, split, fraction, seed)

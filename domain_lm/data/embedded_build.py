@@ -53,7 +53,8 @@ class Source:
 SOURCES: dict[str, Source] = {
     "twitter_fin_sentiment": Source(
         "Twitter Financial News Sentiment",
-        "umaima-aman/Twee_Sentiment_Analysis-DeepLearning @0286b19 `sent_train.csv` (a copy of zeroshot/twitter-financial-news-sentiment, train split)",
+        "umaima-aman/Twee_Sentiment_Analysis-DeepLearning @0286b19 `sent_train.csv` "
+        "(a copy of zeroshot/twitter-financial-news-sentiment, train split)",
         "Ricky Costa (zeroshot), 2022",
         "MIT (declared in the upstream dataset card; no licence file upstream)",
         None,
@@ -117,7 +118,8 @@ SOURCES: dict[str, Source] = {
     ),
     "hh_rlhf": Source(
         "Anthropic HH-RLHF",
-        "DaehanKim/EasyRLHF @45eccb7 `data/{harmless-base,helpful-base,helpful-online}/test.jsonl.gz` (identical to anthropics/hh-rlhf test files)",
+        "DaehanKim/EasyRLHF @45eccb7 `data/{harmless-base,helpful-base,helpful-online}/test.jsonl.gz` "
+        "(identical to anthropics/hh-rlhf test files)",
         "Bai et al.: Training a Helpful and Harmless Assistant with Reinforcement Learning from Human Feedback (2022)",
         "MIT",
         "hh_rlhf/LICENSE",
@@ -195,14 +197,23 @@ def collect(shared: Path) -> list[Built]:
     if missing:
         raise DataError(f"{shared} lacks {', '.join(missing)}; pass the shared data directory with --shared.")
     out: list[Built] = [
-        Built("twitter_fin_sentiment", "sentiment", "task", src.twitter_sentiment(_jsonl(shared / "twitter_fin_sentiment/train.jsonl"), TWEETS_PER_CLASS, SEED), "sentiment"),
+        Built(
+            "twitter_fin_sentiment",
+            "sentiment",
+            "task",
+            src.twitter_sentiment(_jsonl(shared / "twitter_fin_sentiment/train.jsonl"), TWEETS_PER_CLASS, SEED),
+            "sentiment",
+        ),
         Built("banking77", "intents", "task", src.banking77(_jsonl(shared / "banking77/train.jsonl")), "customer_intent"),
     ]
     ents, ner_corpus = src.fin_ner(_jsonl(shared / "fin_ner/train.jsonl"), MAX_TASK_CHARS, min_tokens_without_entities=8)
     out += [Built("fin_ner", "entities", "task", ents, "entities"), Built("fin_ner", "corpus", "corpus", ner_corpus, part="domain")]
     kpi_docs = src.kpi_documents(_kpi_sheets(shared / "kpi_edgar/kpi_edgar.xlsx"))
     kpi_rows = src.kpi_extraction(kpi_docs, MAX_TASK_CHARS, MAX_EVIDENCE_CHARS, KPI_NULL_SHARE, SEED)
-    out += [Built("kpi_edgar", "extraction", "task", kpi_rows, "extraction"), Built("kpi_edgar", "corpus", "corpus", src.kpi_corpus(kpi_docs), part="domain")]
+    out += [
+        Built("kpi_edgar", "extraction", "task", kpi_rows, "extraction"),
+        Built("kpi_edgar", "corpus", "corpus", src.kpi_corpus(kpi_docs), part="domain"),
+    ]
     contexts = json.loads((shared / "tatqa/dev.json").read_text(encoding="utf-8"))
     tat_rows, tat_corpus = src.tatqa(contexts, max_table_chars=1500, max_text_chars=800, max_evidence=MAX_EVIDENCE_CHARS)
     tat_rows = [r for r in tat_rows if len(r["text"]) <= 800]
@@ -213,7 +224,9 @@ def collect(shared: Path) -> list[Built]:
     prefs = src.hh_preferences(hh, HH_TAKE, lambda r: hh_pair(r) is not None)
     used = {src.first_human_turn(r["chosen"]) for r in prefs}
     held = src.hh_general(hh, ["harmless_base", "helpful_base"], used, HH_HELDOUT_CHARS, 400, 4000, SEED)
-    replay = src.hh_general(hh, ["helpful_online"], used | {src.first_human_turn(r["text"]) for r in held}, HH_REPLAY_CHARS, 400, 4000, SEED)
+    replay = src.hh_general(
+        hh, ["helpful_online"], used | {src.first_human_turn(r["text"]) for r in held}, HH_REPLAY_CHARS, 400, 4000, SEED
+    )
     out += [
         Built("hh_rlhf", "preference", "preference", prefs),
         Built("hh_rlhf", "general_heldout", "corpus", held, part="general_heldout"),
@@ -334,14 +347,22 @@ def label_stats(name: str, fraction: float = 0.2, seed: int = SEED) -> dict[str,
 
 def split_stats(name: str, fraction: float = 0.2, seed: int = SEED) -> dict[str, Any]:
     train, held = split_by_doc(task_examples(name), fraction, seed)
-    return {"dataset": name, "train": len(train), "heldout": len(held), "train_docs": len({x.doc for x in train}), "heldout_docs": len({x.doc for x in held})}
+    return {
+        "dataset": name,
+        "train": len(train),
+        "heldout": len(held),
+        "train_docs": len({x.doc for x in train}),
+        "heldout_docs": len({x.doc for x in held}),
+    }
 
 
 # --------------------------------------------------------------------------- CLI
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m domain_lm.data.embedded", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m domain_lm.data.embedded", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="regenerate the embedded datasets from the shared data directory")
     b.add_argument("--shared", type=Path, default=Path("../shared/data"))
@@ -358,7 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             from domain_lm.data.embedded import available, info
 
-            out = [label_stats(n, args.fraction, args.seed) if info(n).task in ("sentiment", "customer_intent") else split_stats(n, args.fraction, args.seed) for n in available("task")]
+            out = [
+                label_stats(n, args.fraction, args.seed)
+                if info(n).task in ("sentiment", "customer_intent")
+                else split_stats(n, args.fraction, args.seed)
+                for n in available("task")
+            ]
             print(json.dumps(out, indent=1))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

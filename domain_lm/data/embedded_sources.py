@@ -63,6 +63,12 @@ def parse_amount(s: str) -> int | float | None:
     return -value if neg else value
 
 
+def numbers_in(text: str) -> list[int | float]:
+    """The numbers written in ``text`` (``$1,234.5``, ``(12)``, ``7%``), parsed with ``parse_amount``."""
+    found = (parse_amount(m) for m in re.findall(r"\(?-?\d[\d,]*(?:\.\d+)?\)?", text))
+    return [v for v in found if v is not None]
+
+
 def stratified_sample(rows: Sequence[Row], key: Callable[[Row], str], per_class: int, seed: int) -> list[Row]:
     """Up to ``per_class`` rows of each class (seeded), returned in their original order."""
     by_class: dict[str, list[int]] = defaultdict(list)
@@ -140,7 +146,9 @@ def fin_ner(rows: Sequence[Row], max_chars: int, min_tokens_without_entities: in
         if len(text) > max_chars or (not ents and len(tokens) < min_tokens_without_entities):
             continue
         out.append({"doc": f"fin_ner:{r['doc_idx']}", "sent": r["sent_idx"], "text": text, "entities": ents})
-    corpus = [{"doc": f"fin_ner:{d}", "source": f"FIN5 loan agreement {d}", "text": "\n".join(sents)} for d, sents in sorted(per_doc.items())]
+    corpus = [
+        {"doc": f"fin_ner:{d}", "source": f"FIN5 loan agreement {d}", "text": "\n".join(sents)} for d, sents in sorted(per_doc.items())
+    ]
     return out, corpus
 
 
@@ -159,7 +167,15 @@ def _token_offsets(tokens: Sequence[str]) -> tuple[dict[int, int], dict[int, int
 _LABEL = re.compile(r"^(?P<lab>[a-z_]+?\d?)_(?P<rel>\d+(?:_\d+)*)$")
 _NUMBER_TOKEN = re.compile(r"^\(?-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?\)?$")
 _CURRENCY = {"$": "USD", "€": "EUR", "£": "GBP"}
-_SCALE = {"thousand": "thousand", "thousands": "thousand", "million": "million", "millions": "million", "billion": "billion", "billions": "billion", "trillion": "trillion"}
+_SCALE = {
+    "thousand": "thousand",
+    "thousands": "thousand",
+    "million": "million",
+    "millions": "million",
+    "billion": "billion",
+    "billions": "billion",
+    "trillion": "trillion",
+}
 _PERCENT = {"%", "percent"}
 _PRIOR_YEAR = re.compile(r"\b(?:prior|previous|last|preceding)[ -](?:fiscal )?year\b", re.I)
 NULL_ANSWER = {"value": None, "unit": None, "period": None, "evidence": None}
@@ -275,11 +291,28 @@ def kpi_extraction(docs: Sequence[KpiDocument], max_chars: int, max_evidence: in
 
 
 def _row(d: KpiDocument, text: str, field_: str, period: str | None, answer: dict[str, Any], evidence_start: int | None) -> Row:
-    return {"doc": f"kpi_edgar:{d.ticker}", "filing": d.file, "text": text, "field": field_, "period": period, "answer": answer, "evidence_start": evidence_start}
+    return {
+        "doc": f"kpi_edgar:{d.ticker}",
+        "filing": d.file,
+        "text": text,
+        "field": field_,
+        "period": period,
+        "answer": answer,
+        "evidence_start": evidence_start,
+    }
 
 
 def _kpi_row(
-    d: KpiDocument, tokens: Sequence[str], text: str, spans: list[tuple[int, int]], kpi: list[int], field_: str, vals: list[int], year: int, lab: str, max_evidence: int
+    d: KpiDocument,
+    tokens: Sequence[str],
+    text: str,
+    spans: list[tuple[int, int]],
+    kpi: list[int],
+    field_: str,
+    vals: list[int],
+    year: int,
+    lab: str,
+    max_evidence: int,
 ) -> Row | None:
     if len(vals) != 1 or not _NUMBER_TOKEN.match(tokens[vals[0]]):
         return None
@@ -375,13 +408,21 @@ def _tatqa_row(doc: str, q: Row, table: str, paras: list[str], max_table: int, m
     if value is None or not m:
         return None
     text, evidence = _tatqa_evidence(answer, table, paras, max_table, max_text)
-    if text is None or evidence is None or len(evidence) > max_evidence:
+    if text is None or evidence is None or len(evidence) > max_evidence or not mentions_year(text, int(m["year"])):
         return None
     percent = answer.endswith("%") or q["scale"] == "percent"
     unit = "%" if percent else " ".join(u for u in ("USD" if "$" in answer else None, q["scale"] or None) if u) or None
     field_ = " ".join(m["field"].split())
     out = {"value": value, "unit": unit, "period": m["year"], "evidence": evidence}
-    return {"doc": doc, "question": q["question"].strip(), "text": text, "field": field_, "period": m["year"], "answer": out, "evidence_start": text.index(evidence)}
+    return {
+        "doc": doc,
+        "question": q["question"].strip(),
+        "text": text,
+        "field": field_,
+        "period": m["year"],
+        "answer": out,
+        "evidence_start": text.index(evidence),
+    }
 
 
 def _tatqa_evidence(answer: str, table: str, paras: list[str], max_table: int, max_text: int) -> tuple[str | None, str | None]:
@@ -391,9 +432,11 @@ def _tatqa_evidence(answer: str, table: str, paras: list[str], max_table: int, m
     hits = [ln for ln in lines if answer in [c.strip() for c in ln.split(" | ")]]
     if len(table) <= max_table and len(hits) == 1 and table.count(hits[0]) == 1:
         return table, hits[0]
-    in_paras = [p for p in paras if p.count(answer) == 1]
+    # The answer as a whole number: "7" must not match inside "2017".
+    pattern = re.compile(rf"(?<![\d.,]){re.escape(answer)}(?![\d]|[.,]\d)")
+    in_paras = [p for p in paras if len(pattern.findall(p)) == 1]
     if len(in_paras) == 1 and len(in_paras[0]) <= max_text:
-        sents = [s for s in _SENTENCE_END.split(in_paras[0]) if answer in s]
+        sents = [s for s in _SENTENCE_END.split(in_paras[0]) if pattern.search(s)]
         if len(sents) == 1:
             return in_paras[0], sents[0]
     return None, None
@@ -407,7 +450,8 @@ NLUPP_FIELD = "amount of money"
 
 def nlupp_amounts(rows: Sequence[Row], max_chars: int, seed: int) -> list[Row]:
     """Extraction rows from NLU++ banking queries: the ``amount_of_money`` slot (value, currency, the
-    slot text as evidence), plus as many seeded queries without an amount, answered all-null."""
+    slot text as evidence) when its number is written in digits, plus as many seeded queries without
+    an amount, answered all-null."""
     positives: list[Row] = []
     candidates: list[Row] = []
     for i, r in enumerate(rows):
@@ -421,7 +465,8 @@ def nlupp_amounts(rows: Sequence[Row], max_chars: int, seed: int) -> list[Row]:
             continue
         a, b = slot["span"]
         amount = slot.get("value", {}).get("amount")
-        if text[a:b] != slot["text"] or not isinstance(amount, (int, float)):
+        # Grounded answers only: the number must be written in the slot ("1 thousand dollars" is not).
+        if text[a:b] != slot["text"] or not isinstance(amount, (int, float)) or amount not in numbers_in(slot["text"]):
             continue
         value = int(amount) if float(amount).is_integer() and "." not in slot["text"] else amount
         unit = _NLUPP_CURRENCY.get(slot["value"].get("currency"))
@@ -440,7 +485,9 @@ def hh_preferences(subsets: dict[str, Sequence[Row]], take: dict[str, int], is_p
         rows = subsets[name]
         ranked = sorted((len(r["chosen"]) + len(r["rejected"]), i) for i, r in enumerate(rows) if is_pair(r))
         picked = sorted(i for _, i in ranked[: take[name]])
-        out += [{"doc": f"hh_rlhf:{name}:{i}", "subset": name, "chosen": rows[i]["chosen"], "rejected": rows[i]["rejected"]} for i in picked]
+        out += [
+            {"doc": f"hh_rlhf:{name}:{i}", "subset": name, "chosen": rows[i]["chosen"], "rejected": rows[i]["rejected"]} for i in picked
+        ]
     return out
 
 
