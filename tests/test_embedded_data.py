@@ -270,3 +270,12 @@ def test_builder_reproduces_the_shipped_files(shared_data, tmp_path):
         else:
             assert new == old, rel
     assert json.loads((out / E.MANIFEST).read_text()) == json.loads((ROOT / E.MANIFEST).read_text())
+
+
+def test_builder_never_replaces_a_foreign_directory(shared_data, tmp_path):
+    from domain_lm.data.embedded_build import build
+
+    (tmp_path / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(DataError, match="refusing"):
+        build(shared_data, tmp_path)
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "keep me"

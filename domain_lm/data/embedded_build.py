@@ -256,11 +256,25 @@ def _licence_text(shared: Path, name: str) -> str:
 
 
 def build(shared: Path, out: Path) -> dict[str, DatasetInfo]:
-    """Write every embedded file, LICENSE, ``manifest.json`` and ``README.md`` under ``out``; returns the manifest."""
+    """Write every embedded file, LICENSE, ``manifest.json`` and ``README.md`` under ``out``; returns the manifest.
+
+    ``out`` is replaced as a whole once the new tree is complete; a non-empty directory that is not an
+    embedded-datasets directory (no ``manifest.json``) is never touched."""
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise DataError(f"{out} is not empty and holds no {MANIFEST}; refusing to replace it. Pass the embedded datasets directory.")
     files = collect(shared)
+    staging = out.with_name(out.name + ".building")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    infos = _write(shared, staging, files)
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    staging.rename(out)
+    return infos
+
+
+def _write(shared: Path, out: Path, files: Sequence[Built]) -> dict[str, DatasetInfo]:
     infos: dict[str, DatasetInfo] = {}
     sizes: dict[str, int] = {}
     for b in files:
