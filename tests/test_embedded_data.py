@@ -163,6 +163,16 @@ def test_corpus_train_side_holds_no_heldout_task_document():
     assert heldout_docs and heldout_docs.isdisjoint(train_docs)
 
 
+@pytest.mark.parametrize("name", ["fin_ner/entities", "kpi_edgar/extraction", "tatqa/extraction"])
+def test_task_texts_come_from_the_corpus_document_with_the_same_id(name):
+    # Same ids in both places is what keeps a held-out task document out of pretraining.
+    corpus: dict[str, list[str]] = {}
+    for d in E.corpus_documents("domain"):
+        corpus.setdefault(d["doc"], []).append(d["text"])
+    for r in E.records(name):
+        assert any(r["text"] in text for text in corpus[r["doc"]]), (r["doc"], r["text"][:80])
+
+
 def test_general_slices_are_disjoint_from_each_other_and_from_the_preference_pairs():
     prefs = E.records("hh_rlhf/preference")
     assert all(hh_pair(r) is not None for r in prefs)
