@@ -57,7 +57,7 @@ def main() -> int:
         print(f"SKIP: corpus directory {args.data} not found (pass --data).")
         return 0
     from domain_lm.config import build_config
-    from domain_lm.stages import run_stage
+    from domain_lm.pipeline.run import run_stage
 
     sources = []
     for sub, n, extra in [

@@ -21,8 +21,8 @@ def config_from(config: Optional[Path], overrides: Optional[list[str]]) -> Pipel
 
 def run_stage_command(stage: str, config: Optional[Path], overrides: Optional[list[str]], resume: bool = False, force: bool = False) -> None:
     """Run one stage through the run store and print its summary line."""
-    from domain_lm.progress import console
-    from domain_lm.stages import run_stage
+    from domain_lm.core.progress import console
+    from domain_lm.pipeline.run import run_stage
 
     cfg = config_from(config, overrides)
     result, skipped = run_stage(stage, cfg, resume=resume, force=force)

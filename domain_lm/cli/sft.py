@@ -14,8 +14,8 @@ from typing import Annotated, Optional
 import typer
 
 from domain_lm.cli.common import ConfigOpt, ForceOpt, OverrideOpt, ResumeOpt, config_from, run_stage_command
+from domain_lm.core.progress import console
 from domain_lm.errors import DataError
-from domain_lm.progress import console
 
 app = typer.Typer()
 

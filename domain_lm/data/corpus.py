@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from domain_lm import atomic
 from domain_lm.config import CorpusSection, CorpusSource
+from domain_lm.core import atomic
+from domain_lm.core.hashing import sha256_file, sha256_json
 from domain_lm.data.corpus_clean import clean_document, detect_lang, effective_length
 from domain_lm.data.dedupe import Deduper, exact_key
 from domain_lm.data.extract import RawDoc, check_sources, iter_documents
-from domain_lm.hashing import sha256_file, sha256_json
 
 CORPUS_VERSION = 1  # bump when the processing changes, so old cache entries are not reused
 MIN_BLOCK_TOKENS = 16

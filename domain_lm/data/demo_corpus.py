@@ -12,6 +12,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from domain_lm.config import CorpusSection, CorpusSource
+
 BANKS = ["Northbridge Bank", "Harbor Trust", "Eastlake Financial", "Meridian Savings", "Crestview Bancorp", "Summit Capital Bank"]
 ZH_BANKS = ["华信银行", "东港商业银行", "长江金融集团", "北辰农商银行"]
 SEGMENTS = ["retail banking", "commercial lending", "wealth management", "credit cards", "treasury services", "mortgage lending"]
@@ -136,6 +138,14 @@ def write_demo_corpus(dest: str | Path, seed: int = 0, n_per_kind: int = 6) -> P
     for name, text in demo_documents(seed, n_per_kind):
         (dest / name).write_text(text + "\n", encoding="utf-8")
     return dest
+
+
+def with_demo_sources(section: CorpusSection, scratch: Path) -> CorpusSection:
+    """``section``, with the demo corpus (written under ``scratch``) as its source when it has none."""
+    if section.sources:
+        return section
+    demo = write_demo_corpus(scratch / "demo_corpus", seed=section.seed)
+    return section.model_copy(update={"sources": [CorpusSource(path=str(demo))]})
 
 
 def general_prompts() -> list[str]:

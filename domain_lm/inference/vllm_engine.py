@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,10 +18,6 @@ from domain_lm.inference.base import EngineError, GenerationRequest, GenerationR
 from domain_lm.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
-
-os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _adapter_rank(path: str) -> int:

