@@ -112,8 +112,9 @@ def test_deprecated_keys_load_with_one_warning_naming_the_new_key(tmp_path, capl
     assert cfg.rlhf.algorithm == "both" and cfg.ppo.train.max_steps == 7 and cfg.ppo.train.batch_size == 2
     assert cfg.ppo.tricks.use_ptx is False and cfg.ppo.rollout.max_new_tokens == 12 and cfg.ppo.peft.top_layers == 2
     messages = [r.getMessage() for r in caplog.records]
-    for old, new in [("sft.lora_top_layers", "sft.peft.top_layers"), ("ppo.algorithm", "rlhf.algorithm"), ("ppo.steps", "ppo.train.max_steps"),
-                     ("sft.lora", "sft.peft.lora"), ("ppo.lora_top_layers", "ppo.peft.top_layers")]:
+    renamed = [("sft.lora_top_layers", "sft.peft.top_layers"), ("ppo.algorithm", "rlhf.algorithm"), ("ppo.steps", "ppo.train.max_steps"),
+               ("sft.lora", "sft.peft.lora"), ("ppo.lora_top_layers", "ppo.peft.top_layers")]
+    for old, new in renamed:
         hits = [m for m in messages if f"'{old}'" in m]
         assert len(hits) == 1 and f"'{new}'" in hits[0] and "deprecated" in hits[0], (old, messages)
     assert any("'reward.enabled'" in m and "no effect" in m for m in messages)

@@ -99,7 +99,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
     assert resumed.metrics["resumed"] is True and resumed.metrics["steps"] == 6
 
     def losses(r):
-        return {h["step"]: h["loss"] for h in json.loads("[" + ",".join(r.artefact("train_log").read_text().splitlines()) + "]") if "loss" in h}
+        rows = [json.loads(line) for line in r.artefact("train_log").read_text().splitlines()]
+        return {h["step"]: h["loss"] for h in rows if "loss" in h}
 
     a, b = losses(straight), losses(resumed)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
@@ -118,7 +119,8 @@ def test_full_finetune_with_general_corpus(tmp_path, tiny_model_dir):
     general.mkdir()
     for i, topic in enumerate(["gardening", "astronomy", "cooking", "football"]):
         (general / f"g{i}.txt").write_text(
-            f"A short essay about {topic}. " + " ".join(f"Sentence {j} talks about {topic} and everyday life in plain words." for j in range(12))
+            f"A short essay about {topic}. "
+            + " ".join(f"Sentence {j} talks about {topic} and everyday life in plain words." for j in range(12))
         )
     cfg = _config(
         tmp_path, tiny_model_dir, "full", "pretrain.peft.method=full", "pretrain.train.max_steps=4", "pretrain.train.learning_rate=0.001",
@@ -194,16 +196,24 @@ def test_deepspeed_zero2_two_processes(tmp_path, tiny_model_dir):
                 "run": {"name": "dist", "output_dir": str(tmp_path / "runs")},
                 "base_model": {"name": str(tiny_model_dir)},
                 "corpus": {"block_size": 64},
-                "pretrain": {"replay_samples": 4, "replay_max_new_tokens": 16, "train": {"max_steps": 4, "save_steps": 2, "batch_size": 2, "logging_steps": 1}},
+                "pretrain": {
+                    "replay_samples": 4,
+                    "replay_max_new_tokens": 16,
+                    "train": {"max_steps": 4, "save_steps": 2, "batch_size": 2, "logging_steps": 1},
+                },
             }
         )
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)}
     # base and corpus run once, single process; the launcher then starts two training ranks.
     for stage in ("base", "corpus"):
-        script = f"from domain_lm.config import load_config; from domain_lm.pipeline.run import run_stage; run_stage({stage!r}, load_config({str(cfg_path)!r}))"
+        script = (
+            "from domain_lm.config import load_config; from domain_lm.pipeline.run import run_stage; "
+            f"run_stage({stage!r}, load_config({str(cfg_path)!r}))"
+        )
         subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path, timeout=300)
-    cmd = [ds, "--no_local_rank", "--num_gpus", "2", "--master_port", "29517", "--module", "domain_lm", "pretrain", "-c", str(cfg_path), "-s", f"pretrain.train.deepspeed={repo / 'deploy/deepspeed/zero2.json'}"]
+    cmd = [ds, "--no_local_rank", "--num_gpus", "2", "--master_port", "29517", "--module", "domain_lm", "pretrain", "-c", str(cfg_path),
+           "-s", f"pretrain.train.deepspeed={repo / 'deploy/deepspeed/zero2.json'}"]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "dist_world_size=2" in proc.stdout + proc.stderr

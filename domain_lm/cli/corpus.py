@@ -19,7 +19,9 @@ app = typer.Typer(no_args_is_help=True)
 def build(
     config: ConfigOpt = None,
     overrides: OverrideOpt = None,
-    source: Annotated[Optional[list[Path]], typer.Option("--source", help="File or directory of documents (repeatable); replaces corpus.sources.")] = None,
+    source: Annotated[
+        Optional[list[Path]], typer.Option("--source", help="File or directory of documents (repeatable); replaces corpus.sources.")
+    ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the corpus here (standalone) instead of into the run.")] = None,
     force: ForceOpt = False,
 ) -> None:

@@ -23,7 +23,9 @@ def run_cmd(
     overrides: OverrideOpt = None,
     force: Annotated[Optional[list[str]], typer.Option("--force", help="Re-run this stage even if unchanged (repeatable).")] = None,
     until: Annotated[Optional[str], typer.Option("--until", help="Stop after this stage.")] = None,
-    serve_demo: Annotated[bool, typer.Option("--serve-demo/--no-serve-demo", help="Then start the service and answer one request per task.")] = False,
+    serve_demo: Annotated[
+        bool, typer.Option("--serve-demo/--no-serve-demo", help="Then start the service and answer one request per task.")
+    ] = False,
     keep_serving: Annotated[bool, typer.Option("--keep-serving", help="Keep the service running after the demo requests.")] = False,
 ) -> None:
     """Run base import -> corpus -> pretrain -> SFT -> reward -> PPO/DPO -> eval, then the report."""

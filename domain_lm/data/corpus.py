@@ -273,7 +273,9 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_corpus(sources: list[CorpusSource], tokenizer, section: CorpusSection, out: str | Path, general_sources: list[CorpusSource] | None = None) -> dict[str, Any]:
+def build_corpus(
+    sources: list[CorpusSource], tokenizer, section: CorpusSection, out: str | Path, general_sources: list[CorpusSource] | None = None
+) -> dict[str, Any]:
     """Build the corpus into ``out`` (which must be empty or absent); returns the report dict.
 
     Every source is checked first, so a bad path raises DataError before anything is written."""
@@ -346,7 +348,9 @@ def _copy_tree(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, copy_function=link_or_copy, dirs_exist_ok=True)
 
 
-def build_corpus_cached(section: CorpusSection, tokenizer, out: str | Path, cache_dir: str | Path | None = None) -> tuple[dict[str, Any], bool]:
+def build_corpus_cached(
+    section: CorpusSection, tokenizer, out: str | Path, cache_dir: str | Path | None = None
+) -> tuple[dict[str, Any], bool]:
     """``build_corpus`` through the content-hash cache (default ``cache_root()``). Returns (report, cached)."""
     out = Path(out)
     if not section.sources:

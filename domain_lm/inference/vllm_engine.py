@@ -215,7 +215,8 @@ class VllmEngine:
         prompt = TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, request))
         request_id = uuid.uuid4().hex
         try:
-            async for out in self._llm.generate(prompt, self._sampling_params(request), request_id, lora_request=self._lora_request(request.adapter)):
+            lora = self._lora_request(request.adapter)
+            async for out in self._llm.generate(prompt, self._sampling_params(request), request_id, lora_request=lora):
                 if out.outputs:
                     yield self._to_result(request, out)
         except ValueError as e:  # vLLM's input checks (prompt longer than max_model_len, bad schema)

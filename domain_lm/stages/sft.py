@@ -82,7 +82,8 @@ def run(ctx: StageContext) -> None:
             description=f"Instruction-tuned from the `{upstream.stage}` stage on {stats.as_metrics()['train_examples']} examples "
             f"rendered through the task templates (tasks: {', '.join(sorted(stats.train_examples))}).",
             data_notes=[
-                f"{t}: {n} training examples, {stats.eval_records.get(t, 0)} held-out records" for t, n in sorted(stats.train_examples.items())
+                f"{t}: {n} training examples, {stats.eval_records.get(t, 0)} held-out records"
+                for t, n in sorted(stats.train_examples.items())
             ]
             + [f"{stats.duplicates} duplicates and {stats.too_long} over-length examples dropped"],
         )

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 #: Logged every step (JSONL + TensorBoard) and plotted in the stage report.
 #: PPO-Max §5.2: reward, KL, response length and perplexity are the signals that show a collapse early.
 PLOT_KEYS = [
-    "reward_mean", "reward_std", "kl", "response_length", "policy_ppl", "policy_clipfrac", "value_clipfrac", "value_error", "entropy", "kl_coef",
+    "reward_mean", "reward_std", "kl", "response_length", "policy_ppl",
+    "policy_clipfrac", "value_clipfrac", "value_error", "entropy", "kl_coef",
 ]
 
 
@@ -57,7 +58,9 @@ def _read_prompt_file(path: str) -> list[Prompt]:
 
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"PPO prompt file {p} does not exist (ppo.prompt_sources). Give JSONL with a 'prompt' (string or messages) per line.")
+        raise DataError(
+            f"PPO prompt file {p} does not exist (ppo.rollout.prompt_sources). Give JSONL with a 'prompt' (string or messages) per line."
+        )
     out = []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
@@ -92,14 +95,17 @@ def load_prompts(config, rng: random.Random) -> tuple[list[Prompt], list[Prompt]
     held += extra[:n_eval]
     train += extra[n_eval:]
     if not train:
-        raise DataError("PPO has no prompts: enable ppo.from_tasks with labelled task data, or set ppo.prompt_sources.")
+        raise DataError("PPO has no prompts: enable ppo.rollout.from_tasks with labelled task data, or set ppo.rollout.prompt_sources.")
     rng.shuffle(held)
     return train, held[: cfg.rollout.eval_prompts]
 
 
 def encode_prompts(tok, prompts: list[Prompt], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded (B, P) prompt ids and mask (generation continues on the right)."""
-    ids = [list(tok.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])[-max_len:] for p in prompts]
+    ids = [
+        list(tok.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])[-max_len:]
+        for p in prompts
+    ]
     width = max(len(x) for x in ids)
     out = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
@@ -152,7 +158,9 @@ def _resolve_auto(conf: dict[str, Any], lr: float, clip: float | None, micro_bat
 
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
     if conf.get("zero_optimization", {}).get("stage", 0) >= 3:
-        raise NotAvailableError("ppo.deepspeed: ZeRO-3 is not supported by the PPO loop (rollouts need whole weights); use deploy/deepspeed/zero2.json.")
+        raise NotAvailableError(
+            "ppo.train.deepspeed: ZeRO-3 is not supported by the PPO loop (rollouts need whole weights); use deploy/deepspeed/zero2.json."
+        )
     values = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
@@ -197,7 +205,10 @@ class Updater:
             return float(self.engine.get_global_grad_norm() or 0.0)
         loss.backward()
         # PPO-Max §5.4 (global gradient clipping): one norm over all parameters of the model.
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip) if self.clip else torch.norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
+        if self.clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        else:
+            norm = torch.norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return float(norm)
@@ -255,8 +266,13 @@ def response_mask(response: torch.Tensor, eos_id: int, pad_id: int) -> torch.Ten
 @torch.no_grad()
 def generate(actor, tok, prompts: list[Prompt], cfg, do_sample: bool = True):
     query, qmask = encode_prompts(tok, prompts, cfg.rollout.max_prompt_len)
-    gen_kwargs: dict[str, Any] = dict(max_new_tokens=cfg.rollout.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    gen_kwargs.update(do_sample=True, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=0) if do_sample else gen_kwargs.update(do_sample=False)
+    gen_kwargs: dict[str, Any] = {
+        "max_new_tokens": cfg.rollout.max_new_tokens, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+    }
+    if do_sample:
+        gen_kwargs.update(do_sample=True, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=0)
+    else:
+        gen_kwargs.update(do_sample=False)
     actor.eval()
     seqs = actor.generate(input_ids=query, attention_mask=qmask, **gen_kwargs)
     response = seqs[:, query.size(1) :]
@@ -337,7 +353,8 @@ def ptx_loss(actor, tok, demos: list[Prompt], max_len: int) -> torch.Tensor:
     seqs, labels = [], []
     for d in demos:
         prompt_ids = list(tok.apply_chat_template(d.messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
-        full = list(tok.apply_chat_template(d.messages + [{"role": "assistant", "content": d.answer}], tokenize=True, return_dict=True)["input_ids"])
+        dialogue = d.messages + [{"role": "assistant", "content": d.answer}]
+        full = list(tok.apply_chat_template(dialogue, tokenize=True, return_dict=True)["input_ids"])
         cut = max(0, len(full) - max_len)  # drop the oldest context, keep the answer
         full = full[cut:]
         n_prompt = min(max(0, len(prompt_ids) - cut), len(full) - 1)
@@ -369,7 +386,8 @@ def ppo_update(state: "PPOState", buffer: list[Experience], update_actor: bool) 
                 mask = rm.float()
                 # critic: clipped value loss (PPO-Max §5.4) or plain MSE
                 values = critic_forward(state.critic, q, qm, r, rm)
-                vloss, vm = pc.value_loss(values, exp.values[i], exp.returns[i], mask, cfg.tricks.value_clip_range, cfg.tricks.use_value_clip)
+                tricks = cfg.tricks
+                vloss, vm = pc.value_loss(values, exp.values[i], exp.returns[i], mask, tricks.value_clip_range, tricks.use_value_clip)
                 vm["critic_grad_norm"] = state.critic_opt.step(vloss)
                 for k, v in vm.items():
                     sums.setdefault(k, []).append(v)
@@ -419,8 +437,20 @@ def save_checkpoint(state: PPOState, work_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     state.actor.save_pretrained(tmp / "actor")
     state.critic.net.save_pretrained(tmp / "critic")
-    torch.save({"actor_opt": state.actor_opt.opt.state_dict(), "critic_opt": state.critic_opt.opt.state_dict(), "torch_rng": state.torch_rng.get_state(), "global_torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
-    meta = {"step": state.step, "moments": state.moments.state_dict(), "kl_ctl": state.kl_ctl.state_dict(), "rng": state.rng.getstate(), "history": state.history}
+    optim = {
+        "actor_opt": state.actor_opt.opt.state_dict(),
+        "critic_opt": state.critic_opt.opt.state_dict(),
+        "torch_rng": state.torch_rng.get_state(),
+        "global_torch_rng": torch.get_rng_state(),
+    }
+    torch.save(optim, tmp / "optim.pt")
+    meta = {
+        "step": state.step,
+        "moments": state.moments.state_dict(),
+        "kl_ctl": state.kl_ctl.state_dict(),
+        "rng": state.rng.getstate(),
+        "history": state.history,
+    }
     (tmp / "state.json").write_text(json.dumps(meta, default=list))
     shutil.rmtree(ckpt, ignore_errors=True)
     tmp.rename(ckpt)  # a checkpoint directory exists only once it is complete
@@ -470,7 +500,8 @@ def evaluate(state: PPOState, prompts: list[Prompt], batch_size: int = 8, use_ad
         else:
             with state.actor.disable_adapter():
                 texts = generate(state.actor, state.tok, chunk, state.cfg, do_sample=False)[-1]
-        rewards += reward_scores(state.reward_model, state.reward_tok, chunk, texts, state.cfg.rollout.max_prompt_len + state.cfg.rollout.max_new_tokens).tolist()
+        max_len = state.cfg.rollout.max_prompt_len + state.cfg.rollout.max_new_tokens
+        rewards += reward_scores(state.reward_model, state.reward_tok, chunk, texts, max_len).tolist()
         for p, text in zip(chunk, texts):
             if p.record is not None:
                 t, _inputs, lang, gold = p.record
@@ -506,6 +537,8 @@ def train_ppo(
     train_prompts, held_prompts = load_prompts(config, random.Random(cfg.train.seed))
     rng = random.Random(cfg.train.seed + 7919 * rank)
     actor, critic, reward_model, tok, reward_tok, stats = build_models(policy_path, reward_path, cfg)
+    # PPO-Max §5.4 (global gradient clipping), for actor and critic alike.
+    clip = cfg.train.max_grad_norm if cfg.tricks.use_grad_clip else None
     moments = pc.RunningMoments()
     if stats.get("std"):
         # Seed the running moments with the reward model's held-out statistics (mean/std).
@@ -517,8 +550,8 @@ def train_ppo(
         reward_model=reward_model,
         tok=tok,
         reward_tok=reward_tok,
-        actor_opt=Updater(actor, cfg.train.learning_rate, cfg.train.max_grad_norm if cfg.tricks.use_grad_clip else None, cfg.train.deepspeed, cfg.train.batch_size),
-        critic_opt=Updater(critic, cfg.critic_learning_rate, cfg.train.max_grad_norm if cfg.tricks.use_grad_clip else None, cfg.train.deepspeed, cfg.train.batch_size),
+        actor_opt=Updater(actor, cfg.train.learning_rate, clip, cfg.train.deepspeed, cfg.train.batch_size),
+        critic_opt=Updater(critic, cfg.critic_learning_rate, clip, cfg.train.deepspeed, cfg.train.batch_size),
         moments=moments,
         # PPO-Max §5.3.2: KL coefficient fixed, or adaptive towards target_kl (Ziegler et al. 2019).
         kl_ctl=pc.KLController(cfg.kl_coef, adaptive=cfg.tricks.adaptive_kl, target=cfg.tricks.target_kl, horizon=cfg.tricks.kl_horizon),
