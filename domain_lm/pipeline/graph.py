@@ -36,9 +36,8 @@ FINAL_MODEL_ORDER: tuple[str, ...] = tuple(s.name for tier in reversed(MODEL_TIE
 def models_up_to(stage: Stage) -> tuple[str, ...]:
     """The model stages from the base up to ``stage``'s tier, most refined first (the candidates
     for the input model of a stage that trains from the ``stage`` model)."""
-    tiers = [tier for tier in MODEL_TIERS]
-    last = next(i for i, tier in enumerate(tiers) if stage in tier)
-    return tuple(s.name for tier in reversed(tiers[: last + 1]) for s in tier)
+    last = next(i for i, tier in enumerate(MODEL_TIERS) if stage in tier)
+    return tuple(s.name for tier in reversed(MODEL_TIERS[: last + 1]) for s in tier)
 
 
 def _always(config: PipelineConfig) -> bool:
