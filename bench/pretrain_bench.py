@@ -33,7 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "corpus", help="Domain corpus directory.")
-    p.add_argument("--general", type=Path, default=REPO.parent / "shared" / "data" / "hh_rlhf" / "helpful_base.jsonl", help="General-text JSONL (column 'chosen'); missing: sample from the base model.")
+    p.add_argument(
+        "--general", type=Path, default=REPO.parent / "shared" / "data" / "hh_rlhf" / "helpful_base.jsonl",
+        help="General-text JSONL (column 'chosen'); missing: sample from the base model.",
+    )
     p.add_argument("--out", type=Path, default=Path("/tmp/pretrain-bench"), help="Run directory root.")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--steps", type=int, default=60)
@@ -57,7 +60,7 @@ def main() -> int:
         print(f"SKIP: corpus directory {args.data} not found (pass --data).")
         return 0
     from domain_lm.config import build_config
-    from domain_lm.stages import run_stage
+    from domain_lm.pipeline.run import run_stage
 
     sources = []
     for sub, n, extra in [
@@ -73,15 +76,23 @@ def main() -> int:
         {
             "run": {"name": f"bench-{args.method}-{args.steps}", "output_dir": str(args.out)},
             "base_model": {"name": args.model},
-            "corpus": {"sources": sources, "general_sources": general, "block_size": args.block_size, "chunk_tokens": 512, "heldout_fraction": 0.05, "min_chars": 150},
+            "corpus": {
+                "sources": sources, "general_sources": general, "block_size": args.block_size, "chunk_tokens": 512,
+                "heldout_fraction": 0.05, "min_chars": 150,
+            },
             "pretrain": {
-                "method": args.method,
-                "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r, "dropout": 0.0},
+                "peft": {
+                    "method": args.method,
+                    "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r, "dropout": 0.0},
+                    "top_layers": args.top_layers,
+                },
                 "replay_fraction": args.replay,
                 "replay_samples": 16,
                 "eval_max_blocks": args.eval_blocks,
-                "lora_top_layers": args.top_layers,
-                "train": {"max_steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr, "save_steps": max(10, args.steps // 2), "logging_steps": max(1, args.steps // 8), "warmup_ratio": 0.05},
+                "train": {
+                    "max_steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
+                    "save_steps": max(10, args.steps // 2), "logging_steps": max(1, args.steps // 8), "warmup_ratio": 0.05,
+                },
             },
         }
     )
@@ -95,10 +106,15 @@ def main() -> int:
     dom, gen = m["ppl_domain_change_pct"], m.get("ppl_general_change_pct", float("nan"))
     d = corpus["domain"]
     print("\n=== pretrain bench ===")
-    print(f"model {args.model}, method {args.method}, {m['steps']} steps x {args.batch_size} x {args.block_size} tokens, lr {args.lr}, replay {args.replay} ({'hh_rlhf chosen' if general else 'base-model samples'})")
-    print(f"corpus: {d['docs_in']} docs in, {d['docs_out']} out, dup exact/near {d['duplicates_exact']}/{d['duplicates_near']}, PII {d['pii_hits']}, tokens {d['tokens_by_lang']}, built in {t_corpus:.0f}s")
-    print(f"domain  perplexity (held-out docs): {m['ppl_domain_before']:.3f} -> {m['ppl_domain_after']:.3f}  ({dom:+.1f}%)  goal <= -25%: {'PASS' if dom <= -25 else 'MISS'}")
-    print(f"general perplexity (held-out)     : {m['ppl_general_before']:.3f} -> {m['ppl_general_after']:.3f}  ({gen:+.1f}%)  goal <= +5%: {'PASS' if gen <= 5 else 'MISS'}")
+    replay = "hh_rlhf chosen" if general else "base-model samples"
+    print(f"model {args.model}, method {args.method}, {m['steps']} steps x {args.batch_size} x {args.block_size} tokens, "
+          f"lr {args.lr}, replay {args.replay} ({replay})")
+    print(f"corpus: {d['docs_in']} docs in, {d['docs_out']} out, dup exact/near {d['duplicates_exact']}/{d['duplicates_near']}, "
+          f"PII {d['pii_hits']}, tokens {d['tokens_by_lang']}, built in {t_corpus:.0f}s")
+    print(f"domain  perplexity (held-out docs): {m['ppl_domain_before']:.3f} -> {m['ppl_domain_after']:.3f}  ({dom:+.1f}%)  "
+          f"goal <= -25%: {'PASS' if dom <= -25 else 'MISS'}")
+    print(f"general perplexity (held-out)     : {m['ppl_general_before']:.3f} -> {m['ppl_general_after']:.3f}  ({gen:+.1f}%)  "
+          f"goal <= +5%: {'PASS' if gen <= 5 else 'MISS'}")
     print(f"training throughput: {m.get('tokens_per_s', float('nan')):.0f} tokens/s ({m['train_seconds']:.0f}s training)")
     print(f"stage dir: {res.path}")
     return 0

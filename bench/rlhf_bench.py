@@ -61,17 +61,25 @@ def part_a(model_path: Path, data: Path, out: Path, quick: bool, seed: int) -> d
     tok = load_tokenizer(model_path)
     train, held, total = hh_pairs(data, tok, max_len, n_train, n_eval, seed)
     _log(f"A: HH pairs: {len(train)} train / {len(held)} held-out (of {total}, <= {max_len} tokens)")
-    over = [f"reward.train.max_steps={steps}", "reward.train.batch_size=8", f"reward.train.max_seq_len={max_len}", f"reward.train.seed={seed}", "reward.train.save_steps=100000", "reward.train.logging_steps=1"]
-    over += ["reward.train.learning_rate=5e-4", "reward.lora_top_layers=4"] if top else ["reward.train.learning_rate=2e-4"]
+    over = [
+        f"reward.train.max_steps={steps}", "reward.train.batch_size=8", f"reward.train.max_seq_len={max_len}", f"reward.train.seed={seed}",
+        "reward.train.save_steps=100000", "reward.train.logging_steps=1",
+    ]
+    over += ["reward.train.learning_rate=5e-4", "reward.peft.top_layers=4"] if top else ["reward.train.learning_rate=2e-4"]
     cfg = build_config({}, over)
     t0 = time.time()
-    m = train_reward_model(model_path, train, held, cfg.reward, out / "a_work", out / "a_reward_model")
-    m.pop("_margins")
-    m.pop("_history")
-    return {"pairs_train": len(train), "pairs_heldout": len(held), "max_len": max_len, "steps": steps, "lora_top_layers": top, "heldout_accuracy": m["accuracy"], "heldout_margin_mean": m["margin_mean"], "train_loss": m["train_loss"], "seconds": round(time.time() - t0, 1)}
+    m = train_reward_model(model_path, train, held, cfg.reward, out / "a_work", out / "a_reward_model").metrics
+    return {
+        "pairs_train": len(train), "pairs_heldout": len(held), "max_len": max_len, "steps": steps, "lora_top_layers": top,
+        "heldout_accuracy": m["accuracy"], "heldout_margin_mean": m["margin_mean"], "train_loss": m["train_loss"],
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
-def part_b(model_path: Path, policy: Path, out: Path, quick: bool, seed: int, reward_model: Path | None = None, ppo_steps: int | None = None, rollout: int | None = None) -> dict:
+def part_b(
+    model_path: Path, policy: Path, out: Path, quick: bool, seed: int,
+    reward_model: Path | None = None, ppo_steps: int | None = None, rollout: int | None = None,
+) -> dict:
     from domain_lm.config import build_config
     from domain_lm.data import preference
     from domain_lm.train import ppo
@@ -81,32 +89,43 @@ def part_b(model_path: Path, policy: Path, out: Path, quick: bool, seed: int, re
     common = [f"tasks.demo_tasks={json.dumps(tasks)}", "tasks.demo_langs=[en]", f"tasks.seed={seed}"]
     rm_steps, rm_eval = (6, 16) if quick else (400, 400)
     ppo_over = (
-        ["ppo.steps=4", "ppo.rollout_batch_size=4", "ppo.mini_batch_size=2", "ppo.max_new_tokens=5", "ppo.critic_warmup_steps=1", "ppo.eval_prompts=8", "ppo.lora_top_layers=4", "ppo.ptx_batch_size=2", "ppo.learning_rate=3e-4", "ppo.critic_learning_rate=3e-4"]
+        [
+            "ppo.train.max_steps=4", "ppo.rollout.batch_size=4", "ppo.train.batch_size=2", "ppo.rollout.max_new_tokens=5",
+            "ppo.critic_warmup_steps=1",
+            "ppo.rollout.eval_prompts=8", "ppo.peft.top_layers=4", "ppo.tricks.ptx_batch_size=2", "ppo.train.learning_rate=3e-4",
+            "ppo.critic_learning_rate=3e-4",
+        ]
         if quick
-        else ["ppo.steps=60", "ppo.rollout_batch_size=16", "ppo.mini_batch_size=8", "ppo.max_new_tokens=16", "ppo.critic_warmup_steps=5", "ppo.eval_prompts=96", "ppo.learning_rate=1e-4", "ppo.critic_learning_rate=1e-4"]
+        else [
+            "ppo.train.max_steps=60", "ppo.rollout.batch_size=16", "ppo.train.batch_size=8", "ppo.rollout.max_new_tokens=16",
+            "ppo.critic_warmup_steps=5", "ppo.rollout.eval_prompts=96", "ppo.train.learning_rate=1e-4", "ppo.critic_learning_rate=1e-4",
+        ]
     )
-    rm_over = ["reward.train.learning_rate=5e-4", "reward.lora_top_layers=4", "reward.train.warmup_ratio=0"] if quick else ["reward.train.learning_rate=2e-4"]
+    rm_over = ["reward.train.learning_rate=5e-4", "reward.peft.top_layers=4", "reward.train.warmup_ratio=0"]
+    if not quick:
+        rm_over = ["reward.train.learning_rate=2e-4"]
     if ppo_steps:
-        ppo_over.append(f"ppo.steps={ppo_steps}")
+        ppo_over.append(f"ppo.train.max_steps={ppo_steps}")
     if rollout:
-        ppo_over += [f"ppo.rollout_batch_size={rollout}", f"ppo.mini_batch_size={max(1, rollout // 2)}", f"ppo.eval_prompts={2 * rollout}"]
-    cfg = build_config(
-        {},
-        common
-        + ["reward.train.batch_size=8", f"reward.train.max_steps={rm_steps}", "reward.train.max_seq_len=256", "reward.train.save_steps=100000", "reward.train.logging_steps=1", "reward.eval_fraction=0.15"]
-        + rm_over
-        + ppo_over
-        + ["ppo.temperature=0.7", "ppo.top_p=0.9", "ppo.max_prompt_len=256", "ppo.save_steps=5", f"ppo.seed={seed}", "ppo.kl_coef=0.05"],
-    )
+        ppo_over += [
+            f"ppo.rollout.batch_size={rollout}", f"ppo.train.batch_size={max(1, rollout // 2)}", f"ppo.rollout.eval_prompts={2 * rollout}",
+        ]
+    reward_over = [
+        "reward.train.batch_size=8", f"reward.train.max_steps={rm_steps}", "reward.train.max_seq_len=256", "reward.train.save_steps=100000",
+        "reward.train.logging_steps=1", "reward.eval_fraction=0.15",
+    ]
+    sampling = [
+        "ppo.rollout.temperature=0.7", "ppo.rollout.top_p=0.9", "ppo.rollout.max_prompt_len=256", "ppo.train.save_steps=5",
+        f"ppo.train.seed={seed}", "ppo.kl_coef=0.05",
+    ]
+    cfg = build_config({}, common + reward_over + rm_over + ppo_over + sampling)
     train_pairs, eval_pairs, counts = preference.build_preference_data(cfg)
     eval_pairs = eval_pairs[:rm_eval]
     _log(f"B: bank-task pairs {counts}: {len(train_pairs)} train / {len(eval_pairs)} held-out")
     t0 = time.time()
     if reward_model is None:
         reward_model = out / "b_reward_model"
-        rm = train_reward_model(model_path, train_pairs, eval_pairs, cfg.reward, out / "b_rm_work", reward_model)
-        rm.pop("_margins")
-        rm.pop("_history")
+        rm = train_reward_model(model_path, train_pairs, eval_pairs, cfg.reward, out / "b_rm_work", reward_model).metrics
     else:  # reuse a trained bank reward model (its held-out accuracy is re-measured here)
         from domain_lm.train.reward import load_reward_model, pair_metrics
 
@@ -115,18 +134,26 @@ def part_b(model_path: Path, policy: Path, out: Path, quick: bool, seed: int, re
         del m
     _log(f"B: bank reward model held-out accuracy {rm['accuracy']:.3f} ({time.time() - t0:.0f}s); PPO from {policy}")
     t1 = time.time()
-    state, summary = ppo.train_ppo(policy, reward_model, cfg, out / "b_ppo_work")
-    rows = state.history
+    result = ppo.train_ppo(policy, reward_model, cfg, out / "b_ppo_work")
+    rows = result.state.history
     return {
-        "reward_model": {"pairs": counts, "heldout_pairs": len(eval_pairs), "heldout_accuracy": rm["accuracy"], "steps": rm_steps, "path": str(reward_model), "seconds": round(t1 - t0, 1)},
-        "ppo": {**{k: v for k, v in summary.items()}, "kl_stop_bound": cfg.ppo.kl_stop_bound, "seconds": round(time.time() - t1, 1), "reward_by_step": [round(r["reward_mean"], 4) for r in rows], "kl_by_step": [round(r["kl"], 4) for r in rows]},
+        "reward_model": {
+            "pairs": counts, "heldout_pairs": len(eval_pairs), "heldout_accuracy": rm["accuracy"], "steps": rm_steps,
+            "path": str(reward_model),
+            "seconds": round(t1 - t0, 1),
+        },
+        "ppo": {
+            **result.summary, "kl_stop_bound": cfg.ppo.kl_stop_bound, "seconds": round(time.time() - t1, 1),
+            "reward_by_step": [round(r["reward_mean"], 4) for r in rows], "kl_by_step": [round(r["kl"], 4) for r in rows],
+        },
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="Small sizes (~15 min on a 2-core CPU).")
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data", help="The shared data folder (hh_rlhf/ inside).")
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    ap.add_argument("--data", type=Path, default=shared, help="The shared data folder (hh_rlhf/ inside).")
     ap.add_argument("--model", default="smollm2-135m", help="Registry name or model directory for the reward models.")
     ap.add_argument("--policy", type=Path, default=None, help="PPO start policy (an SFT model dir); default: --model.")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_rlhf"))
@@ -151,7 +178,9 @@ def main() -> None:
         results["hh_reward_model"] = part_a(model_path, args.data, args.out, args.quick, args.seed)
         _log(f"A: {results['hh_reward_model']}")
     if not args.skip_b:
-        results["bank_ppo"] = part_b(model_path, args.policy or model_path, args.out, args.quick, args.seed, args.reward_model, args.ppo_steps, args.rollout)
+        results["bank_ppo"] = part_b(
+            model_path, args.policy or model_path, args.out, args.quick, args.seed, args.reward_model, args.ppo_steps, args.rollout
+        )
         _log(f"B: {results['bank_ppo']['ppo']}")
     results["seconds"] = round(time.time() - t0, 1)
 

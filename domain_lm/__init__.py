@@ -2,12 +2,18 @@
 
 import os as _os
 
-# Air-gapped by default: nothing in this package may reach a model hub at run time.
-_os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-_os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-_os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-_os.environ.setdefault("DO_NOT_TRACK", "1")
-_os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+#: Air-gapped by default: nothing in this package may reach a model hub or send telemetry at run
+#: time. Set here, the package entry, so every entry point (CLI, service, library use) has it
+#: before transformers, datasets or vLLM are imported. An explicit environment value wins.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+for _key, _value in OFFLINE_ENV.items():
+    _os.environ.setdefault(_key, _value)
 
 __version__ = "0.1.0"

@@ -2,25 +2,44 @@
 
 Loading order: the profile's defaults (``quick`` or ``full``) -> the YAML file -> ``key=value``
 overrides from the command line. Unknown keys are errors; every error names the key and why.
-The resolved config is written next to every artefact (see ``runstore``).
+Keys renamed in issue 16 (``RENAMED_KEYS``) still load for one release: they are moved to their
+new place with one warning each. The resolved config is written next to every artefact (see
+``domain_lm.pipeline.store``).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from domain_lm.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 
 class Section(BaseModel):
     """Base for every config section: unknown keys are rejected, values are validated on set."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    #: Keys renamed in issue 16, old -> new, relative to this section (a key names its subtree:
+    #: ``lora.r`` -> ``peft.lora.r``). The old ones load for one release, with a warning.
+    renamed_keys: ClassVar[dict[str, str]] = {}
+    #: Keys that never changed anything: accepted (and ignored) for one release, with a warning.
+    dropped_keys: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_keys(cls, data: Any) -> Any:
+        # A loaded config is mapped by ``build_config`` (before the profile, with the file's name);
+        # this catches code that builds a section directly.
+        if isinstance(data, dict) and (cls.renamed_keys or cls.dropped_keys):
+            return _Deprecations(cls.renamed_keys, cls.dropped_keys).data(data, f"{cls.__name__}(...)")
+        return data
 
 
 # --------------------------------------------------------------------------- shared sections
@@ -32,6 +51,21 @@ class LoraSection(Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or 'all-linear'."
+    )
+
+
+#: The keys a stage's ``peft`` section replaced.
+PEFT_RENAMES = {"method": "peft.method", "lora": "peft.lora", "lora_top_layers": "peft.top_layers"}
+
+
+class PeftSection(Section):
+    """How a training stage changes the model: LoRA adapters (merged into full weights after
+    training) or full fine-tuning."""
+
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSection = Field(default_factory=LoraSection)
+    top_layers: int | None = Field(
+        None, ge=1, description="LoRA only on the top N transformer layers (backward stops there: cheaper on CPU); None: all layers."
     )
 
 
@@ -67,7 +101,9 @@ class CorpusSource(Section):
     format: Literal["auto", "txt", "md", "jsonl", "csv", "pdf", "docx"] = "auto"
     text_column: str = "text"
     lang: Literal["auto", "en", "zh"] = "auto"
-    split: Literal["file", "blank_line"] = Field("file", description="Text files: one document per file, or documents separated by an empty line.")
+    split: Literal["file", "blank_line"] = Field(
+        "file", description="Text files: one document per file, or documents separated by an empty line."
+    )
     max_docs: int | None = Field(None, ge=1, description="Read at most this many documents from this source (sampling a big corpus).")
 
 
@@ -86,20 +122,22 @@ class CorpusSection(Section):
     seed: int = 42
     num_perm: int = Field(128, ge=16, description="MinHash permutations for near-duplicate detection.")
     boilerplate_patterns: list[str] = Field(default_factory=list, description="Extra regexes; a matching paragraph is dropped.")
-    max_docs: int | None = Field(None, ge=1, description="Stop after this many raw documents per source list (sampling a big corpus).")
+    max_docs: int | None = Field(
+        None, ge=1, description="Stop after this many raw documents per source list (sampling a big corpus)."
+    )
     cache: bool = Field(True, description="Reuse a build with the same inputs+config from $DOMAIN_LM_HOME/cache/corpus.")
 
 
 class PretrainSection(Section):
+    renamed_keys = PEFT_RENAMES
+
     enabled: bool = True
-    method: Literal["lora", "full"] = "lora"
-    lora: LoraSection = Field(default_factory=LoraSection)
+    peft: PeftSection = Field(default_factory=PeftSection)
     train_embeddings: bool = Field(False, description="Also train embeddings and LM head (LoRA only).")
     replay_fraction: float = Field(0.1, ge=0, lt=1, description="Share of general text mixed in against forgetting.")
     replay_samples: int = Field(32, ge=0, description="Texts sampled from the base model when no general corpus.")
     replay_max_new_tokens: int = Field(128, ge=8, description="Length of each text sampled from the base model.")
     eval_max_blocks: int = Field(64, ge=1, description="Held-out blocks used for each perplexity measurement.")
-    lora_top_layers: int | None = Field(None, ge=1, description="LoRA only on the top N transformer layers (backward stops there: cheaper on CPU); None: all layers.")
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=2e-4))
 
 
@@ -118,7 +156,11 @@ BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "task_templates"
 
 
 class TasksSection(Section):
-    templates_dir: str = Field("task_templates", validate_default=True, description="Directory of task templates; the bundled ones when the default is not in the working directory.")
+    templates_dir: str = Field(
+        "task_templates",
+        validate_default=True,
+        description="Directory of task templates; the bundled ones when the default is not in the working directory.",
+    )
 
     @field_validator("templates_dir")
     @classmethod
@@ -128,8 +170,12 @@ class TasksSection(Section):
         return v
     datasets: list[TaskDataset] = Field(default_factory=list, description="Empty: the built-in demo examples.")
     eval_fraction: float = Field(0.2, ge=0, lt=1)
-    demo_tasks: list[str] = Field(default_factory=list, description="Demo tasks used when datasets is empty; empty: every bundled task.")
-    demo_langs: list[Literal["en", "zh"]] = Field(default_factory=lambda: ["en", "zh"], description="Languages of the demo examples.")
+    demo_tasks: list[str] = Field(
+        default_factory=list, description="Demo tasks used when datasets is empty; empty: every bundled task."
+    )
+    demo_langs: list[Literal["en", "zh"]] = Field(
+        default_factory=lambda: ["en", "zh"], description="Languages of the demo examples."
+    )
     seed: int = Field(42, description="Seed of the record-level train/eval split.")
 
 
@@ -144,96 +190,156 @@ class InstructSource(Section):
 
 
 class SftSection(Section):
+    renamed_keys = PEFT_RENAMES
+
     enabled: bool = True
-    method: Literal["lora", "full"] = "lora"
-    lora: LoraSection = Field(default_factory=LoraSection)
+    peft: PeftSection = Field(default_factory=PeftSection)
     packing: bool = False
     few_shot_fraction: float = Field(0.2, ge=0, le=1)
     max_few_shot: int = Field(2, ge=1, description="Few-shot examples in a few-shot prompt (1..max).")
     variants_per_example: int = Field(1, ge=1)
-    task_weights: dict[str, float] = Field(default_factory=dict, description="Task -> share multiplier (2: twice the examples, 0.5: half); default 1.")
+    task_weights: dict[str, float] = Field(
+        default_factory=dict, description="Task -> share multiplier (2: twice the examples, 0.5: half); default 1."
+    )
     max_examples_per_task: int | None = Field(None, ge=1, description="Cap on rendered training examples per task (seeded sample).")
     instruct_sources: list[InstructSource] = Field(default_factory=list)
     per_task_adapters: bool = False
     qlora: bool = Field(False, description="Load the base in 4-bit (QLoRA) when bitsandbytes and CUDA are available; else plain LoRA.")
-    lora_top_layers: int | None = Field(None, ge=1, description="LoRA only on the top N transformer layers (backward stops there: cheaper on CPU); None: all layers.")
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=2e-4))
 
 
-class RewardSection(Section):
+class RlhfSection(Section):
+    """Which preference-optimisation stages ``pipeline run`` runs after SFT (their settings are in
+    ``reward``, ``ppo`` and ``dpo``)."""
+
     enabled: bool = True
+    algorithm: Literal["ppo", "dpo", "both"] = Field(
+        "ppo", description="ppo: reward model then PPO; dpo: DPO on the preference pairs; both: all three, compared side by side in eval."
+    )
+
+
+class RewardSection(Section):
+    renamed_keys = PEFT_RENAMES
+    dropped_keys = ("enabled",)
+
     preference_sources: list[str] = Field(default_factory=list, description="Preference files (pairs, ranked, HH).")
     from_tasks: bool = Field(True, description="Build bank-task pairs from the labelled task data.")
-    method: Literal["lora", "full"] = "lora"
-    lora: LoraSection = Field(default_factory=LoraSection)
+    peft: PeftSection = Field(default_factory=PeftSection)
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     max_eval_pairs: int | None = Field(256, ge=1, description="Held-out pairs scored after training (seeded sample); None: all.")
     max_pairs_per_source: int | None = Field(None, ge=1, description="Cap on pairs read from each preference file.")
-    sample_k: int = Field(0, ge=0, description="Answers sampled per task prompt from the upstream model and ranked by the task metric (0: off).")
+    sample_k: int = Field(
+        0, ge=0, description="Answers sampled per task prompt from the upstream model and ranked by the task metric (0: off)."
+    )
     sample_records: int = Field(16, ge=1, description="Task records used for sampled pairs when sample_k > 0.")
     center_rewards_coefficient: float | None = Field(0.01, ge=0, description="TRL auxiliary loss that keeps rewards centred on 0.")
-    lora_top_layers: int | None = Field(None, ge=1, description="LoRA only on the top N transformer layers (backward stops there: several times cheaper on CPU); None: all layers.")
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=1e-4))
 
 
-class PpoSection(Section):
-    enabled: bool = True
-    algorithm: Literal["ppo", "dpo", "both"] = Field("ppo", description="RLHF stage(s) the pipeline runs; both: PPO and DPO, compared side by side in eval.")
-    steps: int = Field(20, ge=1)
-    rollout_batch_size: int = Field(8, ge=1)
+class PpoTrainSection(TrainSection):
+    """The PPO loop's optimiser settings (a ``TrainSection`` with PPO's defaults).
+
+    The loop reads ``learning_rate`` (actor), ``max_steps`` (PPO steps), ``batch_size`` (the
+    mini-batch of each update), ``max_grad_norm``, ``save_steps``, ``seed`` and ``deepspeed``.
+    """
+
+    learning_rate: float = Field(1e-5, gt=0, description="Actor learning rate (the critic's is ppo.critic_learning_rate).")
+    max_steps: int = Field(20, ge=1, description="PPO steps: one rollout batch and its updates each.")
+    batch_size: int = Field(4, ge=1, description="Mini-batch of each PPO update (at most ppo.rollout.batch_size).")
+    save_steps: int = Field(10, ge=1, description="Checkpoint interval for --resume.")
+
+
+#: ``TrainSection`` keys the PPO loop reads; the others must keep their defaults.
+PPO_TRAIN_KEYS = ("learning_rate", "max_steps", "batch_size", "max_grad_norm", "save_steps", "seed", "deepspeed")
+
+
+class RolloutSection(Section):
+    """Where PPO's prompts come from and how responses are sampled."""
+
+    batch_size: int = Field(8, ge=1, description="Prompts rolled out per PPO step.")
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(0.9, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
-    learning_rate: float = Field(1e-5, gt=0)
-    critic_learning_rate: float = Field(5e-5, gt=0)
+    buffer_size: int = Field(1, ge=1, description="Rollout batches kept in the experience buffer.")
+    from_tasks: bool = Field(True, description="Prompts from the labelled task data (train split), rendered by the templates.")
+    prompt_sources: list[str] = Field(default_factory=list, description="Extra prompt files (JSONL: prompt string or messages).")
+    eval_prompts: int = Field(16, ge=0, description="Held-out prompts scored by the reward model before and after PPO.")
+    max_prompt_len: int = Field(384, ge=16, description="Prompts longer than this (tokens) are cut to their last tokens.")
+
+
+class PpoTricks(Section):
+    """The PPO-Max switches (Zheng et al. 2023, arXiv:2307.04964), each beside its coefficients, so
+    an ablation is a config diff."""
+
+    use_reward_norm: bool = Field(True, description="Standardise scores with running moments, then clip to +-reward_clip.")
+    reward_clip: float = 5.0
+    use_token_kl: bool = Field(True, description="KL penalty per token (True) or once per sequence on the score.")
+    use_gae: bool = Field(True, description="GAE advantages; False: Monte-Carlo returns minus values (lam=1).")
+    use_advantage_whitening: bool = True
+    use_policy_clip: bool = Field(True, description="Clipped surrogate objective.")
+    clip_range: float = 0.2
+    use_value_clip: bool = True
+    value_clip_range: float = 0.2
+    use_grad_clip: bool = Field(True, description="Global gradient-norm clipping at ppo.train.max_grad_norm.")
+    use_ptx: bool = True
+    ptx_coef: float = 0.1
+    ptx_batch_size: int = Field(4, ge=1, description="SFT demonstrations per PPO-ptx step.")
+    adaptive_kl: bool = False
+    target_kl: float = 0.1
+    kl_horizon: int = Field(10000, ge=1, description="Adaptive KL controller horizon (tokens of experience).")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus (0: off, as in PPO-Max).")
+
+
+class PpoSection(Section):
+    """PPO-Max: ``train`` (optimiser and loop), ``rollout`` (prompts and sampling), ``tricks``
+    (the PPO-Max switches), ``peft`` (the actor's and critic's LoRA) and the PPO coefficients."""
+
+    renamed_keys = {
+        **{k: v for k, v in PEFT_RENAMES.items() if k != "method"},
+        "steps": "train.max_steps",
+        "mini_batch_size": "train.batch_size",
+        **{k: f"train.{k}" for k in ("learning_rate", "max_grad_norm", "save_steps", "seed", "deepspeed")},
+        "rollout_batch_size": "rollout.batch_size",
+        **{k: f"rollout.{k}" for k in RolloutSection.model_fields if k != "batch_size"},
+        **{k: f"tricks.{k}" for k in PpoTricks.model_fields},
+    }
+
+    train: PpoTrainSection = Field(default_factory=PpoTrainSection)
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+    tricks: PpoTricks = Field(default_factory=PpoTricks)
+    peft: PeftSection = Field(default_factory=PeftSection)
     ppo_epochs: int = Field(1, ge=1)
-    mini_batch_size: int = Field(4, ge=1)
+    critic_learning_rate: float = Field(5e-5, gt=0)
     critic_warmup_steps: int = Field(2, ge=0)
     gamma: float = 1.0
     lam: float = 0.95
-    clip_range: float = 0.2
-    value_clip_range: float = 0.2
     kl_coef: float = 0.05
-    adaptive_kl: bool = False
-    target_kl: float = 0.1
-    kl_stop_bound: float = Field(1.0, gt=0, description="Early stop when mean KL to the reference exceeds this.")
-    use_reward_norm: bool = True
-    reward_clip: float = 5.0
-    use_advantage_whitening: bool = True
-    use_value_clip: bool = True
-    use_grad_clip: bool = True
-    max_grad_norm: float = 1.0
-    buffer_size: int = Field(1, ge=1, description="Rollout batches kept in the experience buffer.")
-    use_ptx: bool = True
-    ptx_coef: float = 0.1
-    lora: LoraSection = Field(default_factory=LoraSection)
-    seed: int = 42
-    save_steps: int = Field(10, ge=1)
-    deepspeed: str | None = Field(None, description="DeepSpeed JSON for actor and critic (launch with `accelerate launch`/`deepspeed`).")
-    # Prompts and evaluation.
-    from_tasks: bool = Field(True, description="Rollout prompts from the labelled task data (train split), rendered by the templates.")
-    prompt_sources: list[str] = Field(default_factory=list, description="Extra prompt files (JSONL: prompt string or messages).")
-    eval_prompts: int = Field(16, ge=0, description="Held-out prompts scored by the reward model before and after PPO.")
-    max_prompt_len: int = Field(384, ge=16, description="Prompts longer than this (tokens) are dropped.")
-    # PPO-Max switches not covered above.
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator folded into the reward.")
-    kl_horizon: int = Field(10000, ge=1, description="Adaptive KL controller horizon (tokens of experience).")
-    use_token_kl: bool = Field(True, description="KL penalty per token (True) or once per sequence on the score.")
-    use_gae: bool = Field(True, description="GAE advantages; False: Monte-Carlo returns minus values (lam=1).")
-    use_policy_clip: bool = Field(True, description="Clipped surrogate objective.")
-    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus (0: off, as in PPO-Max).")
-    ptx_batch_size: int = Field(4, ge=1, description="SFT demonstrations per PPO-ptx step.")
-    lora_top_layers: int | None = Field(None, ge=1, description="Actor and critic LoRA only on the top N transformer layers (cheaper backward); None: all layers.")
+    kl_stop_bound: float = Field(1.0, gt=0, description="Early stop when mean KL to the reference exceeds this.")
+
+    @model_validator(mode="after")
+    def _checks(self) -> "PpoSection":
+        if self.peft.method != "lora":
+            raise ValueError(
+                "ppo.peft.method must be 'lora': the actor and critic train LoRA adapters, "
+                "and the reference model is the actor with its adapter disabled"
+            )
+        unused = [k for k, f in PpoTrainSection.model_fields.items() if k not in PPO_TRAIN_KEYS and getattr(self.train, k) != f.default]
+        if unused:
+            raise ValueError(f"ppo.train.{unused[0]} is not used by the PPO loop (it reads {', '.join(PPO_TRAIN_KEYS)}); remove it")
+        if self.train.batch_size > self.rollout.batch_size:
+            raise ValueError("ppo.train.batch_size (the update mini-batch) must not exceed ppo.rollout.batch_size")
+        return self
 
 
 class DpoSection(Section):
-    """Used when ``ppo.algorithm`` is ``dpo`` or ``both``."""
+    """Used when ``rlhf.algorithm`` is ``dpo`` or ``both``."""
+
+    renamed_keys = PEFT_RENAMES
 
     beta: float = Field(0.1, gt=0)
     loss_type: str = Field("sigmoid", description="TRL DPO loss: sigmoid (DPO), ipo, hinge, ...")
-    method: Literal["lora", "full"] = "lora"
-    lora: LoraSection = Field(default_factory=LoraSection)
-    lora_top_layers: int | None = Field(None, ge=1, description="LoRA only on the top N transformer layers (backward stops there: cheaper on CPU); None: all layers.")
+    peft: PeftSection = Field(default_factory=PeftSection)
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=5e-5))
 
 
@@ -247,7 +353,8 @@ class EvalSection(Section):
 
 
 class ServeSection(Section):
-    enabled: bool = True
+    dropped_keys = ("enabled",)
+
     engine: Literal["auto", "vllm", "hf"] = "auto"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -272,6 +379,8 @@ class RunSection(Section):
 
 
 class PipelineConfig(Section):
+    renamed_keys = {"ppo.enabled": "rlhf.enabled", "ppo.algorithm": "rlhf.algorithm"}
+
     profile: Literal["quick", "full"] = "quick"
     run: RunSection = Field(default_factory=RunSection)
     base_model: BaseModelSection = Field(default_factory=BaseModelSection)
@@ -279,17 +388,12 @@ class PipelineConfig(Section):
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
     tasks: TasksSection = Field(default_factory=TasksSection)
     sft: SftSection = Field(default_factory=SftSection)
+    rlhf: RlhfSection = Field(default_factory=RlhfSection)
     reward: RewardSection = Field(default_factory=RewardSection)
     ppo: PpoSection = Field(default_factory=PpoSection)
     dpo: DpoSection = Field(default_factory=DpoSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     serve: ServeSection = Field(default_factory=ServeSection)
-
-    @model_validator(mode="after")
-    def _cross_checks(self) -> "PipelineConfig":
-        if self.ppo.mini_batch_size > self.ppo.rollout_batch_size:
-            raise ValueError("ppo.mini_batch_size must not exceed ppo.rollout_batch_size")
-        return self
 
     def section_dict(self, name: str) -> dict[str, Any]:
         return getattr(self, name).model_dump(mode="json")
@@ -299,27 +403,139 @@ class PipelineConfig(Section):
 
 #: ``quick`` finishes on a 2-core CPU in minutes (SmolLM2-135M); ``full`` is a real run on a GPU node.
 PROFILES: dict[str, dict[str, Any]] = {
-    # LoRA on the top layers only (lora_top_layers): backward stops there, ~1.5-3x cheaper per step on CPU.
+    # LoRA on the top layers only (peft.top_layers): backward stops there, ~1.5-3x cheaper per step on CPU.
     "quick": {
         "corpus": {"block_size": 256, "min_chars": 120},
-        "pretrain": {"replay_samples": 8, "lora_top_layers": 8, "train": {"max_steps": 24, "batch_size": 4, "max_seq_len": 256, "save_steps": 8}},
-        "sft": {"lora_top_layers": 8, "train": {"max_steps": 32, "batch_size": 4, "max_seq_len": 384, "save_steps": 8, "learning_rate": 1e-3}},
-        "reward": {"lora_top_layers": 4, "max_eval_pairs": 64, "train": {"max_steps": 16, "batch_size": 4, "max_seq_len": 384, "save_steps": 8, "learning_rate": 5e-4}},
-        "ppo": {"steps": 6, "rollout_batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 24, "critic_warmup_steps": 1, "save_steps": 3, "lora_top_layers": 4, "eval_prompts": 8,
-                "learning_rate": 2e-4, "critic_learning_rate": 3e-4},
-        "dpo": {"lora_top_layers": 8, "train": {"max_steps": 20, "batch_size": 2, "max_seq_len": 384, "save_steps": 10}},
+        "pretrain": {
+            "replay_samples": 8,
+            "peft": {"top_layers": 8},
+            "train": {"max_steps": 24, "batch_size": 4, "max_seq_len": 256, "save_steps": 8},
+        },
+        "sft": {
+            "peft": {"top_layers": 8},
+            "train": {"max_steps": 32, "batch_size": 4, "max_seq_len": 384, "save_steps": 8, "learning_rate": 1e-3},
+        },
+        "reward": {
+            "peft": {"top_layers": 4},
+            "max_eval_pairs": 64,
+            "train": {"max_steps": 16, "batch_size": 4, "max_seq_len": 384, "save_steps": 8, "learning_rate": 5e-4},
+        },
+        "ppo": {
+            "train": {"max_steps": 6, "batch_size": 4, "save_steps": 3, "learning_rate": 2e-4},
+            "rollout": {"batch_size": 8, "max_new_tokens": 24, "eval_prompts": 8},
+            "peft": {"top_layers": 4},
+            "critic_warmup_steps": 1,
+            "critic_learning_rate": 3e-4,
+        },
+        "dpo": {"peft": {"top_layers": 8}, "train": {"max_steps": 20, "batch_size": 2, "max_seq_len": 384, "save_steps": 10}},
         "eval": {"max_examples": 8, "max_new_tokens": 128},
     },
     "full": {
         "corpus": {"block_size": 1024, "chunk_tokens": 1024},
-        "pretrain": {"replay_samples": 256, "train": {"num_epochs": 1, "batch_size": 8, "grad_accum": 4, "max_seq_len": 1024, "save_steps": 500}},
-        "sft": {"variants_per_example": 2, "train": {"num_epochs": 3, "batch_size": 8, "grad_accum": 2, "max_seq_len": 1024, "save_steps": 200}},
+        "pretrain": {
+            "replay_samples": 256,
+            "train": {"num_epochs": 1, "batch_size": 8, "grad_accum": 4, "max_seq_len": 1024, "save_steps": 500},
+        },
+        "sft": {
+            "variants_per_example": 2,
+            "train": {"num_epochs": 3, "batch_size": 8, "grad_accum": 2, "max_seq_len": 1024, "save_steps": 200},
+        },
         "reward": {"train": {"num_epochs": 1, "batch_size": 8, "max_seq_len": 1024, "save_steps": 200}},
-        "ppo": {"steps": 200, "rollout_batch_size": 64, "mini_batch_size": 16, "max_new_tokens": 128, "critic_warmup_steps": 10},
+        "ppo": {
+            "train": {"max_steps": 200, "batch_size": 16},
+            "rollout": {"batch_size": 64, "max_new_tokens": 128},
+            "critic_warmup_steps": 10,
+        },
         "dpo": {"train": {"num_epochs": 1, "batch_size": 4, "max_seq_len": 1024, "save_steps": 200}},
         "eval": {"max_examples": None},
     },
 }
+
+
+# --------------------------------------------------------------------------- deprecated keys
+
+
+def _deprecated_tables() -> tuple[dict[str, str], tuple[str, ...]]:
+    renamed, dropped = dict(PipelineConfig.renamed_keys), list(PipelineConfig.dropped_keys)
+    for name, field in PipelineConfig.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, Section):
+            renamed.update({f"{name}.{old}": f"{name}.{new}" for old, new in section.renamed_keys.items()})
+            dropped += [f"{name}.{key}" for key in section.dropped_keys]
+    return renamed, tuple(dropped)
+
+
+#: Every key renamed in issue 16 (old -> new, full paths) and every dropped one: they still load
+#: for one release, each with one warning that names its new key.
+RENAMED_KEYS, DROPPED_KEYS = _deprecated_tables()
+
+
+class _Deprecations:
+    """Moves deprecated keys to their new place, warning once per key and config load."""
+
+    def __init__(self, renamed: dict[str, str], dropped: tuple[str, ...]) -> None:
+        self.renamed, self.dropped = renamed, dropped
+        self.warned: set[str] = set()
+
+    def _warn(self, old: str, advice: str, source: str) -> None:
+        if old not in self.warned:
+            self.warned.add(old)
+            log.warning("Config key '%s' (from %s) is deprecated and will be removed in the next release: %s.", old, source, advice)
+
+    def path(self, parts: list[str], source: str) -> list[str] | None:
+        """The path an override sets (None: a dropped key, nothing to set)."""
+        for i in range(len(parts), 0, -1):
+            old = ".".join(parts[:i])
+            if old in self.dropped:
+                self._warn(old, "it has no effect; delete it", source)
+                return None
+            if old in self.renamed:
+                self._warn(old, f"use '{self.renamed[old]}' instead", source)
+                return self.renamed[old].split(".") + parts[i:]
+        return parts
+
+    def data(self, data: dict[str, Any], source: str) -> dict[str, Any]:
+        """``data`` (a config mapping) with every deprecated key moved to its new place."""
+        out = copy.deepcopy(data)
+        for old, new in self.renamed.items():
+            value = _pop_path(out, old.split("."))
+            if value is _MISSING:
+                continue
+            if _get_path(out, new.split(".")) is not _MISSING:
+                raise ConfigError(f"Invalid config {source}: both '{old}' and its new name '{new}' are set; keep only '{new}'.")
+            self._warn(old, f"use '{new}' instead", source)
+            _set_path(out, new.split("."), value)
+        for old in self.dropped:
+            if _pop_path(out, old.split(".")) is not _MISSING:
+                self._warn(old, "it has no effect; delete it", source)
+        return out
+
+
+_MISSING = object()
+
+
+def _parent(data: dict[str, Any], parts: list[str]) -> Any:
+    node: Any = data
+    for p in parts[:-1]:
+        node = node.get(p) if isinstance(node, dict) else None
+    return node
+
+
+def _get_path(data: dict[str, Any], parts: list[str]) -> Any:
+    """The value at ``parts`` (``_MISSING`` when absent)."""
+    node = _parent(data, parts)
+    return node[parts[-1]] if isinstance(node, dict) and parts[-1] in node else _MISSING
+
+
+def _pop_path(data: dict[str, Any], parts: list[str]) -> Any:
+    """Remove and return the value at ``parts`` (``_MISSING`` when absent)."""
+    value = _get_path(data, parts)
+    if value is not _MISSING:
+        del _parent(data, parts)[parts[-1]]
+    return value
+
+
+# --------------------------------------------------------------------------- loading
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -364,6 +580,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key '{loc}' (check the spelling; see `domain-lm pipeline show-config` for valid keys)")
+        elif isinstance(e.get("input"), dict):  # a check across a section's keys: the message names them
+            lines.append(f"section '{loc}': {e['msg']}")
         else:
             lines.append(f"key '{loc}': {e['msg']} (got {e.get('input')!r})")
     return f"Invalid config {source}: " + "; ".join(lines) + "."
@@ -371,10 +589,14 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None = None, source: str = "(inline)") -> PipelineConfig:
     """Validate a config dict after applying its profile's defaults and the overrides."""
-    data = copy.deepcopy(data or {})
+    deprecations = _Deprecations(RENAMED_KEYS, DROPPED_KEYS)
+    data = deprecations.data(data or {}, source)
     for item in overrides or []:
         parts, value = parse_override(item)
-        _set_path(data, parts, value)
+        path = deprecations.path(parts, "a --set override")
+        if path is not None:
+            _set_path(data, path, value)
+    data = deprecations.data(data, "a --set override")  # a whole section given as an override may hold old keys
     profile = data.get("profile", "quick")
     if not isinstance(profile, str) or profile not in PROFILES:
         raise ConfigError(f"Invalid config {source}: key 'profile' must be one of {sorted(PROFILES)} (got {profile!r}).")
@@ -391,7 +613,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return build_config({}, overrides, source="(embedded default)")
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"Config file {p} does not exist or is not a file. Pass the path of a pipeline YAML (see configs/ for examples).")
+        raise ConfigError(
+            f"Config file {p} does not exist or is not a file. Pass the path of a pipeline YAML (see configs/ for examples)."
+        )
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:

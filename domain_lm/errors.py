@@ -18,4 +18,4 @@ class DataError(DomainLMError):
 
 
 class NotAvailableError(DomainLMError):
-    """A capability that this build does not provide (yet)."""
+    """A capability that this build does not provide (the message names the alternative)."""

@@ -1,36 +1,5 @@
-"""Content hashes used for caching, skipping unchanged stages and verifying artefacts."""
+"""Old import path of ``domain_lm.core.hashing``, kept only until the issue-16 branches are merged (then removed)."""
 
-from __future__ import annotations
+from domain_lm.core.hashing import sha256_file, sha256_json
 
-import hashlib
-import json
-from pathlib import Path
-from typing import Any
-
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_json(obj: Any) -> str:
-    """Hash of a JSON-serialisable object, independent of key order."""
-    data = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_tree(path: str | Path, pattern: str = "*") -> str:
-    """Hash of every file under ``path`` (names and contents), in a stable order."""
-    root = Path(path)
-    if root.is_file():
-        return sha256_file(root)
-    h = hashlib.sha256()
-    for p in sorted(q for q in root.rglob(pattern) if q.is_file()):
-        h.update(str(p.relative_to(root)).encode())
-        h.update(sha256_file(p).encode())
-    return h.hexdigest()
+__all__ = ["sha256_file", "sha256_json"]

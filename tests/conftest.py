@@ -23,7 +23,7 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama + byte-level BPE tokenizer with a chat template (built once per session)."""
-    from domain_lm.testing import build_tiny_model
+    from domain_lm.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 

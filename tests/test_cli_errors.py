@@ -31,9 +31,9 @@ def workdir(tmp_path):
 
 def test_wrong_config_key(workdir):
     cfg = workdir / "c.yaml"
-    cfg.write_text("pretrain:\n  lora:\n    rank: 8\n")
+    cfg.write_text("pretrain:\n  peft:\n    lora:\n      rank: 8\n")
     p = _run(["pipeline", "run", str(cfg)], workdir)
-    _assert_clean_failure(p, workdir, "pretrain.lora.rank", "unknown key")
+    _assert_clean_failure(p, workdir, "pretrain.peft.lora.rank", "unknown key")
 
 
 def test_missing_base_model(workdir):

@@ -1,8 +1,15 @@
-"""Pipeline config: profiles, overrides, and errors that name the bad key."""
+"""Pipeline config: profiles, overrides, errors that name the bad key, and deprecated keys that
+still load (one warning each, naming the new key)."""
+
+import logging
+import os
+import subprocess
+import sys
 
 import pytest
+import yaml
 
-from domain_lm.config import PROFILES, build_config, load_config
+from domain_lm.config import PROFILES, RENAMED_KEYS, PpoSection, SftSection, build_config, load_config
 from domain_lm.errors import ConfigError
 
 
@@ -46,8 +53,8 @@ def test_bad_value_names_key_and_reason():
 
 
 def test_cross_field_check_and_bad_profile():
-    with pytest.raises(ConfigError, match="mini_batch_size"):
-        build_config({"ppo": {"mini_batch_size": 16, "rollout_batch_size": 4}})
+    with pytest.raises(ConfigError, match=r"ppo.train.batch_size .* must not exceed ppo.rollout.batch_size"):
+        build_config({"ppo": {"train": {"batch_size": 16}, "rollout": {"batch_size": 4}}})
     with pytest.raises(ConfigError, match="profile"):
         build_config({"profile": "huge"})
 
@@ -68,3 +75,74 @@ def test_malformed_override():
         build_config({"run": {"name": "a"}}, ["run.name.x=1"])
     with pytest.raises(ConfigError, match="profile"):
         build_config({}, ["profile.x=1"])
+
+
+def test_peft_section_is_shared_and_ppo_is_composed():
+    cfg = build_config({"sft": {"peft": {"method": "full"}}, "ppo": {"train": {"max_steps": 3}}})
+    assert cfg.sft.peft.method == "full" and cfg.pretrain.peft.method == "lora"
+    assert cfg.pretrain.peft.top_layers == PROFILES["quick"]["pretrain"]["peft"]["top_layers"]
+    # PPO: TrainSection (with PPO's defaults where the file is silent) + rollout + tricks
+    assert cfg.ppo.train.max_steps == 3 and cfg.ppo.train.learning_rate == PROFILES["quick"]["ppo"]["train"]["learning_rate"]
+    assert PpoSection(train={"max_steps": 5}).train.learning_rate == 1e-5
+    assert cfg.ppo.rollout.batch_size == 8 and cfg.ppo.tricks.use_ptx is True and cfg.rlhf.algorithm == "ppo"
+    with pytest.raises(ConfigError, match="ppo.train.grad_accum is not used by the PPO loop"):
+        build_config({"ppo": {"train": {"grad_accum": 2}}})
+    with pytest.raises(ConfigError, match="ppo.peft.method must be 'lora'"):
+        build_config({"ppo": {"peft": {"method": "full"}}})
+
+
+def test_resolved_config_loads_back(tmp_path):
+    """What `pipeline show-config` prints is a valid config again (docs/deploy.md starts from it)."""
+    cfg = build_config({"profile": "full"})
+    p = tmp_path / "resolved.yaml"
+    p.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert load_config(p) == cfg
+
+
+def test_deprecated_keys_load_with_one_warning_naming_the_new_key(tmp_path, caplog):
+    p = tmp_path / "old.yaml"
+    p.write_text(
+        "sft:\n  lora_top_layers: 8\n  lora: {r: 4}\n  method: lora\n"
+        "ppo:\n  algorithm: both\n  steps: 7\n  mini_batch_size: 2\n  use_ptx: false\n  max_new_tokens: 12\n"
+        "reward:\n  enabled: true\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="domain_lm.config"):
+        cfg = load_config(p, ["sft.lora.alpha=8", "ppo.lora_top_layers=2"])
+    assert cfg.sft.peft.top_layers == 8 and cfg.sft.peft.lora.r == 4 and cfg.sft.peft.lora.alpha == 8
+    assert cfg.rlhf.algorithm == "both" and cfg.ppo.train.max_steps == 7 and cfg.ppo.train.batch_size == 2
+    assert cfg.ppo.tricks.use_ptx is False and cfg.ppo.rollout.max_new_tokens == 12 and cfg.ppo.peft.top_layers == 2
+    messages = [r.getMessage() for r in caplog.records]
+    renamed = [("sft.lora_top_layers", "sft.peft.top_layers"), ("ppo.algorithm", "rlhf.algorithm"), ("ppo.steps", "ppo.train.max_steps"),
+               ("sft.lora", "sft.peft.lora"), ("ppo.lora_top_layers", "ppo.peft.top_layers")]
+    for old, new in renamed:
+        hits = [m for m in messages if f"'{old}'" in m]
+        assert len(hits) == 1 and f"'{new}'" in hits[0] and "deprecated" in hits[0], (old, messages)
+    assert any("'reward.enabled'" in m and "no effect" in m for m in messages)
+    # the old key loses to nothing: old and new names together are an error, unknown keys still are
+    with pytest.raises(ConfigError, match="both 'sft.lora_top_layers' and its new name 'sft.peft.top_layers'"):
+        build_config({"sft": {"lora_top_layers": 2, "peft": {"top_layers": 3}}})
+    with pytest.raises(ConfigError, match="unknown key 'ppo.stepz'"):
+        build_config({"ppo": {"stepz": 3}})
+
+
+def test_old_key_beats_the_profile_default_and_maps_everything():
+    """A user's old key wins over the profile's value for the new key, as it did before."""
+    assert build_config({"sft": {"lora_top_layers": 2}}).sft.peft.top_layers == 2
+    assert SftSection(lora={"r": 2}).peft.lora.r == 2  # code building a section directly
+    # every renamed key lands on a key the config has
+    for old, new in RENAMED_KEYS.items():
+        node = build_config({}).model_dump()
+        for part in new.split("."):
+            assert part in node, (old, new)
+            node = node[part]
+
+
+def test_show_config_prints_new_keys_and_warns_once_on_stderr(tmp_path):
+    p = tmp_path / "old.yaml"
+    p.write_text("sft:\n  lora_top_layers: 8\n")
+    proc = subprocess.run([sys.executable, "-m", "domain_lm", "pipeline", "show-config", str(p)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+    assert proc.returncode == 0, proc.stderr
+    shown = yaml.safe_load(proc.stdout)
+    assert shown["sft"]["peft"]["top_layers"] == 8 and "lora_top_layers" not in shown["sft"]
+    assert proc.stderr.count("lora_top_layers") == 1 and "sft.peft.top_layers" in proc.stderr

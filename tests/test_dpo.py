@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from domain_lm.config import build_config
 from domain_lm.models.loading import load_causal_lm
-from domain_lm.stages import run_stage
+from domain_lm.pipeline.run import run_stage
 from tests.rlhf_fixtures import separable_pairs_file
 
 
@@ -26,7 +26,7 @@ def test_dpo_stage_end_to_end(tmp_path, tiny_model_dir):
             "dpo.train.learning_rate=5e-3",
             "dpo.train.max_seq_len=64",
             "dpo.train.save_steps=3",
-            "dpo.lora.r=4",
+            "dpo.peft.lora.r=4",
         ],
     )
     run_stage("base", cfg)

@@ -21,11 +21,21 @@ def _config(tmp_path, model_dir) -> dict:
         "run": {"name": "e2e", "output_dir": str(tmp_path / "runs")},
         "base_model": {"name": str(model_dir)},
         "corpus": {"block_size": 64, "chunk_tokens": 64, "min_chars": 40},
-        "pretrain": {"replay_samples": 2, "train": {"max_steps": 6, "batch_size": 2, "max_seq_len": 64, "save_steps": 2, "logging_steps": 1}},
+        "pretrain": {
+            "replay_samples": 2,
+            "train": {"max_steps": 6, "batch_size": 2, "max_seq_len": 64, "save_steps": 2, "logging_steps": 1},
+        },
         "tasks": {"templates_dir": str(REPO / "task_templates")},
         "sft": {"train": {"max_steps": 30, "batch_size": 2, "max_seq_len": 256, "save_steps": 3, "logging_steps": 1}},
-        "reward": {"max_eval_pairs": 32, "train": {"max_steps": 4, "batch_size": 2, "max_seq_len": 256, "save_steps": 2, "logging_steps": 1}},
-        "ppo": {"steps": 2, "rollout_batch_size": 2, "mini_batch_size": 2, "max_new_tokens": 8, "critic_warmup_steps": 1, "save_steps": 1},
+        "reward": {
+            "max_eval_pairs": 32,
+            "train": {"max_steps": 4, "batch_size": 2, "max_seq_len": 256, "save_steps": 2, "logging_steps": 1},
+        },
+        "ppo": {
+            "train": {"max_steps": 2, "batch_size": 2, "save_steps": 1},
+            "rollout": {"batch_size": 2, "max_new_tokens": 8},
+            "critic_warmup_steps": 1,
+        },
         "eval": {"engine": "hf", "max_examples": 2, "max_new_tokens": 16},
         "serve": {"engine": "hf"},
     }

@@ -10,7 +10,8 @@ import torch
 
 from domain_lm.config import build_config
 from domain_lm.models.loading import load_causal_lm
-from domain_lm.stages import Run, run_stage
+from domain_lm.pipeline.run import run_stage
+from domain_lm.pipeline.store import Run
 from domain_lm.train import ppo
 from tests.rlhf_fixtures import NEGATIVE, POSITIVE, separable_pairs_file
 
@@ -37,22 +38,22 @@ def rl_run(tmp_path_factory, tiny_model_dir):
         "reward.train.max_steps=3",
         "reward.train.batch_size=4",
         "reward.train.max_seq_len=64",
-        "reward.lora.r=4",
-        f"ppo.prompt_sources=[{prompts_file(tmp / 'prompts.jsonl')}]",
-        "ppo.from_tasks=false",
-        "ppo.steps=3",
-        "ppo.rollout_batch_size=4",
-        "ppo.mini_batch_size=2",
-        "ppo.max_new_tokens=8",
+        "reward.peft.lora.r=4",
+        f"ppo.rollout.prompt_sources=[{prompts_file(tmp / 'prompts.jsonl')}]",
+        "ppo.rollout.from_tasks=false",
+        "ppo.train.max_steps=3",
+        "ppo.rollout.batch_size=4",
+        "ppo.train.batch_size=2",
+        "ppo.rollout.max_new_tokens=8",
         "ppo.critic_warmup_steps=1",
-        "ppo.learning_rate=5e-3",
+        "ppo.train.learning_rate=5e-3",
         "ppo.critic_learning_rate=5e-3",
-        "ppo.eval_prompts=3",
-        "ppo.save_steps=1",
-        "ppo.buffer_size=2",
-        "ppo.ptx_batch_size=2",
-        "ppo.lora.r=4",
-        "ppo.max_prompt_len=96",
+        "ppo.rollout.eval_prompts=3",
+        "ppo.train.save_steps=1",
+        "ppo.rollout.buffer_size=2",
+        "ppo.tricks.ptx_batch_size=2",
+        "ppo.peft.lora.r=4",
+        "ppo.rollout.max_prompt_len=96",
     ]
     cfg = build_config({}, overrides)
     run_stage("base", cfg)
@@ -61,6 +62,7 @@ def rl_run(tmp_path_factory, tiny_model_dir):
 
 
 def _cfg(overrides, **extra):
+    """The run's config with ``extra`` overrides, e.g. ``_cfg(o, **{"train.max_steps": 2})``."""
     return build_config({}, overrides + [f"ppo.{k}={v}" for k, v in extra.items()])
 
 
@@ -75,7 +77,8 @@ def test_ppo_updates_actor_keeps_reference_and_reward_frozen_and_logs(rl_run, ti
     policy, reward_path = _paths(cfg)
     work = tmp / "work-a"
     work.mkdir()
-    state, summary = ppo.train_ppo(policy, reward_path, cfg, work)
+    result = ppo.train_ppo(policy, reward_path, cfg, work)
+    state, summary = result.state, result.summary
 
     assert summary["steps_done"] == 3 and not summary["stopped_early"]
     # actor: LoRA B starts at zero; after two policy steps it is not
@@ -119,23 +122,25 @@ def test_ppo_kl_early_stop_and_resume(rl_run):
     # any KL above 1e-9 stops the run. KL is measured on each step's rollout, before its update:
     # step 1 (critic warm-up) and step 2 roll out with actor == reference (KL exactly 0); step 2
     # makes the first policy update, so step 3's rollout has KL > 0 and the run stops there.
-    state, summary = ppo.train_ppo(policy, reward_path, _cfg(overrides, steps=5, kl_stop_bound=1e-9), tmp / "work-b")
+    result = ppo.train_ppo(policy, reward_path, _cfg(overrides, **{"train.max_steps": 5, "kl_stop_bound": 1e-9}), tmp / "work-b")
+    state, summary = result.state, result.summary
     assert summary["stopped_early"] and summary["steps_done"] == 3
     assert [h["kl"] for h in state.history[:2]] == [0.0, 0.0] and state.history[-1]["kl"] > 1e-9
     assert (tmp / "work-b" / "checkpoint-3").is_dir()
 
     work = tmp / "work-c"
     work.mkdir()
-    ppo.train_ppo(policy, reward_path, _cfg(overrides, steps=2), work)
+    ppo.train_ppo(policy, reward_path, _cfg(overrides, **{"train.max_steps": 2}), work)
     assert (work / "checkpoint-2" / "state.json").is_file()
-    state, summary = ppo.train_ppo(policy, reward_path, _cfg(overrides, steps=3), work, resume=True)
+    result = ppo.train_ppo(policy, reward_path, _cfg(overrides, **{"train.max_steps": 3}), work, resume=True)
+    state, summary = result.state, result.summary
     assert summary["resumed_from_step"] == 2 and summary["steps_done"] == 3
     assert [h["step"] for h in state.history] == [1, 2, 3]
 
 
 def test_ppo_stage_artefacts(rl_run):
     _, overrides = rl_run
-    cfg = _cfg(overrides, steps=2)
+    cfg = _cfg(overrides, **{"train.max_steps": 2})
     res, _ = run_stage("ppo", cfg)
     for name in ("model", "adapter", "log", "tensorboard", "curves"):
         assert res.artefact(name).exists(), name

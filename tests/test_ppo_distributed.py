@@ -23,7 +23,8 @@ from domain_lm.config import build_config
 from domain_lm.train import ppo
 
 args = json.loads(sys.argv[1])
-state, summary = ppo.train_ppo(Path(args["policy"]), Path(args["reward"]), build_config({}, args["overrides"]), Path(args["work"]))
+result = ppo.train_ppo(Path(args["policy"]), Path(args["reward"]), build_config({}, args["overrides"]), Path(args["work"]))
+state, summary = result.state, result.summary
 lora = torch.cat([p.detach().flatten() for n, p in state.actor.named_parameters() if "lora_" in n])
 texts = [h["sample"] for h in state.history]
 torch.save({"lora": lora, "steps": summary["steps_done"], "texts": texts}, Path(args["work"]) / f"rank{os.environ['RANK']}.pt")
@@ -48,17 +49,17 @@ def test_ppo_deepspeed_two_processes(tmp_path, tiny_model_dir):
         "reward": str(rm_dir),
         "work": str(tmp_path / "work"),
         "overrides": [
-            f"ppo.prompt_sources=[{prompts_file(tmp_path / 'prompts.jsonl')}]",
-            "ppo.from_tasks=false",
-            "ppo.steps=2",
+            f"ppo.rollout.prompt_sources=[{prompts_file(tmp_path / 'prompts.jsonl')}]",
+            "ppo.rollout.from_tasks=false",
+            "ppo.train.max_steps=2",
             "ppo.critic_warmup_steps=0",
-            "ppo.rollout_batch_size=2",
-            "ppo.mini_batch_size=2",
-            "ppo.max_new_tokens=6",
-            "ppo.eval_prompts=2",
-            "ppo.learning_rate=5e-3",
-            "ppo.lora.r=4",
-            f"ppo.deepspeed={os.path.join(REPO, 'deploy', 'deepspeed', 'zero2.json')}",
+            "ppo.rollout.batch_size=2",
+            "ppo.train.batch_size=2",
+            "ppo.rollout.max_new_tokens=6",
+            "ppo.rollout.eval_prompts=2",
+            "ppo.train.learning_rate=5e-3",
+            "ppo.peft.lora.r=4",
+            f"ppo.train.deepspeed={os.path.join(REPO, 'deploy', 'deepspeed', 'zero2.json')}",
         ],
     }
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -25,14 +25,30 @@ def _config(tmp_path: Path, model_dir: Path, name: str, *overrides: str):
             "pretrain.train.logging_steps=1",
             "pretrain.train.learning_rate=0.003",
             "pretrain.train.warmup_ratio=0.0",
-            "pretrain.lora.dropout=0.1",  # dropout consumes RNG: resume must restore it
+            "pretrain.peft.lora.dropout=0.1",  # dropout consumes RNG: resume must restore it
             *overrides,
         ],
     )
 
 
+class _Killed(RuntimeError):
+    """Stands in for a kill -9 right after a checkpoint was written."""
+
+
+def _kill_after_checkpoint(step: int):
+    """A TrainerCallback that "kills" the run once the checkpoint of ``step`` is on disk."""
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step >= step:
+                raise _Killed(f"killed after checkpoint {state.global_step}")
+
+    return Kill()
+
+
 def _run_all(cfg, **kw):
-    from domain_lm.stages import run_stage
+    from domain_lm.pipeline.run import run_stage
 
     run_stage("base", cfg)
     run_stage("corpus", cfg)
@@ -68,8 +84,7 @@ def test_pretrain_lowers_loss_and_writes_artefacts(tmp_path, tiny_model_dir):
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
     from domain_lm.models.loading import load_causal_lm
-    from domain_lm.stages import run_stage
-    from domain_lm.train.pretrain import SimulatedKill
+    from domain_lm.pipeline.run import run_stage
 
     steps = ["pretrain.train.max_steps=6", "pretrain.train.save_steps=3"]
     straight = _run_all(_config(tmp_path, tiny_model_dir, "straight", *steps))
@@ -77,14 +92,15 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
     cfg = _config(tmp_path, tiny_model_dir, "killed", *steps)
     run_stage("base", cfg)
     run_stage("corpus", cfg)
-    with pytest.raises(SimulatedKill):
-        run_stage("pretrain", cfg, extra={"stop_after_step": 3})
+    with pytest.raises(_Killed):
+        run_stage("pretrain", cfg, callbacks=[_kill_after_checkpoint(3)])
     assert not (tmp_path / "runs" / "killed" / "pretrain").exists()  # nothing half-written
     resumed, _ = run_stage("pretrain", cfg, resume=True)
     assert resumed.metrics["resumed"] is True and resumed.metrics["steps"] == 6
 
     def losses(r):
-        return {h["step"]: h["loss"] for h in json.loads("[" + ",".join(r.artefact("train_log").read_text().splitlines()) + "]") if "loss" in h}
+        rows = [json.loads(line) for line in r.artefact("train_log").read_text().splitlines()]
+        return {h["step"]: h["loss"] for h in rows if "loss" in h}
 
     a, b = losses(straight), losses(resumed)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
@@ -103,10 +119,11 @@ def test_full_finetune_with_general_corpus(tmp_path, tiny_model_dir):
     general.mkdir()
     for i, topic in enumerate(["gardening", "astronomy", "cooking", "football"]):
         (general / f"g{i}.txt").write_text(
-            f"A short essay about {topic}. " + " ".join(f"Sentence {j} talks about {topic} and everyday life in plain words." for j in range(12))
+            f"A short essay about {topic}. "
+            + " ".join(f"Sentence {j} talks about {topic} and everyday life in plain words." for j in range(12))
         )
     cfg = _config(
-        tmp_path, tiny_model_dir, "full", "pretrain.method=full", "pretrain.train.max_steps=4", "pretrain.train.learning_rate=0.001",
+        tmp_path, tiny_model_dir, "full", "pretrain.peft.method=full", "pretrain.train.max_steps=4", "pretrain.train.learning_rate=0.001",
         "pretrain.replay_fraction=0.25", f'corpus.general_sources=[{{"path": "{general}"}}]', "corpus.heldout_fraction=0.25",
     )
     res = _run_all(cfg)
@@ -166,7 +183,7 @@ def test_deepspeed_zero2_two_processes(tmp_path, tiny_model_dir):
     import yaml
 
     from domain_lm.models.loading import load_causal_lm
-    from domain_lm.runstore import Run
+    from domain_lm.pipeline.store import Run
 
     ds = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
     if not Path(ds).exists():
@@ -179,15 +196,24 @@ def test_deepspeed_zero2_two_processes(tmp_path, tiny_model_dir):
                 "run": {"name": "dist", "output_dir": str(tmp_path / "runs")},
                 "base_model": {"name": str(tiny_model_dir)},
                 "corpus": {"block_size": 64},
-                "pretrain": {"replay_samples": 4, "replay_max_new_tokens": 16, "train": {"max_steps": 4, "save_steps": 2, "batch_size": 2, "logging_steps": 1}},
+                "pretrain": {
+                    "replay_samples": 4,
+                    "replay_max_new_tokens": 16,
+                    "train": {"max_steps": 4, "save_steps": 2, "batch_size": 2, "logging_steps": 1},
+                },
             }
         )
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)}
     # base and corpus run once, single process; the launcher then starts two training ranks.
     for stage in ("base", "corpus"):
-        subprocess.run([sys.executable, "-c", f"from domain_lm.config import load_config; from domain_lm.stages import run_stage; run_stage({stage!r}, load_config({str(cfg_path)!r}))"], check=True, env=env, cwd=tmp_path, timeout=300)
-    cmd = [ds, "--no_local_rank", "--num_gpus", "2", "--master_port", "29517", "--module", "domain_lm", "pretrain", "-c", str(cfg_path), "-s", f"pretrain.train.deepspeed={repo / 'deploy/deepspeed/zero2.json'}"]
+        script = (
+            "from domain_lm.config import load_config; from domain_lm.pipeline.run import run_stage; "
+            f"run_stage({stage!r}, load_config({str(cfg_path)!r}))"
+        )
+        subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path, timeout=300)
+    cmd = [ds, "--no_local_rank", "--num_gpus", "2", "--master_port", "29517", "--module", "domain_lm", "pretrain", "-c", str(cfg_path),
+           "-s", f"pretrain.train.deepspeed={repo / 'deploy/deepspeed/zero2.json'}"]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "dist_world_size=2" in proc.stdout + proc.stderr
@@ -205,6 +231,6 @@ def test_lora_top_layers_limits_trainable_params(tiny_model_dir):
     from domain_lm.config import PretrainSection
     from domain_lm.train.pretrain import build_model
 
-    model = build_model(PretrainSection(lora_top_layers=1), tiny_model_dir)
+    model = build_model(PretrainSection(peft={"top_layers": 1}), tiny_model_dir)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".layers.1." in n for n in trainable)  # the tiny model has layers 0 and 1

@@ -9,7 +9,7 @@ import torch
 
 from domain_lm.config import build_config
 from domain_lm.data.preference import PreferencePair
-from domain_lm.stages import run_stage
+from domain_lm.pipeline.run import run_stage
 from domain_lm.train import reward
 from tests.rlhf_fixtures import separable_pairs_file
 
@@ -27,7 +27,7 @@ def reward_config(tmp_path, tiny_model_dir, pairs_file, **extra):
         "reward.train.warmup_ratio=0.0",
         "reward.train.max_seq_len=64",
         "reward.train.save_steps=20",
-        "reward.lora.r=8",
+        "reward.peft.lora.r=8",
     ]
     return build_config({}, overrides + [f"{k}={v}" for k, v in extra.items()])
 
@@ -81,11 +81,10 @@ def test_pair_metrics_are_pairwise():
 
 
 def test_peft_config_top_layers(tiny_model_dir):
-    from transformers import AutoModelForSequenceClassification
-
     from domain_lm.config import LoraSection
+    from domain_lm.models.loading import load_seq_classifier, lora_config
 
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    model = load_seq_classifier(tiny_model_dir, num_labels=1)
     # the tiny model has 2 layers: top 1 -> only layer 1 is adapted; top >= depth -> every layer
-    assert reward.peft_config(LoraSection(), "SEQ_CLS", model, 1).layers_to_transform == [1]
-    assert reward.peft_config(LoraSection(), "SEQ_CLS", model, 5).layers_to_transform is None
+    assert lora_config(LoraSection(), task_type="SEQ_CLS", model=model, top_layers=1).layers_to_transform == [1]
+    assert lora_config(LoraSection(), task_type="SEQ_CLS", model=model, top_layers=5).layers_to_transform is None

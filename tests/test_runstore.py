@@ -5,7 +5,7 @@ import json
 import pytest
 
 from domain_lm.config import build_config
-from domain_lm.runstore import Run
+from domain_lm.pipeline.store import ModelCard, Run
 
 
 def test_stage_written_with_manifest_config_and_card(tmp_path):
@@ -17,7 +17,7 @@ def test_stage_written_with_manifest_config_and_card(tmp_path):
         w.add_artefact("adapter", "adapter")
         w.result.metrics["loss"] = 0.5
         w.result.inputs["data"] = "ab" * 32
-        w.model_card = {"base_model": "tiny", "method": "lora"}
+        w.model_card = ModelCard(title="sft", base_model="tiny", method="lora")
     r = run.load("sft")
     assert r is not None and r.metrics["loss"] == 0.5
     assert r.artefact("adapter").joinpath("w.bin").read_bytes() == b"x"
@@ -62,7 +62,7 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from domain_lm import atomic
+    from domain_lm.core import atomic
 
     old = os.umask(0o022)
     try:

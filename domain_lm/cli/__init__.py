@@ -6,15 +6,16 @@ together and turns user errors into one paragraph and a non-zero exit code.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
 
 import typer
 
+from domain_lm.cli import base, bundle, corpus, dpo, pipeline, ppo, pretrain, reward, serve, sft, tasks
+from domain_lm.cli import eval as eval_cmd
+from domain_lm.core.progress import console
 from domain_lm.errors import DomainLMError
-from domain_lm.progress import console
 
 app = typer.Typer(
     name="domain-lm",
@@ -24,40 +25,23 @@ app = typer.Typer(
     add_completion=False,
 )
 
-#: command name -> (module, help). Each module exposes a ``typer.Typer`` named ``app``.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "base": ("domain_lm.cli.base", "Import and list base models (offline model store)."),
-    "corpus": ("domain_lm.cli.corpus", "Build the domain corpus (clean, dedupe, scrub PII, chunk, pack)."),
-    "pretrain": ("domain_lm.cli.pretrain", "Continued pretraining on the domain corpus."),
-    "sft": ("domain_lm.cli.sft", "Instruction tuning on templated bank tasks."),
-    "reward": ("domain_lm.cli.reward", "Preference data and the reward model."),
-    "ppo": ("domain_lm.cli.ppo", "RLHF with PPO-Max."),
-    "dpo": ("domain_lm.cli.dpo", "Offline preference optimisation (DPO)."),
-    "eval": ("domain_lm.cli.eval", "Evaluate models on labelled task data."),
-    "serve": ("domain_lm.cli.serve", "Serve task endpoints over REST (vLLM or transformers)."),
-    "pipeline": ("domain_lm.cli.pipeline", "Run the whole pipeline from one config."),
-    "tasks": ("domain_lm.cli.tasks", "Validate, list and render task templates."),
-    "bundle": ("domain_lm.cli.bundle", "Build and verify offline model bundles."),
+#: command name -> (its typer app, help).
+COMMANDS: dict[str, tuple[typer.Typer, str]] = {
+    "base": (base.app, "Import and list base models (offline model store)."),
+    "corpus": (corpus.app, "Build the domain corpus (clean, dedupe, scrub PII, chunk, pack)."),
+    "pretrain": (pretrain.app, "Continued pretraining on the domain corpus."),
+    "sft": (sft.app, "Instruction tuning on templated bank tasks."),
+    "reward": (reward.app, "Preference data and the reward model."),
+    "ppo": (ppo.app, "RLHF with PPO-Max."),
+    "dpo": (dpo.app, "Offline preference optimisation (DPO)."),
+    "eval": (eval_cmd.app, "Evaluate models on labelled task data."),
+    "serve": (serve.app, "Serve task endpoints over REST (vLLM or transformers)."),
+    "pipeline": (pipeline.app, "Run the whole pipeline from one config."),
+    "tasks": (tasks.app, "Validate, list and render task templates."),
+    "bundle": (bundle.app, "Build and verify offline model bundles."),
 }
 
-
-def _not_available(name: str, help_text: str) -> typer.Typer:
-    sub = typer.Typer(help=help_text + " (not available yet)")
-
-    @sub.callback(invoke_without_command=True)
-    def _cb(ctx: typer.Context) -> None:  # noqa: ARG001
-        raise DomainLMError(f"`domain-lm {name}` is not available yet in this build.")
-
-    return sub
-
-
-for _name, (_module, _help) in COMMANDS.items():
-    try:
-        _sub = importlib.import_module(_module).app
-    except ModuleNotFoundError as _e:
-        if not (_e.name or "").startswith("domain_lm"):
-            raise
-        _sub = _not_available(_name, _help)
+for _name, (_sub, _help) in COMMANDS.items():
     app.add_typer(_sub, name=_name, help=_help)
 
 

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from domain_lm.core.progress import console
 from domain_lm.models import registry
-from domain_lm.progress import console
 
 app = typer.Typer(no_args_is_help=True)
 

@@ -19,10 +19,12 @@ def config_from(config: Optional[Path], overrides: Optional[list[str]]) -> Pipel
     return load_config(config, overrides or [])
 
 
-def run_stage_command(stage: str, config: Optional[Path], overrides: Optional[list[str]], resume: bool = False, force: bool = False) -> None:
+def run_stage_command(
+    stage: str, config: Optional[Path], overrides: Optional[list[str]], resume: bool = False, force: bool = False
+) -> None:
     """Run one stage through the run store and print its summary line."""
-    from domain_lm.progress import console
-    from domain_lm.stages import run_stage
+    from domain_lm.core.progress import console
+    from domain_lm.pipeline.run import run_stage
 
     cfg = config_from(config, overrides)
     result, skipped = run_stage(stage, cfg, resume=resume, force=force)
@@ -30,3 +32,18 @@ def run_stage_command(stage: str, config: Optional[Path], overrides: Optional[li
     shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(shown.items())[:8])
     console.print(f"[bold green]{stage}[/]: {state} -> {result.path}" + (f"  ({metrics})" if metrics else ""))
+
+
+def stage_app(stage: str, help_text: str) -> typer.Typer:
+    """The typer app of a stage command: ``domain-lm <stage> -c run.yaml [--resume] [--force]`` runs
+    the stage; subcommands (e.g. ``domain-lm sft build``) can be added to the returned app."""
+    app = typer.Typer()
+
+    @app.callback(invoke_without_command=True, help=help_text)
+    def run(
+        ctx: typer.Context, config: ConfigOpt = None, overrides: OverrideOpt = None, resume: ResumeOpt = False, force: ForceOpt = False
+    ) -> None:
+        if ctx.invoked_subcommand is None:
+            run_stage_command(stage, config, overrides, resume=resume, force=force)
+
+    return app

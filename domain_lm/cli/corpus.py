@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from domain_lm.cli.common import ConfigOpt, ForceOpt, OverrideOpt, config_from, run_stage_command
+from domain_lm.core.progress import console
 from domain_lm.errors import DataError
-from domain_lm.progress import console
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -19,7 +19,9 @@ app = typer.Typer(no_args_is_help=True)
 def build(
     config: ConfigOpt = None,
     overrides: OverrideOpt = None,
-    source: Annotated[Optional[list[Path]], typer.Option("--source", help="File or directory of documents (repeatable); replaces corpus.sources.")] = None,
+    source: Annotated[
+        Optional[list[Path]], typer.Option("--source", help="File or directory of documents (repeatable); replaces corpus.sources.")
+    ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the corpus here (standalone) instead of into the run.")] = None,
     force: ForceOpt = False,
 ) -> None:
@@ -31,7 +33,7 @@ def build(
         run_stage_command("corpus", config, items, force=force)
         return
     from domain_lm.data.corpus import build_corpus_cached
-    from domain_lm.data.corpus_stage import resolve_section
+    from domain_lm.data.demo_corpus import with_demo_sources
     from domain_lm.models import registry
     from domain_lm.models.loading import load_tokenizer
 
@@ -43,7 +45,7 @@ def build(
     check_sources(list(cfg.corpus.sources) + list(cfg.corpus.general_sources))  # bad path: fail before writing
     tokenizer = load_tokenizer(registry.resolve(cfg.base_model.name, store=cfg.base_model.store))
     out.mkdir(parents=True, exist_ok=True)
-    section = resolve_section(cfg.corpus, out / ".sources")
+    section = with_demo_sources(cfg.corpus, out / ".sources")
     report, cached = build_corpus_cached(section, tokenizer, out)
     d = report["domain"]
     console.print(

@@ -16,8 +16,8 @@ from typing import Annotated, Optional
 import typer
 
 from domain_lm.cli.common import ConfigOpt, ForceOpt, OverrideOpt, config_from, run_stage_command
+from domain_lm.core.progress import console
 from domain_lm.errors import DataError
-from domain_lm.progress import console
 
 app = typer.Typer()
 
@@ -28,16 +28,23 @@ def eval_(
     config: ConfigOpt = None,
     overrides: OverrideOpt = None,
     force: ForceOpt = False,
-    model: Annotated[Optional[list[str]], typer.Option("--model", help="Model dir, or NAME=DIR (repeatable, compared side by side). An adapter dir works too.")] = None,
+    model: Annotated[
+        Optional[list[str]],
+        typer.Option("--model", help="Model dir, or NAME=DIR (repeatable, compared side by side). An adapter dir works too."),
+    ] = None,
     task: Annotated[Optional[str], typer.Option("--task", help="Template name, e.g. sentiment.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Labelled JSONL/CSV file.")] = None,
-    field: Annotated[Optional[list[str]], typer.Option("--field", help="TEMPLATE_FIELD=COLUMN (repeatable); default: same name, or `text`.")] = None,
+    field: Annotated[
+        Optional[list[str]], typer.Option("--field", help="TEMPLATE_FIELD=COLUMN (repeatable); default: same name, or `text`.")
+    ] = None,
     label_field: Annotated[str, typer.Option("--label-field", help="Column with the gold output.")] = "label",
     label_map: Annotated[Optional[list[str]], typer.Option("--label-map", help="RAW=CANONICAL (repeatable), e.g. 0=negative.")] = None,
     lang: Annotated[str, typer.Option("--lang", help="en or zh.")] = "en",
     engine: Annotated[str, typer.Option("--engine", help="auto (vLLM if installed), vllm or hf.")] = "auto",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Score only the first N records.")] = None,
-    baseline_train: Annotated[Optional[Path], typer.Option("--baseline-train", help="Labelled file to fit the TF-IDF+LR baseline on (label tasks).")] = None,
+    baseline_train: Annotated[
+        Optional[Path], typer.Option("--baseline-train", help="Labelled file to fit the TF-IDF+LR baseline on (label tasks).")
+    ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write report.json/.md/.png here.")] = None,
     templates: Annotated[Optional[Path], typer.Option("--templates", help="Task templates dir (default: the config's).")] = None,
 ) -> None:
@@ -46,7 +53,9 @@ def eval_(
         return
     if not model:
         if task or data:
-            raise DataError("--task/--data need --model (the model to evaluate). Without --model, `domain-lm eval` runs the pipeline's eval stage.")
+            raise DataError(
+                "--task/--data need --model (the model to evaluate). Without --model, `domain-lm eval` runs the pipeline's eval stage."
+            )
         run_stage_command("eval", config, overrides, force=force)
         return
     if not (task and data):
@@ -75,7 +84,8 @@ def eval_(
     if not records:
         raise DataError(f"No usable records in {data} for task {task!r}.")
 
-    report = {"title": f"{task} on {data.name}", "engine": resolve_kind(engine), "tasks": {task: {"metric": t.metric, "langs": [lang], "n": len(records), "systems": {}}}}
+    entry = {"metric": t.metric, "langs": [lang], "n": len(records), "systems": {}}
+    report = {"title": f"{task} on {data.name}", "engine": resolve_kind(engine), "tasks": {task: entry}}
     opts = engine_options(engine, cfg.eval.gpu_memory_utilization)
     for item in model:
         name, path = item.split("=", 1) if "=" in item and not Path(item).exists() else (Path(item).name, item)
@@ -86,7 +96,8 @@ def eval_(
             base, adapters, adapter = adapter_base(path), {name: path}, name
         scores = evaluate_model(base, {task: (t, records)}, kind=engine, adapters=adapters, adapter=adapter, **opts)[task]
         report["tasks"][task]["systems"][name] = scores
-        console.print(f"[bold]{name}[/]: {PRIMARY.get(t.metric, 'score')}={primary(t.metric, scores):.4f}  invalid {scores.get('invalid', 0)}/{scores.get('n', 0)}")
+        headline = f"{PRIMARY.get(t.metric, 'score')}={primary(t.metric, scores):.4f}"
+        console.print(f"[bold]{name}[/]: {headline}  invalid {scores.get('invalid', 0)}/{scores.get('n', 0)}")
     if baseline_train is not None:
         train = records_from_rows(t, read_table(baseline_train), ds.model_copy(update={"path": str(baseline_train)}))
         b = evaluate_baseline(t, train, records, seed=cfg.tasks.seed)
@@ -97,4 +108,8 @@ def eval_(
         paths = write_report(report, out)
         console.print(f"report -> {', '.join(str(p) for p in paths.values())}")
     else:
-        console.print(json.dumps({k: {s: {m: v for m, v in sc.items() if isinstance(v, (int, float))} for s, sc in x["systems"].items()} for k, x in report["tasks"].items()}, indent=1))
+        numbers = {
+            k: {s: {m: v for m, v in sc.items() if isinstance(v, (int, float))} for s, sc in x["systems"].items()}
+            for k, x in report["tasks"].items()
+        }
+        console.print(json.dumps(numbers, indent=1))

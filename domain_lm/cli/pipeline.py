@@ -10,7 +10,7 @@ import yaml
 from rich.table import Table
 
 from domain_lm.cli.common import OverrideOpt, config_from
-from domain_lm.progress import console
+from domain_lm.core.progress import console
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -23,12 +23,14 @@ def run_cmd(
     overrides: OverrideOpt = None,
     force: Annotated[Optional[list[str]], typer.Option("--force", help="Re-run this stage even if unchanged (repeatable).")] = None,
     until: Annotated[Optional[str], typer.Option("--until", help="Stop after this stage.")] = None,
-    serve_demo: Annotated[bool, typer.Option("--serve-demo/--no-serve-demo", help="Then start the service and answer one request per task.")] = False,
+    serve_demo: Annotated[
+        bool, typer.Option("--serve-demo/--no-serve-demo", help="Then start the service and answer one request per task.")
+    ] = False,
     keep_serving: Annotated[bool, typer.Option("--keep-serving", help="Keep the service running after the demo requests.")] = False,
 ) -> None:
     """Run base import -> corpus -> pretrain -> SFT -> reward -> PPO/DPO -> eval, then the report."""
-    from domain_lm.pipeline import final_model, run_pipeline
-    from domain_lm.runstore import Run
+    from domain_lm.pipeline.run import final_model, run_pipeline
+    from domain_lm.pipeline.store import Run
 
     cfg = config_from(config, overrides)
     run_pipeline(cfg, force=force, until=until)
@@ -48,9 +50,9 @@ def status_cmd(
     run_dir: Annotated[Optional[Path], typer.Option("--run", help="A run directory (instead of a config).")] = None,
 ) -> None:
     """Show the stages of a run, whether each is current, and what each produced."""
-    from domain_lm.pipeline import plan
-    from domain_lm.runstore import Run
-    from domain_lm.stages import fingerprint, gather_inputs
+    from domain_lm.pipeline.graph import plan
+    from domain_lm.pipeline.run import is_current
+    from domain_lm.pipeline.store import Run
 
     cfg = None if run_dir else config_from(config, overrides)
     run = Run(run_dir) if run_dir else Run.from_config(cfg)
@@ -67,11 +69,12 @@ def status_cmd(
         state = "[green]done[/]"
         if cfg is not None:
             try:
-                if fingerprint(name, cfg, gather_inputs(name, run)) != r.fingerprint:
+                if not is_current(name, cfg, run, r):
                     state = "[yellow]stale (inputs or config changed)[/]"
             except Exception:  # noqa: BLE001 - status must not fail on one stage
                 pass
-        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(r.metrics.items())[:4] if isinstance(v, (int, float)))
+        shown = [(k, v) for k, v in list(r.metrics.items())[:4] if isinstance(v, (int, float))]
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown)
         table.add_row(name, state, f"{r.finished_at - r.started_at:.0f}s", metrics, ", ".join(r.artefacts))
     console.print(table)
     for f in ("report.html", "report.md"):
@@ -82,8 +85,8 @@ def status_cmd(
 @app.command("report")
 def report_cmd(config: ConfigArg = None, overrides: OverrideOpt = None) -> None:
     """(Re)write runs/<run>/report.md and report.html from what the stages produced."""
-    from domain_lm.report import write_report
-    from domain_lm.runstore import Run
+    from domain_lm.pipeline.report import write_report
+    from domain_lm.pipeline.store import Run
 
     cfg = config_from(config, overrides)
     console.print(f"report: {write_report(Run.from_config(cfg), cfg)}")

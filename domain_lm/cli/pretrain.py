@@ -26,7 +26,8 @@ def pretrain(
     """Continued pretraining (LoRA or full) with replay, checkpoints and perplexity before/after."""
     if ctx.invoked_subcommand is not None:
         return
-    from domain_lm.train.pretrain import run_worker, world_rank
+    from domain_lm.stages.pretrain import run_worker
+    from domain_lm.train.pretrain import world_rank
 
     rank, world = world_rank()
     if world > 1 and rank != 0:

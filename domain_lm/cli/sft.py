@@ -13,19 +13,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from domain_lm.cli.common import ConfigOpt, ForceOpt, OverrideOpt, ResumeOpt, config_from, run_stage_command
+from domain_lm.cli.common import ConfigOpt, OverrideOpt, config_from, stage_app
+from domain_lm.core.progress import console
 from domain_lm.errors import DataError
-from domain_lm.progress import console
 
-app = typer.Typer()
-
-
-@app.callback(invoke_without_command=True)
-def sft(ctx: typer.Context, config: ConfigOpt = None, overrides: OverrideOpt = None, resume: ResumeOpt = False, force: ForceOpt = False) -> None:
-    """Train the SFT stage (LoRA on answer tokens only), merge it, and write its model card."""
-    if ctx.invoked_subcommand is not None:
-        return
-    run_stage_command("sft", config, overrides, resume=resume, force=force)
+app = stage_app("sft", "Train the SFT stage (LoRA on answer tokens only), merge it, and write its model card.")
 
 
 def _dataset_override(task: str, data: Path, fields: list[str], label_field: str, label_map: list[str], lang: str) -> str:
@@ -36,7 +28,8 @@ def _dataset_override(task: str, data: Path, fields: list[str], label_field: str
         k, v = item.split("=", 1)
         fmap[k] = v
     lmap = dict(x.split("=", 1) for x in label_map if "=" in x)
-    return "tasks.datasets=" + json.dumps([{"task": task, "path": str(data), "fields": fmap, "label_field": label_field, "label_map": lmap, "lang": lang}])
+    dataset = {"task": task, "path": str(data), "fields": fmap, "label_field": label_field, "label_map": lmap, "lang": lang}
+    return "tasks.datasets=" + json.dumps([dataset])
 
 
 @app.command("build")
@@ -50,7 +43,9 @@ def build(
     label_field: Annotated[str, typer.Option("--label-field", help="Column holding the gold output.")] = "label",
     label_map: Annotated[Optional[list[str]], typer.Option("--label-map", help="RAW=CANONICAL (repeatable).")] = None,
     lang: Annotated[str, typer.Option("--lang", help="Language of --data (en or zh).")] = "en",
-    model: Annotated[Optional[str], typer.Option("--model", help="Tokenizer for the length filter; default: the config's base model.")] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Tokenizer for the length filter; default: the config's base model.")
+    ] = None,
 ) -> None:
     """Render SFT examples through the task templates (the service's prompts) without training."""
     from domain_lm.data.sft_data import build_sft_data
@@ -63,7 +58,8 @@ def build(
     if task and data:
         items.append(_dataset_override(task, data, field or [], label_field, label_map or [], lang))
     cfg = config_from(config, items)
-    tok = load_tokenizer(model if model and Path(model).exists() else registry.resolve(model or cfg.base_model.name, store=cfg.base_model.store))
+    local = model and Path(model).exists()
+    tok = load_tokenizer(model if local else registry.resolve(model or cfg.base_model.name, store=cfg.base_model.store))
     stats = build_sft_data(cfg, tok, out)
     per_task = ", ".join(f"{t}={n}" for t, n in sorted(stats.train_examples.items()))
     console.print(

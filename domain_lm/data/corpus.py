@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from domain_lm import atomic
 from domain_lm.config import CorpusSection, CorpusSource
+from domain_lm.core import atomic
+from domain_lm.core.hashing import sha256_file, sha256_json
 from domain_lm.data.corpus_clean import clean_document, detect_lang, effective_length
 from domain_lm.data.dedupe import Deduper, exact_key
 from domain_lm.data.extract import RawDoc, check_sources, iter_documents
-from domain_lm.hashing import sha256_file, sha256_json
 
 CORPUS_VERSION = 1  # bump when the processing changes, so old cache entries are not reused
 MIN_BLOCK_TOKENS = 16
@@ -273,7 +273,9 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_corpus(sources: list[CorpusSource], tokenizer, section: CorpusSection, out: str | Path, general_sources: list[CorpusSource] | None = None) -> dict[str, Any]:
+def build_corpus(
+    sources: list[CorpusSource], tokenizer, section: CorpusSection, out: str | Path, general_sources: list[CorpusSource] | None = None
+) -> dict[str, Any]:
     """Build the corpus into ``out`` (which must be empty or absent); returns the report dict.
 
     Every source is checked first, so a bad path raises DataError before anything is written."""
@@ -346,7 +348,9 @@ def _copy_tree(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, copy_function=link_or_copy, dirs_exist_ok=True)
 
 
-def build_corpus_cached(section: CorpusSection, tokenizer, out: str | Path, cache_dir: str | Path | None = None) -> tuple[dict[str, Any], bool]:
+def build_corpus_cached(
+    section: CorpusSection, tokenizer, out: str | Path, cache_dir: str | Path | None = None
+) -> tuple[dict[str, Any], bool]:
     """``build_corpus`` through the content-hash cache (default ``cache_root()``). Returns (report, cached)."""
     out = Path(out)
     if not section.sources:

@@ -12,11 +12,19 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from domain_lm.config import CorpusSection, CorpusSource
+
 BANKS = ["Northbridge Bank", "Harbor Trust", "Eastlake Financial", "Meridian Savings", "Crestview Bancorp", "Summit Capital Bank"]
 ZH_BANKS = ["华信银行", "东港商业银行", "长江金融集团", "北辰农商银行"]
 SEGMENTS = ["retail banking", "commercial lending", "wealth management", "credit cards", "treasury services", "mortgage lending"]
-DRIVERS = ["higher net interest margins", "strong fee income", "lower funding costs", "growth in deposits", "disciplined cost control", "a recovery in trade finance"]
-RISKS = ["commercial real estate exposure", "rising delinquencies in unsecured lending", "deposit outflows", "interest-rate risk in the banking book", "cyber and operational risk", "concentration in energy loans"]
+DRIVERS = [
+    "higher net interest margins", "strong fee income", "lower funding costs", "growth in deposits", "disciplined cost control",
+    "a recovery in trade finance",
+]
+RISKS = [
+    "commercial real estate exposure", "rising delinquencies in unsecured lending", "deposit outflows",
+    "interest-rate risk in the banking book", "cyber and operational risk", "concentration in energy loans",
+]
 PEOPLE = ["Alice Moreno", "David Chen", "Priya Natarajan", "Tom Eriksen", "Laura Becker", "Kenji Watanabe"]
 QUARTERS = ["first", "second", "third", "fourth"]
 
@@ -63,11 +71,18 @@ def filing(rng: random.Random, bank: str, year: int) -> str:
 
 
 def central_bank(rng: random.Random, year: int) -> str:
-    decision = rng.choice(["raise the target range for the policy rate by 25 basis points", "keep the policy rate unchanged", "lower the policy rate by 25 basis points"])
+    decision = rng.choice(
+        [
+            "raise the target range for the policy rate by 25 basis points",
+            "keep the policy rate unchanged",
+            "lower the policy rate by 25 basis points",
+        ]
+    )
     return (
         f"Minutes of the Monetary Policy Committee, {rng.choice(['January', 'March', 'June', 'September', 'December'])} {year}.\n\n"
         f"Staff reported that headline inflation was {_pct(rng, 1, 7)} over the past twelve months and core inflation "
-        f"{_pct(rng, 1, 6)}. Labour market conditions remained {rng.choice(['tight', 'balanced', 'softer'])}, with unemployment at {_pct(rng, 3, 6)}.\n\n"
+        f"{_pct(rng, 1, 6)}. Labour market conditions remained {rng.choice(['tight', 'balanced', 'softer'])}, "
+        f"with unemployment at {_pct(rng, 3, 6)}.\n\n"
         f"Members discussed risks to financial stability, including {rng.choice(RISKS)}. Several members noted that "
         f"credit conditions for households had {rng.choice(['tightened', 'eased', 'remained stable'])}.\n\n"
         f"After deliberation, the Committee decided to {decision}. The Committee will continue to assess incoming data."
@@ -124,7 +139,8 @@ def demo_documents(seed: int = 0, n_per_kind: int = 6) -> list[tuple[str, str]]:
         docs.append((f"zh_report_{i:02d}.txt", chinese_doc(rng, ZH_BANKS[i % len(ZH_BANKS)], 2020 + i)))
     # An exact copy (re-wrapped), a near-duplicate (one figure changed) and a too-short fragment.
     docs.append(("earnings_call_00_copy.txt", docs[3][1].replace("\n\n", "\n\n\n")))
-    docs.append(("central_bank_00_revised.md", docs[2][1].replace("The Committee will continue to assess incoming data.", "The Committee will continue to monitor incoming data.")))
+    revised = docs[2][1].replace("will continue to assess incoming data.", "will continue to monitor incoming data.")
+    docs.append(("central_bank_00_revised.md", revised))
     docs.append(("fragment.txt", "See appendix B."))
     return docs
 
@@ -136,6 +152,14 @@ def write_demo_corpus(dest: str | Path, seed: int = 0, n_per_kind: int = 6) -> P
     for name, text in demo_documents(seed, n_per_kind):
         (dest / name).write_text(text + "\n", encoding="utf-8")
     return dest
+
+
+def with_demo_sources(section: CorpusSection, scratch: Path) -> CorpusSection:
+    """``section``, with the demo corpus (written under ``scratch``) as its source when it has none."""
+    if section.sources:
+        return section
+    demo = write_demo_corpus(scratch / "demo_corpus", seed=section.seed)
+    return section.model_copy(update={"sources": [CorpusSource(path=str(demo))]})
 
 
 def general_prompts() -> list[str]:

@@ -105,7 +105,9 @@ def _table_docs(src: CorpusSource, f: Path) -> Iterator[RawDoc]:
     with reader as chunks:
         for chunk in chunks:
             if src.text_column not in chunk.columns:
-                raise DataError(f"Corpus file {f} has no column {src.text_column!r} (columns: {list(chunk.columns)}). Set text_column in the source.")
+                raise DataError(
+                    f"Corpus file {f} has no column {src.text_column!r} (columns: {list(chunk.columns)}). Set text_column in the source."
+                )
             for value in chunk[src.text_column].tolist():
                 if isinstance(value, str) and value.strip():
                     yield RawDoc(f"{f}#{row}", value, src.lang)

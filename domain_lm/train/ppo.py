@@ -1,8 +1,8 @@
-"""Stage ``ppo``: RLHF with PPO-Max, written by hand (TRL removed its PPOTrainer).
+"""RLHF with PPO-Max, written by hand (TRL removed its PPOTrainer): the ``ppo`` stage's trainer.
 
 Zheng et al. 2023, "Secrets of RLHF in Large Language Models Part I: PPO", arXiv:2307.04964.
-Every trick is one ``use_*`` switch in ``PpoSection`` and one ``if`` below, so an ablation is a
-config diff. The math lives in ``ppo_core`` (pure functions); this module is the loop:
+Every trick is one ``use_*`` switch in ``PpoSection.tricks`` and one ``if`` below, so an ablation
+is a config diff. The math lives in ``ppo_core`` (pure functions); this module is the loop:
 
     rollout -> score -> advantages -> update -> log -> save
 
@@ -29,28 +29,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from domain_lm.config import PipelineConfig, PpoSection
 from domain_lm.errors import DataError, NotAvailableError
-from domain_lm.runstore import StageResult
 from domain_lm.train import ppo_core as pc
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ["ppo", "tasks", "base_model"]
-NEEDS = ["sft|pretrain|base", "reward"]
-
 #: Logged every step (JSONL + TensorBoard) and plotted in the stage report.
 #: PPO-Max §5.2: reward, KL, response length and perplexity are the signals that show a collapse early.
-PLOT_KEYS = ["reward_mean", "reward_std", "kl", "response_length", "policy_ppl", "policy_clipfrac", "value_clipfrac", "value_error", "entropy", "kl_coef"]
-
-
-def data_hashes(config) -> dict[str, str]:
-    from domain_lm.data import sft_data
-    from domain_lm.hashing import sha256_file
-
-    out = {f"prompts:{s}": sha256_file(s) for s in config.ppo.prompt_sources if Path(s).is_file()}
-    if config.ppo.from_tasks:
-        out.update(sft_data.data_hashes(config))
-    return out
+PLOT_KEYS = [
+    "reward_mean", "reward_std", "kl", "response_length", "policy_ppl",
+    "policy_clipfrac", "value_clipfrac", "value_error", "entropy", "kl_coef",
+]
 
 
 # --------------------------------------------------------------------------- prompts
@@ -68,7 +58,9 @@ def _read_prompt_file(path: str) -> list[Prompt]:
 
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"PPO prompt file {p} does not exist (ppo.prompt_sources). Give JSONL with a 'prompt' (string or messages) per line.")
+        raise DataError(
+            f"PPO prompt file {p} does not exist (ppo.rollout.prompt_sources). Give JSONL with a 'prompt' (string or messages) per line."
+        )
     out = []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
@@ -85,7 +77,7 @@ def load_prompts(config, rng: random.Random) -> tuple[list[Prompt], list[Prompt]
     cfg = config.ppo
     train: list[Prompt] = []
     held: list[Prompt] = []
-    if cfg.from_tasks:
+    if cfg.rollout.from_tasks:
         from domain_lm.data.preference import task_records
 
         tr, ev = task_records(config)
@@ -97,20 +89,23 @@ def load_prompts(config, rng: random.Random) -> tuple[list[Prompt], list[Prompt]
 
         train += [render(r) for r in tr]
         held += [render(r) for r in ev]
-    extra = [p for src in cfg.prompt_sources for p in _read_prompt_file(src)]
+    extra = [p for src in cfg.rollout.prompt_sources for p in _read_prompt_file(src)]
     rng.shuffle(extra)
-    n_eval = min(cfg.eval_prompts, len(extra) // 4) if not held else 0
+    n_eval = min(cfg.rollout.eval_prompts, len(extra) // 4) if not held else 0
     held += extra[:n_eval]
     train += extra[n_eval:]
     if not train:
-        raise DataError("PPO has no prompts: enable ppo.from_tasks with labelled task data, or set ppo.prompt_sources.")
+        raise DataError("PPO has no prompts: enable ppo.rollout.from_tasks with labelled task data, or set ppo.rollout.prompt_sources.")
     rng.shuffle(held)
-    return train, held[: cfg.eval_prompts]
+    return train, held[: cfg.rollout.eval_prompts]
 
 
 def encode_prompts(tok, prompts: list[Prompt], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded (B, P) prompt ids and mask (generation continues on the right)."""
-    ids = [list(tok.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])[-max_len:] for p in prompts]
+    ids = [
+        list(tok.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])[-max_len:]
+        for p in prompts
+    ]
     width = max(len(x) for x in ids)
     out = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
@@ -138,18 +133,19 @@ class Critic(nn.Module):
         return inner.score(h).squeeze(-1).float()  # (B, L)
 
 
-def build_models(policy_path: Path, reward_path: Path, cfg):
+def build_models(policy_path: Path, reward_path: Path, cfg: PpoSection):
     """actor (LoRA), critic (LoRA + value head), frozen reward model, tokenizer, reward stats."""
     from peft import get_peft_model
 
-    from domain_lm.models.loading import load_causal_lm, load_tokenizer
-    from domain_lm.train.reward import load_reward_model, peft_config
+    from domain_lm.models.loading import load_causal_lm, load_tokenizer, lora_config
+    from domain_lm.train.reward import load_reward_model
 
+    lora, top = cfg.peft.lora, cfg.peft.top_layers
     tok = load_tokenizer(policy_path)
     base = load_causal_lm(policy_path, trainable=True)
-    actor = get_peft_model(base, peft_config(cfg.lora, "CAUSAL_LM", base, cfg.lora_top_layers))
+    actor = get_peft_model(base, lora_config(lora, task_type="CAUSAL_LM", model=base, top_layers=top))
     critic_base, _, _ = load_reward_model(reward_path, trainable=True)
-    critic = Critic(get_peft_model(critic_base, peft_config(cfg.lora, "SEQ_CLS", critic_base, cfg.lora_top_layers)))
+    critic = Critic(get_peft_model(critic_base, lora_config(lora, task_type="SEQ_CLS", model=critic_base, top_layers=top)))
     reward_model, reward_tok, stats = load_reward_model(reward_path)
     return actor, critic, reward_model, tok, reward_tok, stats
 
@@ -162,7 +158,9 @@ def _resolve_auto(conf: dict[str, Any], lr: float, clip: float | None, micro_bat
 
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
     if conf.get("zero_optimization", {}).get("stage", 0) >= 3:
-        raise NotAvailableError("ppo.deepspeed: ZeRO-3 is not supported by the PPO loop (rollouts need whole weights); use deploy/deepspeed/zero2.json.")
+        raise NotAvailableError(
+            "ppo.train.deepspeed: ZeRO-3 is not supported by the PPO loop (rollouts need whole weights); use deploy/deepspeed/zero2.json."
+        )
     values = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
@@ -207,7 +205,10 @@ class Updater:
             return float(self.engine.get_global_grad_norm() or 0.0)
         loss.backward()
         # PPO-Max §5.4 (global gradient clipping): one norm over all parameters of the model.
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip) if self.clip else torch.norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
+        if self.clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        else:
+            norm = torch.norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return float(norm)
@@ -264,9 +265,14 @@ def response_mask(response: torch.Tensor, eos_id: int, pad_id: int) -> torch.Ten
 
 @torch.no_grad()
 def generate(actor, tok, prompts: list[Prompt], cfg, do_sample: bool = True):
-    query, qmask = encode_prompts(tok, prompts, cfg.max_prompt_len)
-    gen_kwargs: dict[str, Any] = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    gen_kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0) if do_sample else gen_kwargs.update(do_sample=False)
+    query, qmask = encode_prompts(tok, prompts, cfg.rollout.max_prompt_len)
+    gen_kwargs: dict[str, Any] = {
+        "max_new_tokens": cfg.rollout.max_new_tokens, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+    }
+    if do_sample:
+        gen_kwargs.update(do_sample=True, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=0)
+    else:
+        gen_kwargs.update(do_sample=False)
     actor.eval()
     seqs = actor.generate(input_ids=query, attention_mask=qmask, **gen_kwargs)
     response = seqs[:, query.size(1) :]
@@ -292,31 +298,31 @@ def make_experience(state: "PPOState", prompts: list[Prompt]) -> tuple[Experienc
     # rollout: sample responses from the current policy
     query, qmask, response, rmask, texts = generate(state.actor, state.tok, prompts, cfg)
     mask = rmask.float()
-    logp, entropy = actor_forward(state.actor, query, qmask, response, rmask, cfg.temperature, with_entropy=True)
+    logp, entropy = actor_forward(state.actor, query, qmask, response, rmask, cfg.rollout.temperature, with_entropy=True)
     with state.actor.disable_adapter():  # reference = the frozen upstream model
-        ref_logp, _ = actor_forward(state.actor, query, qmask, response, rmask, cfg.temperature)
+        ref_logp, _ = actor_forward(state.actor, query, qmask, response, rmask, cfg.rollout.temperature)
     state.critic.eval()
     values = critic_forward(state.critic, query, qmask, response, rmask) * mask
 
     # score: the frozen reward model on (prompt, decoded response)
-    scores = reward_scores(state.reward_model, state.reward_tok, prompts, texts, cfg.max_prompt_len + cfg.max_new_tokens)
+    scores = reward_scores(state.reward_model, state.reward_tok, prompts, texts, cfg.rollout.max_prompt_len + cfg.rollout.max_new_tokens)
     shaped = scores
-    if cfg.use_reward_norm:
+    if cfg.tricks.use_reward_norm:
         # PPO-Max §5.3.1 (reward normalisation and clipping): standardise with running moments
         # (seeded with the reward model's eval-set statistics), then clip to +-reward_clip.
         state.moments.update(scores)
-        shaped = state.moments.normalize(scores, clip=cfg.reward_clip)
+        shaped = state.moments.normalize(scores, clip=cfg.tricks.reward_clip)
 
     # advantages: KL to the reference folded into per-token rewards, then GAE
     kl_tok = pc.kl_estimate(logp, ref_logp, cfg.kl_estimator) * mask
-    if cfg.use_token_kl:
+    if cfg.tricks.use_token_kl:
         # PPO-Max §5.3.2 (token-level KL penalty): each token pays kl_coef * KL_t.
         rewards, _ = pc.token_rewards(shaped, logp, ref_logp, mask, state.kl_ctl.value, cfg.kl_estimator)
     else:
         rewards, _ = pc.token_rewards(shaped - state.kl_ctl.value * kl_tok.sum(1), logp, ref_logp, mask, 0.0)
     # GAE (Schulman et al. 2016; PPO-Max §3.2); off: Monte-Carlo returns (lam = 1).
-    advantages, returns = pc.gae(rewards, values, mask, cfg.gamma, cfg.lam if cfg.use_gae else 1.0)
-    if cfg.use_advantage_whitening:
+    advantages, returns = pc.gae(rewards, values, mask, cfg.gamma, cfg.lam if cfg.tricks.use_gae else 1.0)
+    if cfg.tricks.use_advantage_whitening:
         # PPO-Max §5.3.1 (advantage normalisation): zero mean, unit variance per batch.
         advantages = pc.masked_whiten(advantages, mask)
 
@@ -347,7 +353,8 @@ def ptx_loss(actor, tok, demos: list[Prompt], max_len: int) -> torch.Tensor:
     seqs, labels = [], []
     for d in demos:
         prompt_ids = list(tok.apply_chat_template(d.messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
-        full = list(tok.apply_chat_template(d.messages + [{"role": "assistant", "content": d.answer}], tokenize=True, return_dict=True)["input_ids"])
+        dialogue = d.messages + [{"role": "assistant", "content": d.answer}]
+        full = list(tok.apply_chat_template(dialogue, tokenize=True, return_dict=True)["input_ids"])
         cut = max(0, len(full) - max_len)  # drop the oldest context, keep the answer
         full = full[cut:]
         n_prompt = min(max(0, len(prompt_ids) - cut), len(full) - 1)
@@ -373,27 +380,28 @@ def ppo_update(state: "PPOState", buffer: list[Experience], update_actor: bool) 
     for _ in range(cfg.ppo_epochs):
         for exp in buffer:
             order = torch.randperm(exp.response.size(0), generator=state.torch_rng)
-            for start in range(0, len(order), cfg.mini_batch_size):
-                i = order[start : start + cfg.mini_batch_size]
+            for start in range(0, len(order), cfg.train.batch_size):
+                i = order[start : start + cfg.train.batch_size]
                 q, qm, r, rm = exp.query[i], exp.qmask[i], exp.response[i], exp.rmask[i]
                 mask = rm.float()
                 # critic: clipped value loss (PPO-Max §5.4) or plain MSE
                 values = critic_forward(state.critic, q, qm, r, rm)
-                vloss, vm = pc.value_loss(values, exp.values[i], exp.returns[i], mask, cfg.value_clip_range, cfg.use_value_clip)
+                tricks = cfg.tricks
+                vloss, vm = pc.value_loss(values, exp.values[i], exp.returns[i], mask, tricks.value_clip_range, tricks.use_value_clip)
                 vm["critic_grad_norm"] = state.critic_opt.step(vloss)
                 for k, v in vm.items():
                     sums.setdefault(k, []).append(v)
                 if not update_actor:
                     continue
                 # actor: clipped surrogate (+ entropy bonus) (+ PPO-ptx)
-                logp, entropy = actor_forward(state.actor, q, qm, r, rm, cfg.temperature, with_entropy=cfg.entropy_coef > 0)
-                loss, pm = pc.policy_loss(logp, exp.logp[i], exp.advantages[i], mask, cfg.clip_range, cfg.use_policy_clip)
-                if cfg.entropy_coef > 0:
-                    loss = loss - cfg.entropy_coef * pc.masked_mean(entropy, mask)
-                if cfg.use_ptx and state.demos:
-                    demos = state.rng.sample(state.demos, min(cfg.ptx_batch_size, len(state.demos)))
-                    lm = ptx_loss(state.actor, state.tok, demos, cfg.max_prompt_len + cfg.max_new_tokens)
-                    loss = loss + cfg.ptx_coef * lm
+                logp, entropy = actor_forward(state.actor, q, qm, r, rm, cfg.rollout.temperature, with_entropy=cfg.tricks.entropy_coef > 0)
+                loss, pm = pc.policy_loss(logp, exp.logp[i], exp.advantages[i], mask, cfg.tricks.clip_range, cfg.tricks.use_policy_clip)
+                if cfg.tricks.entropy_coef > 0:
+                    loss = loss - cfg.tricks.entropy_coef * pc.masked_mean(entropy, mask)
+                if cfg.tricks.use_ptx and state.demos:
+                    demos = state.rng.sample(state.demos, min(cfg.tricks.ptx_batch_size, len(state.demos)))
+                    lm = ptx_loss(state.actor, state.tok, demos, cfg.rollout.max_prompt_len + cfg.rollout.max_new_tokens)
+                    loss = loss + cfg.tricks.ptx_coef * lm
                     pm["ptx_loss"] = lm.item()
                 pm["actor_grad_norm"] = state.actor_opt.step(loss)
                 for k, v in pm.items():
@@ -429,8 +437,20 @@ def save_checkpoint(state: PPOState, work_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     state.actor.save_pretrained(tmp / "actor")
     state.critic.net.save_pretrained(tmp / "critic")
-    torch.save({"actor_opt": state.actor_opt.opt.state_dict(), "critic_opt": state.critic_opt.opt.state_dict(), "torch_rng": state.torch_rng.get_state(), "global_torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
-    meta = {"step": state.step, "moments": state.moments.state_dict(), "kl_ctl": state.kl_ctl.state_dict(), "rng": state.rng.getstate(), "history": state.history}
+    optim = {
+        "actor_opt": state.actor_opt.opt.state_dict(),
+        "critic_opt": state.critic_opt.opt.state_dict(),
+        "torch_rng": state.torch_rng.get_state(),
+        "global_torch_rng": torch.get_rng_state(),
+    }
+    torch.save(optim, tmp / "optim.pt")
+    meta = {
+        "step": state.step,
+        "moments": state.moments.state_dict(),
+        "kl_ctl": state.kl_ctl.state_dict(),
+        "rng": state.rng.getstate(),
+        "history": state.history,
+    }
     (tmp / "state.json").write_text(json.dumps(meta, default=list))
     shutil.rmtree(ckpt, ignore_errors=True)
     tmp.rename(ckpt)  # a checkpoint directory exists only once it is complete
@@ -480,7 +500,8 @@ def evaluate(state: PPOState, prompts: list[Prompt], batch_size: int = 8, use_ad
         else:
             with state.actor.disable_adapter():
                 texts = generate(state.actor, state.tok, chunk, state.cfg, do_sample=False)[-1]
-        rewards += reward_scores(state.reward_model, state.reward_tok, chunk, texts, state.cfg.max_prompt_len + state.cfg.max_new_tokens).tolist()
+        max_len = state.cfg.rollout.max_prompt_len + state.cfg.rollout.max_new_tokens
+        rewards += reward_scores(state.reward_model, state.reward_tok, chunk, texts, max_len).tolist()
         for p, text in zip(chunk, texts):
             if p.record is not None:
                 t, _inputs, lang, gold = p.record
@@ -494,18 +515,30 @@ def evaluate(state: PPOState, prompts: list[Prompt], batch_size: int = 8, use_ad
 # --------------------------------------------------------------------------- the loop
 
 
-def train_ppo(policy_path: Path, reward_path: Path, config, work_dir: Path, resume: bool = False, tb_dir: Path | None = None) -> tuple[PPOState, dict[str, Any]]:
-    """Run PPO-Max; returns the final state and summary metrics. Logs go to ``work_dir``."""
+@dataclass
+class PpoTrainResult:
+    """The final PPO state (actor with its adapter, tokenizer, history) and the summary metrics."""
+
+    state: PPOState
+    summary: dict[str, Any]
+
+
+def train_ppo(
+    policy_path: Path, reward_path: Path, config: PipelineConfig, work_dir: Path, resume: bool = False, tb_dir: Path | None = None
+) -> PpoTrainResult:
+    """Run PPO-Max; logs and checkpoints go to ``work_dir``."""
     cfg = config.ppo
     work_dir.mkdir(parents=True, exist_ok=True)
     # Under DeepSpeed every rank runs this loop on its own rollouts (data parallel): the prompt
     # split is shared, the sampling seed differs per rank; rank 0 alone logs and checkpoints.
     rank = int(os.environ.get("RANK", "0"))
     main = rank == 0
-    torch.manual_seed(cfg.seed + rank)
-    train_prompts, held_prompts = load_prompts(config, random.Random(cfg.seed))
-    rng = random.Random(cfg.seed + 7919 * rank)
+    torch.manual_seed(cfg.train.seed + rank)
+    train_prompts, held_prompts = load_prompts(config, random.Random(cfg.train.seed))
+    rng = random.Random(cfg.train.seed + 7919 * rank)
     actor, critic, reward_model, tok, reward_tok, stats = build_models(policy_path, reward_path, cfg)
+    # PPO-Max §5.4 (global gradient clipping), for actor and critic alike.
+    clip = cfg.train.max_grad_norm if cfg.tricks.use_grad_clip else None
     moments = pc.RunningMoments()
     if stats.get("std"):
         # Seed the running moments with the reward model's held-out statistics (mean/std).
@@ -517,14 +550,14 @@ def train_ppo(policy_path: Path, reward_path: Path, config, work_dir: Path, resu
         reward_model=reward_model,
         tok=tok,
         reward_tok=reward_tok,
-        actor_opt=Updater(actor, cfg.learning_rate, cfg.max_grad_norm if cfg.use_grad_clip else None, cfg.deepspeed, cfg.mini_batch_size),
-        critic_opt=Updater(critic, cfg.critic_learning_rate, cfg.max_grad_norm if cfg.use_grad_clip else None, cfg.deepspeed, cfg.mini_batch_size),
+        actor_opt=Updater(actor, cfg.train.learning_rate, clip, cfg.train.deepspeed, cfg.train.batch_size),
+        critic_opt=Updater(critic, cfg.critic_learning_rate, clip, cfg.train.deepspeed, cfg.train.batch_size),
         moments=moments,
         # PPO-Max §5.3.2: KL coefficient fixed, or adaptive towards target_kl (Ziegler et al. 2019).
-        kl_ctl=pc.KLController(cfg.kl_coef, adaptive=cfg.adaptive_kl, target=cfg.target_kl, horizon=cfg.kl_horizon),
+        kl_ctl=pc.KLController(cfg.kl_coef, adaptive=cfg.tricks.adaptive_kl, target=cfg.tricks.target_kl, horizon=cfg.tricks.kl_horizon),
         rng=rng,
-        torch_rng=torch.Generator().manual_seed(cfg.seed + rank),
-        demos=[p for p in train_prompts if p.answer] if cfg.use_ptx else [],
+        torch_rng=torch.Generator().manual_seed(cfg.train.seed + rank),
+        demos=[p for p in train_prompts if p.answer] if cfg.tricks.use_ptx else [],
     )
     summary: dict[str, Any] = {"train_prompts": len(train_prompts), "heldout_prompts": len(held_prompts)}
     ckpt = last_ppo_checkpoint(work_dir) if resume else None
@@ -548,17 +581,17 @@ def train_ppo(policy_path: Path, reward_path: Path, config, work_dir: Path, resu
     buffer: list[Experience] = []
     stopped_early = False
     order = list(range(len(train_prompts)))
-    while state.step < cfg.steps:
+    while state.step < cfg.train.max_steps:
         t0 = time.time()
         # rollout + score + advantages
-        batch = [train_prompts[state.rng.choice(order)] for _ in range(cfg.rollout_batch_size)]
+        batch = [train_prompts[state.rng.choice(order)] for _ in range(cfg.rollout.batch_size)]
         exp, metrics = make_experience(state, batch)
         # PPO-Max §5.4 (small experience buffer): reuse the last `buffer_size` rollouts.
-        buffer = (buffer + [exp])[-cfg.buffer_size :]
+        buffer = (buffer + [exp])[-cfg.rollout.buffer_size :]
         # update: the critic alone during warm-up (PPO-Max §5.3.3), then actor and critic
         warm = state.step < cfg.critic_warmup_steps
         metrics.update(ppo_update(state, buffer, update_actor=not warm))
-        state.kl_ctl.update(metrics["kl"], cfg.rollout_batch_size)
+        state.kl_ctl.update(metrics["kl"], cfg.rollout.batch_size)
         state.step += 1
         # log
         metrics.update(step=state.step, critic_warmup=warm, seconds=round(time.time() - t0, 2), sample=exp.texts[0][:200])
@@ -572,7 +605,7 @@ def train_ppo(policy_path: Path, reward_path: Path, config, work_dir: Path, resu
                     tb.add_scalar(f"ppo/{k}", v, state.step)
         log.info("ppo step %d: reward %.3f kl %.4f len %.1f", state.step, metrics["reward_mean"], metrics["kl"], metrics["response_length"])
         # save
-        if main and (state.step % cfg.save_steps == 0 or state.step == cfg.steps):
+        if main and (state.step % cfg.train.save_steps == 0 or state.step == cfg.train.max_steps):
             save_checkpoint(state, work_dir)
         # early stop: the policy has drifted too far from the reference
         if metrics["kl"] > cfg.kl_stop_bound:
@@ -590,44 +623,4 @@ def train_ppo(policy_path: Path, reward_path: Path, config, work_dir: Path, resu
     if state.history:
         last = state.history[-1]
         summary.update({f"last_{k}": last[k] for k in PLOT_KEYS if k in last})
-    return state, summary
-
-
-def run(ctx) -> StageResult:
-    from domain_lm.train.common import plot_curves
-
-    upstream, policy_path = ctx.input_model("sft", "pretrain", "base")
-    if "reward" not in ctx.inputs:
-        raise DataError("Stage ppo needs a reward model: run `domain-lm reward` first.")
-    reward_path = ctx.inputs["reward"].artefact("reward_model")
-    work = ctx.work_dir
-    if not ctx.resume:  # a fresh run starts from empty logs and no checkpoints
-        for p in list(work.glob("checkpoint-*")) + [work / "ppo_log.jsonl", work / "eval_before.json", work / "tb"]:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    state, summary = train_ppo(policy_path, reward_path, ctx.config, work, resume=ctx.resume, tb_dir=work / "tb")
-
-    out = ctx.out
-    state.actor.save_pretrained(out / "adapter")
-    state.tok.save_pretrained(out / "adapter")
-    merged = state.actor.merge_and_unload()
-    merged.save_pretrained(out / "model", safe_serialization=True)
-    state.tok.save_pretrained(out / "model")
-    shutil.copy(work / "ppo_log.jsonl", out / "ppo_log.jsonl")
-    shutil.copytree(work / "tb", out / "tb", dirs_exist_ok=True)
-    for name, rel in [("model", "model"), ("adapter", "adapter"), ("log", "ppo_log.jsonl"), ("tensorboard", "tb")]:
-        ctx.writer.add_artefact(name, rel)
-    if plot_curves(state.history, PLOT_KEYS, out / "ppo_curves.png", title="PPO-Max"):
-        ctx.writer.add_artefact("curves", "ppo_curves.png")
-
-    res = ctx.writer.result
-    res.metrics.update(summary)
-    res.inputs.update(data_hashes(ctx.config))
-    cfg = ctx.config.ppo
-    tricks = [k for k in ("use_reward_norm", "use_token_kl", "use_gae", "use_advantage_whitening", "use_policy_clip", "use_value_clip", "use_grad_clip", "use_ptx", "adaptive_kl") if getattr(cfg, k)]
-    ctx.writer.model_card = {
-        "title": "PPO-Max policy",
-        "base_model": str(policy_path),
-        "method": f"PPO-Max (LoRA r={cfg.lora.r}); tricks: {', '.join(tricks)}; buffer {cfg.buffer_size}",
-        "description": f"Policy from the {upstream.stage} model optimised against the reward model at {reward_path}; KL to the reference kept under {cfg.kl_stop_bound}.",
-    }
-    return res
+    return PpoTrainResult(state, summary)

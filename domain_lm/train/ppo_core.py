@@ -24,10 +24,6 @@ KLKind = Literal["k1", "k2", "k3"]
 # --------------------------------------------------------------------------- masked statistics
 
 
-def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    return (x * mask).sum() if dim is None else (x * mask).sum(dim)
-
-
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of ``x`` over positions where ``mask`` is 1 (all of them, or along ``dim``)."""
     if dim is None:
@@ -160,11 +156,18 @@ def policy_loss(
         pg, clipfrac = pg1, 0.0
     loss = masked_mean(pg, mask)
     approx_kl = masked_mean(0.5 * log_ratio**2, mask).item()
-    return loss, {"policy_loss": loss.item(), "policy_clipfrac": clipfrac, "approx_kl": approx_kl, "ratio_mean": masked_mean(ratio, mask).item()}
+    ratio_mean = masked_mean(ratio, mask).item()
+    metrics = {"policy_loss": loss.item(), "policy_clipfrac": clipfrac, "approx_kl": approx_kl, "ratio_mean": ratio_mean}
+    return loss, metrics
 
 
 def value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float = 0.2, use_clip: bool = True
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float = 0.2,
+    use_clip: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(B, T) x4 -> scalar loss.
 

@@ -1,15 +1,15 @@
-"""Pipeline stage ``pretrain``: continued causal-LM pretraining on the packed domain corpus.
+"""Continued causal-LM pretraining on the packed domain corpus (the ``pretrain`` stage's trainer).
 
 Reads top to bottom: tokenizer -> data (domain blocks + replay blocks) -> model (LoRA or full)
--> perplexity before -> Trainer (checkpoints in the work dir, --resume) -> save + merge ->
-perplexity after -> curves, report, model card.
+-> perplexity before -> Trainer (checkpoints in the work dir, --resume) -> the trained weights
+saved for the stage (``PretrainResult``).
 
 Replay against forgetting (continual-pretraining practice, e.g. Ibrahim et al. 2024,
 arXiv:2403.08763): ``replay_fraction`` of the training blocks are general text, from the
 corpus stage's general sources or, when none, text sampled from the base model before training.
 
-Distributed: the same code runs under ``deepspeed``/``torchrun``; rank 0 goes through the run
-store (``run``), the other ranks call ``run_worker`` and only take part in training.
+Distributed: the same code runs under ``deepspeed``/``torchrun``; every rank calls ``train``
+(rank 0 through the run store, see ``domain_lm.stages.pretrain``).
 """
 
 from __future__ import annotations
@@ -17,30 +17,19 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from domain_lm import atomic
-from domain_lm.config import PipelineConfig, PretrainSection
-from domain_lm.runstore import StageResult
-
-SECTIONS = ["pretrain", "base_model"]
-NEEDS = ["base", "corpus"]
+from domain_lm.config import PretrainSection
+from domain_lm.core import atomic
+from domain_lm.errors import DataError
 
 REPLAY_FILE = "replay_samples.jsonl"
 BEFORE_FILE = "perplexity_before.json"
-
-
-class SimulatedKill(RuntimeError):
-    """Raised by the test hook ``extra['stop_after_step']`` right after a checkpoint is saved."""
-
-
-def data_hashes(config: PipelineConfig) -> dict[str, str]:
-    return {}  # every input comes from the base and corpus stages (their fingerprints cover it)
 
 
 def world_rank() -> tuple[int, int]:
@@ -133,7 +122,8 @@ def perplexity(model, blocks: list[list[int]], pad_id: int, batch_size: int = 4)
         batch = {k: v.to(dev) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]  # (B, T-1, V)
         target = batch["labels"][:, 1:]  # (B, T-1)
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum")
+        flat = logits.float().reshape(-1, logits.shape[-1])  # (B*(T-1), V)
+        loss = torch.nn.functional.cross_entropy(flat, target.reshape(-1), ignore_index=-100, reduction="sum")
         nll += loss.item()
         count += int((target != -100).sum())
     if was_training:
@@ -141,7 +131,19 @@ def perplexity(model, blocks: list[list[int]], pad_id: int, batch_size: int = 4)
     return float(torch.exp(torch.tensor(nll / max(count, 1))))
 
 
-def prepare_data(section: PretrainSection, corpus_dir: Path, base_model, tokenizer, work_dir: Path, block_size: int) -> dict[str, Any]:
+@dataclass
+class PretrainData:
+    """Token blocks for one pretraining run (each block a list of token ids)."""
+
+    train: list[list[int]]  # domain blocks + replay blocks
+    domain_heldout: list[list[int]]
+    general_heldout: list[list[int]]
+    n_domain: int
+    n_replay: int
+    general_source: str  # where the replay text came from
+
+
+def prepare_data(section: PretrainSection, corpus_dir: Path, base_model, tokenizer, work_dir: Path, block_size: int) -> PretrainData:
     """Domain train/held-out blocks and general (replay) train/held-out blocks.
 
     Base-model samples are cached in the work dir so a resumed run trains on the very same data."""
@@ -165,13 +167,21 @@ def prepare_data(section: PretrainSection, corpus_dir: Path, base_model, tokeniz
         general_held = pack_texts(texts[:n_held], tokenizer, block_size)[: section.eval_max_blocks]
         general_train = pack_texts(texts[n_held:], tokenizer, block_size)
     train = mix_replay(domain_train, general_train, section.replay_fraction, section.train.seed)
+    return PretrainData(
+        train=train,
+        domain_heldout=domain_held,
+        general_heldout=general_held,
+        n_domain=len(domain_train),
+        n_replay=len(train) - len(domain_train),
+        general_source=general_source if general_train else "none",
+    )
+
+
+def heldout_perplexity(model, data: PretrainData, pad_id: int, when: str) -> dict[str, float]:
+    """``ppl_domain_<when>`` and ``ppl_general_<when>`` on the held-out blocks."""
     return {
-        "train": train,
-        "domain_heldout": domain_held,
-        "general_heldout": general_held,
-        "n_domain": len(domain_train),
-        "n_replay": len(train) - len(domain_train),
-        "general_source": general_source if general_train else "none",
+        f"ppl_domain_{when}": perplexity(model, data.domain_heldout, pad_id),
+        f"ppl_general_{when}": perplexity(model, data.general_heldout, pad_id),
     }
 
 
@@ -186,12 +196,12 @@ def build_model(section: PretrainSection, base_path: Path):
 
     set_seed(section.train.seed)  # LoRA init is random: same seed -> same start
     model = load_causal_lm(base_path, dtype=torch.float32, trainable=True)
-    if section.method == "full":
+    if section.peft.method == "full":
         return model
     from peft import get_peft_model
 
     modules_to_save = ["embed_tokens", "lm_head"] if section.train_embeddings else None
-    conf = lora_config(section.lora, modules_to_save=modules_to_save, model=model, top_layers=section.lora_top_layers)
+    conf = lora_config(section.peft.lora, modules_to_save=modules_to_save, model=model, top_layers=section.peft.top_layers)
     return get_peft_model(model, conf)
 
 
@@ -221,30 +231,40 @@ def _trainer_class():
     return PretrainTrainer
 
 
-def _kill_callback(step: int):
-    from transformers import TrainerCallback
+@dataclass
+class PretrainResult:
+    """What one pretraining run produced (on rank 0; other ranks get the same minus ``before``)."""
 
-    class _Kill(TrainerCallback):
-        def on_save(self, args, state, control, **kw):
-            if state.global_step >= step:
-                raise SimulatedKill(f"simulated kill after checkpoint {state.global_step}")
+    data: PretrainData
+    before: dict[str, float]  # held-out perplexity before training
+    final_dir: Path  # the adapter (LoRA) or full model the trainer saved
+    tokenizer: Any
+    history: list[dict[str, Any]]  # the Trainer's log history
+    steps: int
+    trainable_params: int
+    tensorboard_dir: Path | None
+    resumed_from: str | None
+    train_seconds: float
 
-    return _Kill()
 
-
-def train(section: PretrainSection, base_path: Path, corpus_dir: Path, work_dir: Path, block_size: int, resume: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train on every rank; returns data info, perplexity before (rank 0) and the trainer."""
+def train(
+    section: PretrainSection,
+    base_path: Path,
+    corpus_dir: Path,
+    work_dir: Path,
+    block_size: int,
+    resume: bool,
+    callbacks: Sequence[Any] = (),
+) -> PretrainResult:
+    """Train on every rank (``callbacks``: extra ``TrainerCallback``s); returns what was trained."""
     from domain_lm.models.loading import load_tokenizer
     from domain_lm.train.common import last_checkpoint, make_progress_callback, quiet_trainer, training_arguments
 
-    extra = extra or {}
     rank, _ = world_rank()
     tokenizer = load_tokenizer(base_path)
     model = build_model(section, base_path)
     data = prepare_data(section, corpus_dir, model, tokenizer, work_dir, block_size)
-    if not data["train"]:
-        from domain_lm.errors import DataError
-
+    if not data.train:
         raise DataError(f"The corpus at {corpus_dir} has no training blocks. Add documents to corpus.sources or lower corpus.min_chars.")
 
     # Perplexity before training (LoRA starts as the identity, so this is the base model).
@@ -254,23 +274,16 @@ def train(section: PretrainSection, base_path: Path, corpus_dir: Path, work_dir:
         if before_file.is_file():
             before = json.loads(before_file.read_text())
         else:
-            before = {
-                "ppl_domain_before": perplexity(model, data["domain_heldout"], tokenizer.pad_token_id),
-                "ppl_general_before": perplexity(model, data["general_heldout"], tokenizer.pad_token_id),
-            }
+            before = heldout_perplexity(model, data, tokenizer.pad_token_id, "before")
             atomic.write_json(before_file, before)
 
     out_dir = work_dir / "trainer"
-    args = training_arguments(section.train, out_dir)
-    callbacks = [make_progress_callback("pretrain", work_dir / "progress.jsonl")]
-    if extra.get("stop_after_step"):
-        callbacks.append(_kill_callback(int(extra["stop_after_step"])))
     trainer = _trainer_class()(
         model=model,
-        args=args,
-        train_dataset=BlockDataset(data["train"]),
+        args=training_arguments(section.train, out_dir),
+        train_dataset=BlockDataset(data.train),
         data_collator=lambda b: collate_blocks(b, tokenizer.pad_token_id),
-        callbacks=callbacks,
+        callbacks=[make_progress_callback("pretrain", work_dir / "progress.jsonl"), *callbacks],
     )
     ckpt = last_checkpoint(out_dir) if resume else None
     t0 = time.time()
@@ -279,13 +292,23 @@ def train(section: PretrainSection, base_path: Path, corpus_dir: Path, work_dir:
     # Collective under DeepSpeed (ZeRO-3 gathers the weights); only the main process writes.
     final = work_dir / "final"
     trainer.save_model(str(final))
-    return {"data": data, "before": before, "trainer": trainer, "tokenizer": tokenizer, "final": final, "resumed_from": ckpt, "train_s": train_s}
+    tb = Path(getattr(trainer.args, "logging_dir", None) or Path(trainer.args.output_dir) / "runs")
+    return PretrainResult(
+        data=data,
+        before=before,
+        final_dir=final,
+        tokenizer=tokenizer,
+        history=trainer.state.log_history,
+        steps=trainer.state.global_step,
+        trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        tensorboard_dir=tb if tb.is_dir() else None,
+        resumed_from=ckpt,
+        train_seconds=train_s,
+    )
 
 
-# --------------------------------------------------------------------------- stage
-
-
-def _history_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+def history_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+    """First and last loss, mean tokens/s and the final train loss of a Trainer log history."""
     losses = [h["loss"] for h in history if "loss" in h]
     tps = [h["tokens_per_s"] for h in history if "tokens_per_s" in h]
     out: dict[str, float] = {}
@@ -298,109 +321,3 @@ def _history_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     if final:
         out["train_loss"] = float(final[-1]["train_loss"])
     return out
-
-
-def _write_report(out: Path, metrics: dict[str, Any], info: dict[str, Any]) -> None:
-    lines = ["# Continued pretraining", "", f"Method: {info['method']}; replay from {info['general_source']}.", "", "| metric | value |", "|---|---|"]
-    for k, v in metrics.items():
-        lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
-    lines += ["", "![training curves](curves.png)", ""]
-    atomic.write_text(out / "report.md", "\n".join(lines))
-
-
-def run(ctx) -> StageResult:
-    from domain_lm.models.loading import load_causal_lm, merge_adapter
-    from domain_lm.train.common import plot_curves
-
-    section: PretrainSection = ctx.config.pretrain
-    res = ctx.writer.result
-    base_result, base_path = ctx.input_model("base")
-    corpus = ctx.inputs.get("corpus")
-    if corpus is None:
-        from domain_lm.errors import DomainLMError
-
-        raise DomainLMError("Stage pretrain needs the corpus stage. Run `domain-lm corpus build` first (or `domain-lm pipeline run`).")
-    if not section.enabled:
-        # Disabled: hand the base model through unchanged so later stages still find a `model`.
-        res.artefacts["model"] = str(base_path)
-        res.metrics["skipped"] = True
-        return res
-    corpus_dir = corpus.path
-    block_size = ctx.config.corpus.block_size
-
-    t = train(section, base_path, corpus_dir, ctx.work_dir, block_size, ctx.resume, ctx.extra)
-    out = ctx.out
-    tokenizer = t["tokenizer"]
-    if section.method == "lora":
-        shutil.copytree(t["final"], out / "adapter")
-        merge_adapter(out / "adapter", out / "model")
-        ctx.writer.add_artefact("adapter", "adapter")
-    else:
-        shutil.copytree(t["final"], out / "model")
-        tokenizer.save_pretrained(out / "model")
-    ctx.writer.add_artefact("model", "model")
-
-    # Perplexity after, on the saved merged weights (what later stages will load).
-    merged = load_causal_lm(out / "model", dtype=torch.float32)
-    data = t["data"]
-    after = {
-        "ppl_domain_after": perplexity(merged, data["domain_heldout"], tokenizer.pad_token_id),
-        "ppl_general_after": perplexity(merged, data["general_heldout"], tokenizer.pad_token_id),
-    }
-    history = t["trainer"].state.log_history
-    atomic.write_text(out / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    ctx.writer.add_artefact("train_log", "train_log.jsonl")
-    tb = Path(getattr(t["trainer"].args, "logging_dir", None) or Path(t["trainer"].args.output_dir) / "runs")
-    if tb.is_dir():
-        shutil.copytree(tb, out / "tensorboard")
-        ctx.writer.add_artefact("tensorboard", "tensorboard")
-    if plot_curves(history, ["loss", "learning_rate", "tokens_per_s"], out / "curves.png", title="pretrain"):
-        ctx.writer.add_artefact("curves", "curves.png")
-
-    m = res.metrics
-    m.update(t["before"])
-    m.update(after)
-    for kind in ("domain", "general"):
-        b, a = m.get(f"ppl_{kind}_before"), m.get(f"ppl_{kind}_after")
-        if b and a and b == b and a == a:  # not NaN
-            m[f"ppl_{kind}_change_pct"] = round(100.0 * (a - b) / b, 2)
-    m.update(_history_metrics(history))
-    m.update(
-        {
-            "steps": t["trainer"].state.global_step,
-            "blocks_domain": data["n_domain"],
-            "blocks_replay": data["n_replay"],
-            "trainable_params": sum(p.numel() for p in t["trainer"].model.parameters() if p.requires_grad),
-            "train_seconds": round(t["train_s"], 1),
-            "resumed": t["resumed_from"] is not None,
-        }
-    )
-    info = {"method": section.method + (" + embeddings/LM head" if section.method == "lora" and section.train_embeddings else ""), "general_source": data["general_source"]}
-    _write_report(out, {k: v for k, v in m.items() if isinstance(v, (int, float, bool))}, info)
-    ctx.writer.add_artefact("report", "report.md")
-    res.inputs["corpus"] = corpus.fingerprint
-    ctx.writer.model_card = {
-        "title": "domain continued pretraining",
-        "base_model": str(base_path),
-        "method": info["method"],
-        "description": "Continued causal-LM pretraining on the bank-domain corpus, with replay of general text against forgetting. "
-        "Perplexity is measured on held-out domain documents and held-out general text, before and after training.",
-        "data_notes": [
-            f"domain training blocks: {data['n_domain']} x {block_size} tokens; replay blocks: {data['n_replay']} ({data['general_source']})",
-            f"held-out perplexity blocks: domain {len(data['domain_heldout'])}, general {len(data['general_heldout'])}",
-        ],
-    }
-    return res
-
-
-def run_worker(config: PipelineConfig, resume: bool = False) -> None:
-    """A non-zero rank of a distributed run: join the training, write nothing of the stage."""
-    from domain_lm.runstore import Run
-
-    run_ = Run.from_config(config)
-    base, corpus = run_.load("base"), run_.load("corpus")
-    if base is None or corpus is None:
-        from domain_lm.errors import DomainLMError
-
-        raise DomainLMError("Distributed pretrain needs the base and corpus stages of this run to be complete; run them first (single process).")
-    train(config.pretrain, base.artefact("model"), corpus.path, run_.work_dir("pretrain"), config.corpus.block_size, resume)

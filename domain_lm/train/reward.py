@@ -1,10 +1,10 @@
-"""Stage ``reward``: a Bradley-Terry reward model on preference pairs (TRL RewardTrainer).
+"""A Bradley-Terry reward model on preference pairs (TRL RewardTrainer): the ``reward`` stage's trainer.
 
-data (pairs/ranked/HH files + bank-task pairs) -> seq-classification model (num_labels=1) from the
-SFT model -> LoRA or full training -> held-out pair accuracy -> reward mean/std on the eval set
-saved with the model (``reward_stats.json``, used by PPO to normalise) -> margin histogram.
-The artefact is ``reward_model`` (merged full weights, loads with AutoModelForSequenceClassification);
-it is not a causal LM, so it is deliberately not called ``model``.
+seq-classification model (num_labels=1) from the SFT model -> LoRA or full training -> held-out
+pair accuracy -> reward mean/std on the eval set saved with the model (``reward_stats.json``,
+used by PPO to normalise). The stage (``domain_lm.stages.reward``) builds the pairs and plots.
+The saved model loads with ``load_reward_model`` (AutoModelForSequenceClassification); it is not
+a causal LM, so its artefact is ``reward_model``, deliberately not ``model``.
 """
 
 from __future__ import annotations
@@ -12,26 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from domain_lm.data import preference
+from domain_lm.config import RewardSection
 from domain_lm.data.preference import PreferencePair
-from domain_lm.runstore import StageResult
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ["reward", "tasks", "base_model"]
-NEEDS = ["sft|pretrain|base"]
 STATS_FILE = "reward_stats.json"
-
-
-def data_hashes(config) -> dict[str, str]:
-    from domain_lm.data import sft_data
-
-    return {**preference.data_hashes(config), **(sft_data.data_hashes(config) if config.reward.from_tasks else {})}
 
 
 # --------------------------------------------------------------------------- model + scoring
@@ -39,15 +31,11 @@ def data_hashes(config) -> dict[str, str]:
 
 def load_reward_model(path: str | Path, trainable: bool = False):
     """(model, tokenizer, stats) of a saved reward model; stats may be {} (older models)."""
-    from transformers import AutoModelForSequenceClassification
-
-    from domain_lm.models.loading import default_dtype, load_tokenizer
+    from domain_lm.models.loading import load_seq_classifier, load_tokenizer
 
     tok = load_tokenizer(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=default_dtype())
+    model = load_seq_classifier(path, num_labels=1, trainable=trainable)
     model.config.pad_token_id = tok.pad_token_id
-    if not trainable:
-        model.eval().requires_grad_(False)
     stats_path = Path(path) / STATS_FILE
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
     return model, tok, stats
@@ -70,7 +58,9 @@ def encode_dialogues(tok, prompts: Sequence[list[dict[str, str]]], answers: Sequ
 
 
 @torch.no_grad()
-def score(model, tok, prompts: Sequence[list[dict[str, str]]], answers: Sequence[str], batch_size: int = 8, max_len: int = 512) -> torch.Tensor:
+def score(
+    model, tok, prompts: Sequence[list[dict[str, str]]], answers: Sequence[str], batch_size: int = 8, max_len: int = 512
+) -> torch.Tensor:
     """(N,) raw reward of each (prompt, answer)."""
     out = []
     dev = next(model.parameters()).device
@@ -80,7 +70,9 @@ def score(model, tok, prompts: Sequence[list[dict[str, str]]], answers: Sequence
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def pair_metrics(model, tok, pairs: Sequence[PreferencePair], batch_size: int = 8, max_len: int = 512) -> tuple[dict[str, float], torch.Tensor]:
+def pair_metrics(
+    model, tok, pairs: Sequence[PreferencePair], batch_size: int = 8, max_len: int = 512
+) -> tuple[dict[str, float], torch.Tensor]:
     """Held-out accuracy and reward statistics; returns (metrics, margins (N,))."""
     prompts = [p.prompt for p in pairs]
     chosen = score(model, tok, prompts, [p.chosen for p in pairs], batch_size, max_len)
@@ -117,27 +109,31 @@ def margin_histogram(margins: torch.Tensor, path: Path, title: str = "reward mar
 # --------------------------------------------------------------------------- training
 
 
-def peft_config(lora, task_type: str, model, top_layers: int | None = None):
-    """LoRA config for ``model``, restricted to its top ``top_layers`` transformer layers when set."""
-    from domain_lm.models.loading import lora_config
+@dataclass
+class RewardTrainResult:
+    """Held-out pair metrics of a trained reward model, its margins (N,) and the Trainer's log."""
 
-    return lora_config(lora, task_type=task_type, model=model, top_layers=top_layers)
+    metrics: dict[str, Any]
+    margins: torch.Tensor
+    history: list[dict[str, Any]]
 
 
 def train_reward_model(
     model_path: str | Path,
     train_pairs: Sequence[PreferencePair],
     eval_pairs: Sequence[PreferencePair],
-    section,
+    section: RewardSection,
     work_dir: Path,
     out_dir: Path,
     resume: bool = False,
     log_path: Path | None = None,
-) -> dict[str, Any]:
-    """Train, evaluate and save a reward model to ``out_dir``; returns metrics."""
+    callbacks: Sequence[Any] = (),
+) -> RewardTrainResult:
+    """Train, evaluate and save a reward model (merged full weights) to ``out_dir``."""
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
+    from domain_lm.models.loading import lora_config, save_model
     from domain_lm.train.common import last_checkpoint, make_progress_callback, quiet_trainer, training_arguments
 
     model, tok, _ = load_reward_model(model_path, trainable=True)
@@ -149,15 +145,16 @@ def train_reward_model(
         center_rewards_coefficient=section.center_rewards_coefficient,
         disable_dropout=True,
     )
-    peft_conf = peft_config(section.lora, "SEQ_CLS", model, section.lora_top_layers) if section.method == "lora" else None
-    callbacks = [make_progress_callback("reward model", log_path)] if log_path else []
+    peft = section.peft
+    peft_conf = lora_config(peft.lora, task_type="SEQ_CLS", model=model, top_layers=peft.top_layers) if peft.method == "lora" else None
+    progress = [make_progress_callback("reward model", log_path)] if log_path else []
     trainer = RewardTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list([p.to_trl() for p in train_pairs]),
         processing_class=tok,
         peft_config=peft_conf,
-        callbacks=callbacks,
+        callbacks=[*progress, *callbacks],
     )
     quiet_trainer(trainer).train(resume_from_checkpoint=last_checkpoint(work_dir) if resume else None)
 
@@ -167,61 +164,16 @@ def train_reward_model(
     trained.eval()
     # Held-out pairs; with no eval split, the training pairs (then the accuracy is a fit, not a test).
     held = list(eval_pairs) or list(train_pairs)
-    cap = getattr(section, "max_eval_pairs", None)
-    if cap is not None and len(held) > cap:
-        held = random.Random(section.train.seed).sample(held, cap)
+    if section.max_eval_pairs is not None and len(held) > section.max_eval_pairs:
+        held = random.Random(section.train.seed).sample(held, section.max_eval_pairs)
     metrics, margins = pair_metrics(trained, tok, held, section.train.batch_size, section.train.max_seq_len)
     metrics["eval_is_heldout"] = bool(eval_pairs)
     metrics["train_pairs"] = len(train_pairs)
-    metrics["train_loss"] = next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), float("nan"))
+    history = trainer.state.log_history
+    metrics["train_loss"] = next((h["train_loss"] for h in reversed(history) if "train_loss" in h), float("nan"))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    trained.save_pretrained(out_dir, safe_serialization=True)
-    tok.save_pretrained(out_dir)
+    save_model(trained, out_dir, tok)
     stats = {"mean": metrics["reward_mean"], "std": metrics["reward_std"], "n": 2 * len(held), "accuracy": metrics["accuracy"]}
     (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2))
-    metrics["_margins"] = margins
-    metrics["_history"] = trainer.state.log_history
-    return metrics
-
-
-def run(ctx) -> StageResult:
-    from domain_lm.train.common import plot_curves
-
-    cfg = ctx.config.reward
-    upstream, model_path = ctx.input_model("sft", "pretrain", "base")
-    engine = None
-    if cfg.from_tasks and cfg.sample_k > 0:
-        from domain_lm.inference import create_engine
-
-        engine = create_engine(str(model_path), kind="hf")
-    try:
-        train_pairs, eval_pairs, counts = preference.build_preference_data(ctx.config, engine=engine)
-    finally:
-        if engine is not None:
-            engine.close()
-    out = ctx.out
-    preference.save_pairs(train_pairs, out / "preferences" / "train.jsonl")
-    preference.save_pairs(eval_pairs, out / "preferences" / "eval.jsonl")
-
-    metrics = train_reward_model(model_path, train_pairs, eval_pairs, cfg, ctx.work_dir, out / "reward_model", ctx.resume, out / "train_log.jsonl")
-    margins, history = metrics.pop("_margins"), metrics.pop("_history")
-    margin_histogram(margins, out / "margin_hist.png")
-    plot_curves(history, ["loss", "accuracy", "margin"], out / "curves.png", title="reward model training")
-
-    res = ctx.writer.result
-    res.metrics.update(metrics)
-    res.metrics.update({f"pairs/{k}": v for k, v in counts.items()})
-    for name, rel in [("reward_model", "reward_model"), ("preferences", "preferences"), ("margin_hist", "margin_hist.png")]:
-        ctx.writer.add_artefact(name, rel)
-    if (out / "curves.png").is_file():
-        ctx.writer.add_artefact("curves", "curves.png")
-    res.inputs.update(data_hashes(ctx.config))
-    ctx.writer.model_card = {
-        "title": "reward model",
-        "base_model": str(model_path),
-        "method": f"Bradley-Terry pairwise loss, {cfg.method}",
-        "description": f"Scores (prompt, answer) pairs; initialised from the {upstream.stage} model. Reward mean/std on held-out pairs in reward_model/{STATS_FILE}.",
-        "data_notes": [f"{v} pairs of kind {k}" for k, v in sorted(counts.items())],
-    }
-    return res
+    return RewardTrainResult(metrics=metrics, margins=margins, history=history)

@@ -1,7 +1,7 @@
-"""Stage ``sft``: instruction tuning on templated bank tasks (TRL SFTTrainer + LoRA).
+"""Instruction tuning on templated bank tasks (TRL SFTTrainer + LoRA): the ``sft`` stage's trainer.
 
-Reads top to bottom: data (rendered through the task templates) -> tokenizer -> model -> trainer
--> train (resumable) -> save adapter -> merge -> metrics, plot, model card.
+Reads top to bottom: examples -> tokenizer -> model -> trainer -> train (resumable) -> save the
+adapter (the stage, ``domain_lm.stages.sft``, merges it and writes metrics, plot, model card).
 
 Loss is on the answer tokens only. The examples are given to TRL as conversational
 prompt/completion pairs: TRL renders the prompt with the tokenizer's chat template and
@@ -17,19 +17,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from domain_lm.config import PipelineConfig, SftSection
-from domain_lm.runstore import StageResult
+from domain_lm.config import SftSection
 
 log = logging.getLogger(__name__)
-
-SECTIONS = ["sft", "tasks", "base_model"]
-NEEDS = ["pretrain|base"]
-
-
-def data_hashes(config: PipelineConfig) -> dict[str, str]:
-    from domain_lm.data.sft_data import data_hashes as sft_data_hashes
-
-    return sft_data_hashes(config)
 
 
 # --------------------------------------------------------------------------- data for TRL
@@ -76,13 +66,13 @@ def build_trainer(model_path: str | Path, examples: list[dict[str, Any]], sectio
         from domain_lm.errors import DomainLMError
 
         raise DomainLMError(f"Model {model_path} has no chat template; SFT renders prompts with it (as the service does). Use an instruct model or add a chat template to its tokenizer_config.json.")
-    if section.qlora and section.method == "lora" and qlora_available():
+    if section.qlora and section.peft.method == "lora" and qlora_available():
         model = _load_4bit(model_path)
     else:
         if section.qlora:
             log.warning("sft.qlora requested but bitsandbytes + CUDA are not available: training plain LoRA")
         model = load_causal_lm(model_path, trainable=True)
-    peft_config = lora_config(section.lora, model=model, top_layers=section.lora_top_layers) if section.method == "lora" else None
+    peft_config = lora_config(section.peft.lora, model=model, top_layers=section.peft.top_layers) if section.peft.method == "lora" else None
     args = training_arguments(
         section.train,
         output_dir,
@@ -145,69 +135,3 @@ def train_sft(
         "resumed_from": ckpt,
         "history": history,
     }
-
-
-# --------------------------------------------------------------------------- the stage
-
-
-def run(ctx) -> StageResult:
-    from domain_lm.data.sft_data import build_sft_data
-    from domain_lm.models.loading import load_tokenizer, merge_adapter
-    from domain_lm.tasks import TemplateRegistry
-    from domain_lm.train.common import plot_curves
-
-    cfg = ctx.config
-    res = ctx.writer.result
-    upstream, model_path = ctx.input_model("pretrain", "base")
-
-    # 1. data, rendered with the same templates the service uses
-    registry = TemplateRegistry.load(cfg.tasks.templates_dir)
-    tokenizer = load_tokenizer(model_path)
-    data_dir = ctx.out / "data"
-    stats = build_sft_data(cfg, tokenizer, data_dir, registry=registry)
-    examples = read_examples(data_dir / "train.jsonl")
-    for name, digest in data_hashes(cfg).items():
-        res.inputs[name] = digest
-
-    # 2. the multi-task model
-    adapter_dir = ctx.out / ("adapter" if cfg.sft.method == "lora" else "model")
-    # Checkpoints go straight into the stage work dir (``--resume`` and the pipeline look there).
-    m = train_sft(model_path, examples, cfg.sft, ctx.work_dir, adapter_dir, resume=ctx.resume)
-    if cfg.sft.method == "lora":
-        merge_adapter(adapter_dir, ctx.out / "model")
-        ctx.writer.add_artefact("adapter", "adapter")
-    ctx.writer.add_artefact("model", "model")
-    ctx.writer.add_artefact("data", "data")
-    ctx.writer.add_artefact("eval_records", "data/eval_records.jsonl")
-
-    # 3. optional per-task adapters (served side by side by the engine's LoRA support)
-    if cfg.sft.per_task_adapters and cfg.sft.method == "lora":
-        by_task: dict[str, list[dict[str, Any]]] = {}
-        for ex in examples:
-            by_task.setdefault(ex["task"], []).append(ex)
-        for task, exs in sorted(by_task.items()):
-            sub = ctx.out / "adapters" / _safe(task)
-            tm = train_sft(model_path, exs, cfg.sft, ctx.work_dir / "tasks" / _safe(task), sub, resume=ctx.resume, description=f"sft {task}")
-            res.metrics[f"final_loss/{task}"] = tm["final_loss"]
-        ctx.writer.add_artefact("adapters", "adapters")
-
-    # 4. metrics, curve, card
-    history = m.pop("history")
-    (ctx.out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    if plot_curves(history, ["loss", "learning_rate", "grad_norm"], ctx.out / "loss.png", title="SFT"):
-        ctx.writer.add_artefact("loss_plot", "loss.png")
-    res.metrics.update({k: v for k, v in m.items() if v is not None and k != "resumed_from"})
-    res.metrics.update(stats.as_metrics())
-    ctx.writer.model_card = {
-        "title": "SFT (bank task instruction tuning)",
-        "base_model": str(model_path),
-        "method": f"{cfg.sft.method}" + (f" r={cfg.sft.lora.r} alpha={cfg.sft.lora.alpha}" if cfg.sft.method == "lora" else "") + ", loss on answer tokens only",
-        "description": f"Instruction-tuned from the `{upstream.stage}` stage on {stats.as_metrics()['train_examples']} examples rendered through the task templates (tasks: {', '.join(sorted(stats.train_examples))}).",
-        "data_notes": [f"{t}: {n} training examples, {stats.eval_records.get(t, 0)} held-out records" for t, n in sorted(stats.train_examples.items())]
-        + [f"{stats.duplicates} duplicates and {stats.too_long} over-length examples dropped"],
-    }
-    return res
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

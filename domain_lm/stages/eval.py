@@ -1,4 +1,4 @@
-"""Stage ``eval``: score every model stage present on the held-out task split, plus the baseline.
+"""Stage ``eval``: score every upstream model stage on the held-out task split, plus the baseline.
 
 The held-out split is recomputed from the task data with the same seeded, content-hashed split
 ``sft`` uses (``sft_data.split_records``), so this stage scores exactly the records SFT never saw,
@@ -12,13 +12,11 @@ from collections import defaultdict
 from typing import Any
 
 from domain_lm.config import PipelineConfig
-from domain_lm.runstore import StageResult
+from domain_lm.errors import DomainLMError
+from domain_lm.pipeline.stage import Stage, StageContext
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ["eval", "tasks"]
-NEEDS = ["base", "pretrain", "sft", "ppo", "dpo"]
-MODEL_STAGES = ["base", "pretrain", "sft", "ppo", "dpo"]
 BASELINE = "baseline (tf-idf+lr)"
 
 
@@ -67,23 +65,23 @@ def build_report(config: PipelineConfig, registry: Any, models: dict[str, str]) 
     return report
 
 
-def run(ctx) -> StageResult:
+def run(ctx: StageContext) -> None:
     from domain_lm.eval.metrics import PRIMARY, primary
     from domain_lm.eval.report import write_report
     from domain_lm.tasks import TemplateRegistry
 
     cfg = ctx.config
-    res = ctx.writer.result
-    models = {s: str(ctx.inputs[s].artefact("model")) for s in MODEL_STAGES if s in ctx.inputs and ctx.inputs[s].has("model")}
+    res = ctx.result
+    models = {stage: str(path) for stage, path in ctx.inputs.models().items()}
     if not models:
-        from domain_lm.errors import DomainLMError
-
-        raise DomainLMError("Stage eval found no model to evaluate: run at least the `base` stage first (`domain-lm base` or `domain-lm pipeline run`).")
+        raise DomainLMError(
+            "Stage eval found no model to evaluate: run at least the `base` stage first (`domain-lm base` or `domain-lm pipeline run`)."
+        )
     registry = TemplateRegistry.load(cfg.tasks.templates_dir)
     report = build_report(cfg, registry, models)
     paths = write_report(report, ctx.out, stem="report")
     for name, p in paths.items():
-        ctx.writer.add_artefact(f"report_{name}" if name != "json" else "report", p.name)
+        ctx.add_artefact(f"report_{name}" if name != "json" else "report", p.name)
     for t, info in report["tasks"].items():
         for system, scores in info["systems"].items():
             if "skipped" in scores:
@@ -92,6 +90,14 @@ def run(ctx) -> StageResult:
             res.metrics[f"{t}/{key}/{PRIMARY.get(info['metric'], 'score')}"] = round(primary(info["metric"], scores), 4)
             if "invalid" in scores and system != BASELINE:
                 res.metrics[f"{t}/{key}/invalid"] = scores["invalid"]
-    for name, digest in data_hashes(cfg).items():
-        res.inputs[name] = digest
-    return res
+    res.inputs.update(data_hashes(cfg))
+
+
+STAGE = Stage(
+    name="eval",
+    title="Evaluation across stages",
+    sections=("eval", "tasks"),
+    outputs=("report",),
+    run=run,
+    data_hashes=data_hashes,
+)
