@@ -273,9 +273,9 @@ def test_dry_run_takes_queue_slots_and_obeys_the_timeout(templates):
     settings = ServiceSettings(api_keys=KEYS, templates_dir=str(templates), max_queue=1, request_timeout_s=0.5)
     app = create_app(settings, engine=FakeEngine(model_name="fake", delay=0.05))
     with client(app) as c:
-        # two examples need two slots: the queue of one refuses them rather than growing
+        # two examples need two slots, more than a queue of one ever admits: 422 with the limit
         r = c.post("/console/api/templates/dry-run", json={"yaml": NEW_TASK, "lang": "en"})
-        assert r.status_code == 429 and r.json()["detail"]["error"] == "queue_full"
+        assert r.status_code == 422 and r.json()["detail"]["error"] == "too_large" and r.json()["detail"]["limit"] == 1
         one = c.post("/console/api/templates/dry-run", json={"yaml": NEW_TASK, "lang": "en", "input": {"text": "x"}})
         assert one.status_code == 200 and one.json()["items"][0]["answer"]["output"] == "fraud"
     slow = create_app(settings, engine=FakeEngine(model_name="fake", delay=2.0))
