@@ -25,6 +25,8 @@ CHART = DEPLOY / "helm" / "domain-lm"
 BIN = Path(sys.executable).parent
 K8S_VERSION = "1.30.0"
 ENTRY = {"id": "teller-app", "sha256": "ab" * 32, "tasks": ["sentiment"], "admin": False}
+#: Every render names where the bundle's trusted public key comes from (unsigned bundles are refused).
+SIGNED = {"bundle": {"name": "current", "publicKeySecret": "bundle-signing-key"}}
 
 
 def _tool(name: str) -> str:
@@ -164,6 +166,7 @@ def _compose(tmp_path: Path, *args: str, file: Path | None = None) -> subprocess
     root = tmp_path / "srv"
     (root / "secrets").mkdir(parents=True, exist_ok=True)
     (root / "secrets" / "api-keys.yaml").write_text("keys: []\n")
+    (root / "secrets" / "bundle-signing.pub").write_text("-----BEGIN PUBLIC KEY-----\n")
     env = {**os.environ, "DOMAIN_LM_ROOT": str(root), "DOMAIN_LM_BUNDLE_NAME": "bank-v1"}
     return subprocess.run([compose, "-f", str(file or DEPLOY / "docker-compose.yaml"), "config", *args], env=env, capture_output=True, text=True)
 
@@ -177,6 +180,11 @@ def test_compose_file_validates_and_isolates_the_service(tmp_path):
     mounts = {v["target"]: v for v in svc["volumes"]}
     assert mounts["/models"]["read_only"] and mounts["/templates"]["read_only"]
     assert not mounts["/runs"].get("read_only") and not mounts["/logs"].get("read_only")
+    # Runtime templates go to a writable store on the host, never into the read-only bundle.
+    assert not mounts["/template-store"].get("read_only") and svc["environment"]["DOMAIN_LM_TEMPLATE_STORE"] == "/template-store"
+    assert svc["environment"]["DOMAIN_LM_DOCS"] == "false"
+    assert svc["environment"]["DOMAIN_LM_BUNDLE_PUBLIC_KEY"] == "/run/secrets/bundle-signing.pub"
+    assert "bundle-signing.pub" in [x["target"] for x in svc["secrets"]]
     assert mounts["/models"]["source"] == str(tmp_path / "srv" / "models")
     assert svc["environment"]["DOMAIN_LM_BUNDLE"] == "/models/bank-v1"
     assert svc["environment"]["HF_HUB_OFFLINE"] == "1" and svc["environment"]["VLLM_NO_USAGE_STATS"] == "1"
@@ -194,6 +202,7 @@ def test_compose_gpu_override_reserves_gpus(tmp_path):
     root = tmp_path / "srv"
     (root / "secrets").mkdir(parents=True)
     (root / "secrets" / "api-keys.yaml").write_text("keys: []\n")
+    (root / "secrets" / "bundle-signing.pub").write_text("-----BEGIN PUBLIC KEY-----\n")
     env = {**os.environ, "DOMAIN_LM_ROOT": str(root), "DOMAIN_LM_TENSOR_PARALLEL_SIZE": "4"}
     r = subprocess.run([compose, "-f", str(DEPLOY / "docker-compose.yaml"), "-f", str(DEPLOY / "docker-compose.gpu.yaml"), "config", "--format", "json"],
                        env=env, capture_output=True, text=True)
@@ -226,10 +235,10 @@ def test_prometheus_scrapes_the_service_metrics():
 # --------------------------------------------------------------------------- Helm
 
 
-def _render(values: dict) -> list[dict]:
+def _render(values: dict, signed: bool = True) -> list[dict]:
     helm = pytest.importorskip("helm_python", reason="helm-python-sdk not installed (pip install -e '.[test]')")
     with helm.Chart.load(str(CHART)) as chart:
-        out = chart.render(values, name="bank", namespace="llm")
+        out = chart.render({**SIGNED, **values} if signed else values, name="bank", namespace="llm")
     docs = []
     for name, text in out.items():
         if name.endswith(".yaml"):
@@ -249,7 +258,7 @@ def _by_kind(docs: list[dict]) -> dict[str, dict]:
 
 def test_helm_chart_lints():
     helm = pytest.importorskip("helm_python")
-    res = helm.lint(str(CHART), {"apiKeys": {"entries": [ENTRY]}}, strict=True)
+    res = helm.lint(str(CHART), {**SIGNED, "apiKeys": {"entries": [ENTRY]}}, strict=True)
     assert not res["errors"], res
     assert not [m for m in res["messages"] if m["severity"] > 1], res["messages"]  # info only (icon)
 
@@ -286,6 +295,27 @@ def test_helm_cpu_render_is_valid_kubernetes(tmp_path):
     assert kinds["NetworkPolicy"]["spec"]["egress"] == [] and "Egress" in kinds["NetworkPolicy"]["spec"]["policyTypes"]
     assert kinds["Service"]["spec"]["ports"][0]["targetPort"] == "http"
     assert next(v for v in pod["volumes"] if v["name"] == "shm")["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+    # Signed bundles only; runtime templates in a writable store; no docs; the ingress publishes the API only.
+    assert env["DOMAIN_LM_BUNDLE_PUBLIC_KEY"] == mounts["bundle-keys"]["mountPath"] + "/bundle-signing.pub" and mounts["bundle-keys"]["readOnly"]
+    assert next(v for v in pod["volumes"] if v["name"] == "bundle-keys")["secret"]["secretName"] == "bundle-signing-key"
+    assert env["DOMAIN_LM_TEMPLATE_STORE"] == mounts["template-store"]["mountPath"] and not mounts["template-store"].get("readOnly")
+    assert env["DOMAIN_LM_DOCS"] == "false" and "DOMAIN_LM_BUNDLE_ALLOW_UNSIGNED" not in env
+    paths = [p["path"] for p in kinds["Ingress"]["spec"]["rules"][0]["http"]["paths"]]
+    assert paths == ["/v1", "/console"]  # /metrics, /docs and the probes are not published
+
+
+def test_helm_signing_key_inline_and_shared_template_store():
+    pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----"
+    docs = _render({"bundle": {"name": "current", "publicKey": pem}, "apiKeys": {"entries": [ENTRY]}, "replicaCount": 3,
+                    "templateStore": {"existingClaim": "templates-rwx"}}, signed=False)
+    _validate_k8s(docs)
+    key_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-bundle-key"))
+    assert key_map["data"]["bundle-signing.pub"].strip() == pem
+    pod = _by_kind(docs)["Deployment"]["spec"]["template"]["spec"]
+    assert next(v for v in pod["volumes"] if v["name"] == "template-store")["persistentVolumeClaim"]["claimName"] == "templates-rwx"
+    dev = _by_kind(_render({"bundle": {"name": "current", "allowUnsigned": True}, "apiKeys": {"entries": [ENTRY]}}, signed=False))
+    env = {e["name"]: e.get("value") for e in dev["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["DOMAIN_LM_BUNDLE_ALLOW_UNSIGNED"] == "true" and "DOMAIN_LM_BUNDLE_PUBLIC_KEY" not in env
 
 
 def test_helm_gpu_tensor_parallel_switch():
@@ -315,6 +345,8 @@ def test_helm_gpu_tensor_parallel_switch():
         ({"apiKeys": {"entries": [ENTRY]}, "gpu": {"enabled": True}, "tensorParallel": {"enabled": True, "size": 1}}, "size must be 2"),
         ({"apiKeys": {"entries": [{"id": "x", "sha256": "the-plain-key"}]}}, "sha256"),  # a plain key is not a hash
         ({"apiKeys": {"entries": [ENTRY]}, "engine": "tgi"}, "engine"),
+        ({"apiKeys": {"entries": [ENTRY]}, "bundle": {"name": "current"}}, "only when signed"),
+        ({"apiKeys": {"entries": [ENTRY]}, "replicaCount": 2}, "shared store"),
     ],
 )
 def test_helm_refuses_unsafe_or_inconsistent_values(values, message):
@@ -355,6 +387,8 @@ def test_systemd_unit_verifies(tmp_path):
     r = _analyze(text, tmp_path)
     assert r.returncode == 0 and "Unknown" not in r.stderr and "ignoring" not in r.stderr, r.stderr
     assert "bundle serve ${DOMAIN_LM_BUNDLE}" in text and "User=domain-lm" in text and "IPAddressDeny=any" in text
+    assert "DOMAIN_LM_BUNDLE_PUBLIC_KEY=%d/bundle-signing.pub" in text and "DOMAIN_LM_TEMPLATE_STORE=/var/lib/domain-lm/" in text
+    assert "StateDirectory=domain-lm" in text  # the store's directory is the one writable place besides logs
     env = dict(line.split("=", 1) for line in (DEPLOY / "systemd" / "domain-lm.env").read_text().splitlines() if line and not line.startswith("#"))
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
     for var in re.findall(r"\$\{?([A-Z_]+)\}?", text.split("ExecStart=")[1].splitlines()[0]):
