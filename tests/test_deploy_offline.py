@@ -106,10 +106,19 @@ def test_wheelhouse_install_refuses_a_changed_wheel(tmp_path):
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory, tiny_model_dir) -> Path:
-    out = tmp_path_factory.mktemp("bundles") / "bank-v1"
-    info = build_bundle(out, REPO / "task_templates", model=tiny_model_dir, name="bank-v1")
-    assert {t["name"] for t in info.metadata["task_templates"]} >= {"sentiment", "entities"}
+    """A bundle signed with a fresh key; its public key sits in ``<bundles>/keys/bundle-signing.pub``."""
+    from domain_lm.signing import generate_keypair, load_private_key
+
+    root = tmp_path_factory.mktemp("bundles")
+    generate_keypair(root / "keys" / "bundle-signing.key", root / "keys" / "bundle-signing.pub")
+    out = root / "bank-v1"
+    info = build_bundle(out, REPO / "task_templates", model=tiny_model_dir, name="bank-v1", signing_key=load_private_key(root / "keys" / "bundle-signing.key"))
+    assert {t["name"] for t in info.metadata["task_templates"]} >= {"sentiment", "entities"} and info.signed_by
     return out
+
+
+def _public_key(bundle_dir: Path) -> str:
+    return str(bundle_dir.parent / "keys" / "bundle-signing.pub")
 
 
 def test_tampered_bundle_is_refused_before_serving(offline_venv, bundle_dir, tmp_path):
@@ -120,7 +129,8 @@ def test_tampered_bundle_is_refused_before_serving(offline_venv, bundle_dir, tmp
     data[-100] ^= 0x01  # one byte, in the tensor data
     weights.write_bytes(bytes(data))
     port = _free_port()
-    r = subprocess.run([str(offline_venv / "bin" / "domain-lm"), "bundle", "serve", str(bad), "--engine", "hf", "--port", str(port)],
+    r = subprocess.run([str(offline_venv / "bin" / "domain-lm"), "bundle", "serve", str(bad), "--public-key", _public_key(bundle_dir),
+                        "--engine", "hf", "--port", str(port)],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "DOMAIN_LM_AUTH": "false"})
     msg = " ".join(r.stderr.split())
     assert r.returncode == 2, r.stdout + r.stderr
@@ -144,7 +154,7 @@ def test_offline_install_serves_a_verified_bundle_with_api_keys(offline_venv, bu
     digest = (bundle_dir / "MANIFEST.sha256").read_bytes()
     import hashlib
 
-    cmd = [dlm, "bundle", "serve", str(bundle_dir), "--manifest-sha256", hashlib.sha256(digest).hexdigest(),
+    cmd = [dlm, "bundle", "serve", str(bundle_dir), "--manifest-sha256", hashlib.sha256(digest).hexdigest(), "--public-key", _public_key(bundle_dir),
            "--engine", "hf", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
