@@ -283,6 +283,16 @@ def _copy_tree(src: Path, dest: Path) -> int:
     return n
 
 
+def _readable(root: Path) -> None:
+    """Give every staged file and directory ordinary umask modes: libraries that save through a
+    temporary file (merged weights) leave 0600, which a service user could not read."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(Path(dirpath) / d, atomic.DIR_MODE)
+        for f in filenames:
+            os.chmod(Path(dirpath) / f, atomic.FILE_MODE)
+
+
 def model_from_run(run: str | Path, stage: str | None = None, runs_dir: str | Path = "runs") -> tuple[Path, dict[str, Any]]:
     """The ``model`` artefact of a run's final generator stage (or of ``stage``), and its provenance."""
     from domain_lm.runstore import Run
@@ -441,6 +451,7 @@ def build_bundle(
         }
         atomic.write_json(staging / METADATA_NAME, meta)
         (staging / CARD_NAME).write_text(_card(meta, upstream_card), encoding="utf-8")
+        _readable(staging)
         digest = write_manifest(staging)
         if signing_key is not None:
             atomic.write_text(staging / SIGNATURE_NAME, signing.sign((staging / MANIFEST_NAME).read_bytes(), signing_key).to_json())

@@ -112,7 +112,10 @@ def _file_entries(path: Path) -> list[KeyEntry]:
     if not path.is_file():
         raise ConfigError(f"API keys file {path} does not exist.")
     raw = path.read_text(encoding="utf-8")
-    data = yaml.safe_load(raw) if path.suffix in (".yaml", ".yml") else None
+    try:
+        data = yaml.safe_load(raw) if path.suffix in (".yaml", ".yml") else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"API keys file {path} is not valid YAML: {e}") from None
     return parse_entries(json.dumps(data) if data is not None else raw, str(path))
 
 
