@@ -174,7 +174,10 @@ def check_signature(root: Path, raw_manifest: bytes, trusted: dict[str, Ed25519P
             f"Bundle {root} is not signed ({SIGNATURE_NAME} is missing), so nothing proves who built it. Sign it with "
             "`domain-lm bundle sign BUNDLE --key PRIVATE.pem`, or pass --allow-unsigned (development only)."
         )
-    signature = signing.Signature.from_json(sig_path.read_text(encoding="utf-8", errors="replace"), str(sig_path))
+    try:
+        signature = signing.Signature.from_json(sig_path.read_text(encoding="utf-8", errors="replace"), str(sig_path))
+    except signing.SigningError as e:
+        raise BundleError(str(e)) from None
     if not trusted:
         if allow_unsigned:
             log.warning("bundle %s is signed by %s but no trusted key was given; the signature was not checked", root, signature.key_id)
