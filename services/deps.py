@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from domain_lm.tasks import TemplateRegistry
 from services.errors import api_error
@@ -29,19 +30,22 @@ def get_registry(state: StateDep) -> TemplateRegistry:
 RegistryDep = Annotated[TemplateRegistry, Depends(get_registry)]
 
 
+# Declared as OpenAPI security schemes (not parameters), so clients and fuzzers know how to authenticate.
+_bearer = HTTPBearer(auto_error=False, description="An API key from `domain-lm serve keygen`, as `Authorization: Bearer KEY`.")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same key in an `X-API-Key` header.")
+
+
 def require_key(
     request: Request,
     state: StateDep,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+    x_api_key: Annotated[str | None, Depends(_api_key)] = None,
 ) -> Principal:
     """``Authorization: Bearer KEY`` (what OpenAI clients send) or ``X-API-Key: KEY``."""
     if not state.settings.auth:
         principal = ANONYMOUS
     else:
-        key = x_api_key
-        if key is None and authorization and authorization.lower().startswith("bearer "):
-            key = authorization[7:].strip()
+        key = x_api_key or (bearer.credentials.strip() if bearer is not None else None)
         principal = state.key_store().verify(key) if key else None
         if principal is None:
             request.scope["dlm_key_id"] = "invalid" if key else "none"

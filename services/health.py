@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.deps import StateDep, require_key
@@ -39,6 +40,8 @@ def readyz(state: StateDep) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics")
 def metrics(request: Request, state: StateDep) -> Response:
     if not state.settings.metrics_public:
-        require_key(request, state, request.headers.get("authorization"), request.headers.get("x-api-key"))
+        auth = request.headers.get("authorization") or ""
+        bearer = HTTPAuthorizationCredentials(scheme="Bearer", credentials=auth[7:]) if auth.lower().startswith("bearer ") else None
+        require_key(request, state, bearer, request.headers.get("x-api-key"))
     state.metrics.engine_ready.set(1 if state.ready() else 0)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 
 from services.deps import ApiKeyDep, CallDep, StateDep
 from services.tasks.handler import TaskHandler
@@ -21,6 +21,7 @@ def get_handler(state: StateDep) -> TaskHandler:
 
 
 HandlerDep = Annotated[TaskHandler, Depends(get_handler)]
+Name = Annotated[str, Path(description="A task name (see GET /v1/tasks).", examples=["sentiment"], max_length=128)]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "key may not use the task"},
@@ -39,17 +40,17 @@ def list_tasks(handler: HandlerDep, principal: ApiKeyDep) -> list[dict[str, Any]
 
 
 @router.get("/{name}", response_model=TaskDetail, summary="A task's input and output schemas", responses={403: _ERRORS[403], 404: _ERRORS[404]})
-def describe_task(name: str, handler: HandlerDep, principal: ApiKeyDep, version: int | None = None) -> dict[str, Any]:
+def describe_task(name: Name, handler: HandlerDep, principal: ApiKeyDep, version: int | None = None) -> dict[str, Any]:
     return handler.describe(principal, name, version)
 
 
 @router.post("/{name}:batch", response_model=BatchResponse, summary="Answer many inputs of one task", responses=_ERRORS)
-async def run_batch(name: str, body: BatchRequest, handler: HandlerDep, call: CallDep) -> BatchResponse:
+async def run_batch(name: Name, body: BatchRequest, handler: HandlerDep, call: CallDep) -> BatchResponse:
     return await handler.run_batch(call, name, body)
 
 
 @router.post("/{name}", response_model=TaskResponse, summary="Answer one input with a typed, contract-checked output", responses=_ERRORS)
-async def run_task(name: str, body: TaskRequest, handler: HandlerDep, call: CallDep) -> TaskResponse:
+async def run_task(name: Name, body: TaskRequest, handler: HandlerDep, call: CallDep) -> TaskResponse:
     return await handler.run(call, name, body)
 
 
@@ -65,5 +66,5 @@ async def run_task(name: str, body: TaskRequest, handler: HandlerDep, call: Call
         }
     },
 )
-async def put_task(name: str, request: Request, handler: HandlerDep, call: CallDep) -> TaskRegistered:
+async def put_task(name: Name, request: Request, handler: HandlerDep, call: CallDep) -> TaskRegistered:
     return await handler.register(call, name, await request.body())
