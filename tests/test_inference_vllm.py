@@ -201,3 +201,23 @@ def test_chat_streams_tokens_as_they_arrive(engine, templates_dir):
     chunks = [json.loads(e) for e in events[:-1]]
     content = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"][0]["delta"].get("content")]
     assert "".join(content) == final.text and chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_invalid_sampling_values_are_client_errors_not_500(engine, templates_dir):
+    """Issue 15, finding 8: ``"stop": ""`` answered 500 (vLLM's validation error was not mapped)."""
+    from domain_lm.inference import EngineError, GenerationRequest
+
+    msgs = [{"role": "user", "content": "Profit rose in 2022."}]
+    with pytest.raises(EngineError, match="vLLM rejected the request"):
+        engine.generate_batch([GenerationRequest(messages=msgs, max_tokens=4, stop=[""])])
+    app = make_app(engine, templates_dir)
+    long_prompt = "bank " * 3000  # under the service's character ceiling, over the model's 2048 tokens
+    empty_stop, too_long, ok = asyncio.run(_post_all(app, [
+        ("/v1/chat/completions", {"messages": msgs, "max_tokens": 4, "stop": ""}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 4}),
+        ("/v1/chat/completions", {"messages": msgs, "max_tokens": 4, "stop": ["\n\n"]}),
+    ]))
+    assert empty_stop.status_code == 422 and "stop" in empty_stop.text
+    assert too_long.status_code == 400 and too_long.json()["detail"]["error"] == "engine_rejected", too_long.text
+    assert ok.status_code == 200
+    assert engine.is_ready()  # the engine survived both
