@@ -131,7 +131,7 @@ examples:
         assert c.post("/v1/tasks/complaint", json={"input": {"text": "My card was charged twice."}}).status_code == 404
         put = c.put("/v1/tasks/complaint", content=yaml_text, headers={"Content-Type": "application/yaml"})
         assert put.status_code == 200, put.text
-        assert put.json()["version"] == 1 and (templates_dir / "complaint.yaml").is_file()
+        assert put.json()["version"] == 1 and (templates_dir / ".versions" / "complaint@1.yaml").is_file()  # the default store
         r = c.post("/v1/tasks/complaint", json={"input": {"text": "My card was charged twice."}})
         assert r.status_code == 200, r.text
         assert r.json()["output"] in {"complaint", "other"}

@@ -212,6 +212,7 @@ class VllmEngine:
 
     async def _results(self, request: GenerationRequest) -> AsyncIterator[GenerationResult]:
         """Cumulative results of one request, on the engine loop."""
+        from vllm.exceptions import VLLMValidationError
         from vllm.inputs import TokensPrompt
 
         if self._llm is None:
@@ -226,7 +227,7 @@ class VllmEngine:
             async for out in self._llm.generate(prompt, params, request_id, lora_request=self._lora_request(request.adapter)):
                 if out.outputs:
                     yield self._to_result(request, out)
-        except (ValueError, TypeError) as e:  # vLLM's input checks (prompt longer than max_model_len, bad values)
+        except (ValueError, TypeError, VLLMValidationError) as e:  # vLLM's input checks (prompt too long, bad values)
             raise EngineError(f"vLLM rejected the request: {e}") from e
 
     def _to_result(self, request: GenerationRequest, out: Any) -> GenerationResult:
