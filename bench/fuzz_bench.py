@@ -32,8 +32,10 @@ def main() -> int:
     for line in report.server_errors[:20]:
         print(f"  {line}")
     print(f"status mix:           {dict(sorted(report.statuses.items()))}")
-    print(f"/healthz during fuzz: p99 {report.healthz_p99_ms:.1f} ms over {len(report.healthz_ms)} probes "
-          f"(max {max(report.healthz_ms, default=0):.1f} ms)")
+    print(
+        f"/healthz during fuzz: p99 {report.healthz_p99_ms:.1f} ms over {len(report.healthz_ms)} probes "
+        f"(max {max(report.healthz_ms, default=0):.1f} ms)"
+    )
     print(f"wall time:            {report.seconds:.0f} s")
     return 1 if report.server_errors else 0
 

@@ -310,8 +310,7 @@ def model_from_run(run: str | Path, stage: str | None = None, runs_dir: str | Pa
     done = {s: r for s in names if (r := store.load(s)) is not None and r.has("model")}
     if not done:
         raise BundleError(
-            f"Run {root} has no complete stage ({'|'.join(names)}) with a model artefact. "
-            "Run the pipeline first, or pass --model DIR."
+            f"Run {root} has no complete stage ({'|'.join(names)}) with a model artefact. Run the pipeline first, or pass --model DIR."
         )
     # The RLHF stage that finished last is the deployable model; otherwise the latest in pipeline order.
     rl = [done[s] for s in ("ppo", "dpo") if s in done]

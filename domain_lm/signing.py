@@ -117,5 +117,7 @@ def verify(data: bytes, signature: Signature, trusted: dict[str, Ed25519PublicKe
     try:
         key.verify(signature.signature, data)
     except InvalidSignature:
-        raise SigningError(f"{what} has a signature that does not match its contents: it was changed after signing. Do not serve it.") from None
+        raise SigningError(
+            f"{what} has a signature that does not match its contents: it was changed after signing. Do not serve it."
+        ) from None
     return signature.key_id

@@ -37,8 +37,14 @@ def _adapters(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _engine_options(kind: str, section: Any, gpu_memory_utilization: float | None, max_model_len: int | None,
-                    kv_cache_gib: float | None, tensor_parallel_size: int) -> dict[str, Any]:
+def _engine_options(
+    kind: str,
+    section: Any,
+    gpu_memory_utilization: float | None,
+    max_model_len: int | None,
+    kv_cache_gib: float | None,
+    tensor_parallel_size: int,
+) -> dict[str, Any]:
     if kind not in ("vllm", "auto"):
         return {}
     options: dict[str, Any] = {
@@ -57,7 +63,9 @@ def serve(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model dir, adapter dir, run dir or store name.")] = None,
     templates: Annotated[Optional[Path], typer.Option("--templates", "-t", help="Task template directory.")] = None,
-    template_store: Annotated[Optional[Path], typer.Option("--template-store", help="Writable store for templates registered at run time.")] = None,
+    template_store: Annotated[
+        Optional[Path], typer.Option("--template-store", help="Writable store for templates registered at run time.")
+    ] = None,
     engine: Annotated[Optional[str], typer.Option("--engine", help="auto, vllm or hf.")] = None,
     adapter: Annotated[Optional[list[str]], typer.Option("--adapter", help="LoRA adapter NAME=PATH (repeatable).")] = None,
     host: Annotated[Optional[str], typer.Option("--host")] = None,
@@ -65,13 +73,19 @@ def serve(
     max_queue: Annotated[Optional[int], typer.Option("--max-queue", help="Requests in flight before 429.")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Per-request timeout (s) before 504.")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Disable API keys (local development only).")] = False,
-    api_keys_file: Annotated[Optional[Path], typer.Option("--api-keys-file", help="YAML/JSON file of hashed keys (re-read on change).")] = None,
+    api_keys_file: Annotated[
+        Optional[Path], typer.Option("--api-keys-file", help="YAML/JSON file of hashed keys (re-read on change).")
+    ] = None,
     audit_log: Annotated[Optional[Path], typer.Option("--audit-log", help="Write audit lines (JSON) to this file (rotated).")] = None,
     log_bodies: Annotated[bool, typer.Option("--log-bodies", help="Include PII-masked inputs in audit lines.")] = False,
     no_docs: Annotated[bool, typer.Option("--no-docs", help="Do not serve /docs and /openapi.json.")] = False,
-    gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization", help="vLLM memory share (RAM share on CPU).")] = None,
+    gpu_memory_utilization: Annotated[
+        Optional[float], typer.Option("--gpu-memory-utilization", help="vLLM memory share (RAM share on CPU).")
+    ] = None,
     max_model_len: Annotated[Optional[int], typer.Option("--max-model-len")] = None,
-    kv_cache_gib: Annotated[Optional[float], typer.Option("--kv-cache-gib", help="vLLM KV cache size (GiB), instead of a memory share.")] = None,
+    kv_cache_gib: Annotated[
+        Optional[float], typer.Option("--kv-cache-gib", help="vLLM KV cache size (GiB), instead of a memory share.")
+    ] = None,
     tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", help="GPUs per model (vLLM).")] = 1,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
     config: ConfigOpt = None,
@@ -110,9 +124,14 @@ def serve(
             kwargs[key] = flag
         elif f"DOMAIN_LM_{key.upper()}" not in os.environ:
             kwargs[key] = from_config
-    flags = {"template_store": str(template_store) if template_store else None, "api_keys_file": str(api_keys_file) if api_keys_file else None,
-             "audit_log": str(audit_log) if audit_log else None, "auth": False if no_auth else None, "log_bodies": True if log_bodies else None,
-             "docs": False if no_docs else None}
+    flags = {
+        "template_store": str(template_store) if template_store else None,
+        "api_keys_file": str(api_keys_file) if api_keys_file else None,
+        "audit_log": str(audit_log) if audit_log else None,
+        "auth": False if no_auth else None,
+        "log_bodies": True if log_bodies else None,
+        "docs": False if no_docs else None,
+    }
     kwargs.update({k: v for k, v in flags.items() if v is not None})
     settings = ServiceSettings(**kwargs)
     configure_logging(log_level.upper(), settings.audit_log, settings.audit_log_max_bytes, settings.audit_log_backups)

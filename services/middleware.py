@@ -72,7 +72,9 @@ class ObserveMiddleware:
             length = 0
         try:
             if length > limit:
-                await _reject(send_wrapper, 413, {"error": "body_too_large", "message": f"request body is {length} bytes; the limit is {limit}"})
+                await _reject(
+                    send_wrapper, 413, {"error": "body_too_large", "message": f"request body is {length} bytes; the limit is {limit}"}
+                )
                 return
             received = 0
 
@@ -117,5 +119,11 @@ class ObserveMiddleware:
 
 async def _reject(send: Any, status: int, detail: dict) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

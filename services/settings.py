@@ -35,7 +35,9 @@ class ServiceSettings(BaseSettings):
 
     auth: bool = Field(True, description="Require API keys. Only disable for local development (--no-auth).")
     api_keys: str | None = Field(None, description="Key entries (JSON list or 'id:sha256[:task|task][:admin]' comma list).")
-    api_keys_file: str | None = Field(None, description="YAML/JSON file with `keys: [{id, sha256, tasks, admin}]`; re-read when it changes.")
+    api_keys_file: str | None = Field(
+        None, description="YAML/JSON file with `keys: [{id, sha256, tasks, admin}]`; re-read when it changes."
+    )
     keys_reload_interval_s: float = Field(1.0, ge=0, description="Minimum seconds between checks of the key file for changes.")
 
     max_queue: int = Field(64, ge=1, description="Requests in flight (queued or generating); beyond it: 429.")

@@ -75,9 +75,7 @@ class ServiceState:
         """Create the engine from settings (blocking; run in a thread so /healthz answers meanwhile)."""
         s = self.settings
         try:
-            engine = create_engine(
-                s.model or "", kind=s.engine, adapters=s.adapters or None, model_name=s.model_name, **s.engine_options
-            )
+            engine = create_engine(s.model or "", kind=s.engine, adapters=s.adapters or None, model_name=s.model_name, **s.engine_options)
         except Exception as e:
             self.engine_error = f"{type(e).__name__}: {e}"
             log.exception("engine failed to load")

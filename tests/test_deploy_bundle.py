@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from domain_lm.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleError, build_bundle, read_manifest, verify_bundle
@@ -56,7 +55,9 @@ def bundle(tmp_path, tiny_model_dir, templates) -> Path:
 
 def test_build_writes_manifest_over_every_file(bundle, tiny_model_dir):
     entries, digest = read_manifest(bundle)
-    files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file() and p.name not in (MANIFEST_NAME, SIGNATURE_NAME))
+    files = sorted(
+        p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file() and p.name not in (MANIFEST_NAME, SIGNATURE_NAME)
+    )
     assert sorted(entries) == files
     assert "model/model.safetensors" in entries and "templates/demo_label.yaml" in entries
     assert "templates/.editor-swap" not in entries  # hidden files stay behind ...
@@ -154,7 +155,9 @@ def _fake_stage(run: Path, stage: str, model: Path, finished: float) -> None:
     d = run / stage
     shutil.copytree(model, d / "model")
     (d / "MODEL_CARD.md").write_text(f"# {stage} card\n")
-    r = StageResult(stage=stage, path=d, fingerprint=f"fp-{stage}", artefacts={"model": "model"}, metrics={"loss": 1.0}, finished_at=finished)
+    r = StageResult(
+        stage=stage, path=d, fingerprint=f"fp-{stage}", artefacts={"model": "model"}, metrics={"loss": 1.0}, finished_at=finished
+    )
     (d / "manifest.json").write_text(json.dumps(r.to_manifest()))
 
 
@@ -202,12 +205,29 @@ def test_cli_keygen_build_sign_and_verify(tmp_path, tiny_model_dir):
     assert k.returncode == 0, k.stdout + k.stderr
     private, public = tmp_path / "keys" / "bundle-signing.key", tmp_path / "keys" / "bundle-signing.pub"
     assert private.stat().st_mode & 0o777 == 0o600 and b"PRIVATE KEY" in private.read_bytes()
-    b = subprocess.run(env_cmd + ["build", "--model", str(tiny_model_dir), "--templates", str(templates), "--out", str(tmp_path / "b"),
-                                  "--sign-key", str(private)], capture_output=True, text=True, cwd=tmp_path)
+    b = subprocess.run(
+        env_cmd
+        + [
+            "build",
+            "--model",
+            str(tiny_model_dir),
+            "--templates",
+            str(templates),
+            "--out",
+            str(tmp_path / "b"),
+            "--sign-key",
+            str(private),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert b.returncode == 0, b.stdout + b.stderr
     digest = b.stdout.strip()
     assert len(digest) == 64 and digest == read_manifest(tmp_path / "b")[1]
-    v = subprocess.run(env_cmd + ["verify", str(tmp_path / "b"), "--manifest-sha256", digest, "--public-key", str(public)], capture_output=True, text=True)
+    v = subprocess.run(
+        env_cmd + ["verify", str(tmp_path / "b"), "--manifest-sha256", digest, "--public-key", str(public)], capture_output=True, text=True
+    )
     assert v.returncode == 0 and "match MANIFEST.sha256" in v.stderr and "signed by key" in v.stderr, v.stdout + v.stderr
     v = subprocess.run(env_cmd + ["verify", str(tmp_path / "b")], capture_output=True, text=True)
     assert v.returncode == 2 and "no trusted public key" in " ".join(v.stderr.split()), v.stdout + v.stderr

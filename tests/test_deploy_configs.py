@@ -82,10 +82,21 @@ def test_entrypoint_verifies_bundle_then_serves(tmp_path):
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
     base = {"PATH": f"{fake.parent}:/usr/bin:/bin"}
-    run = lambda env, *args: subprocess.run(["sh", str(DEPLOY / "docker" / "entrypoint.sh"), *args], env={**base, **env}, capture_output=True, text=True)  # noqa: E731
+    run = lambda env, *args: subprocess.run(
+        ["sh", str(DEPLOY / "docker" / "entrypoint.sh"), *args], env={**base, **env}, capture_output=True, text=True
+    )  # noqa: E731
 
-    r = run({"DOMAIN_LM_BUNDLE": "/models/v1", "DOMAIN_LM_ENGINE": "vllm", "DOMAIN_LM_SERVE_ARGS": "--timeout 60",
-             "DOMAIN_LM_TENSOR_PARALLEL_SIZE": "2", "DOMAIN_LM_KV_CACHE_GIB": "4"}, "--max-queue", "8")
+    r = run(
+        {
+            "DOMAIN_LM_BUNDLE": "/models/v1",
+            "DOMAIN_LM_ENGINE": "vllm",
+            "DOMAIN_LM_SERVE_ARGS": "--timeout 60",
+            "DOMAIN_LM_TENSOR_PARALLEL_SIZE": "2",
+            "DOMAIN_LM_KV_CACHE_GIB": "4",
+        },
+        "--max-queue",
+        "8",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:3] == ["bundle", "serve", "/models/v1"]
     args = r.stdout.split()
@@ -168,7 +179,9 @@ def _compose(tmp_path: Path, *args: str, file: Path | None = None) -> subprocess
     (root / "secrets" / "api-keys.yaml").write_text("keys: []\n")
     (root / "secrets" / "bundle-signing.pub").write_text("-----BEGIN PUBLIC KEY-----\n")
     env = {**os.environ, "DOMAIN_LM_ROOT": str(root), "DOMAIN_LM_BUNDLE_NAME": "bank-v1"}
-    return subprocess.run([compose, "-f", str(file or DEPLOY / "docker-compose.yaml"), "config", *args], env=env, capture_output=True, text=True)
+    return subprocess.run(
+        [compose, "-f", str(file or DEPLOY / "docker-compose.yaml"), "config", *args], env=env, capture_output=True, text=True
+    )
 
 
 def test_compose_file_validates_and_isolates_the_service(tmp_path):
@@ -204,8 +217,12 @@ def test_compose_gpu_override_reserves_gpus(tmp_path):
     (root / "secrets" / "api-keys.yaml").write_text("keys: []\n")
     (root / "secrets" / "bundle-signing.pub").write_text("-----BEGIN PUBLIC KEY-----\n")
     env = {**os.environ, "DOMAIN_LM_ROOT": str(root), "DOMAIN_LM_TENSOR_PARALLEL_SIZE": "4"}
-    r = subprocess.run([compose, "-f", str(DEPLOY / "docker-compose.yaml"), "-f", str(DEPLOY / "docker-compose.gpu.yaml"), "config", "--format", "json"],
-                       env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [compose, "-f", str(DEPLOY / "docker-compose.yaml"), "-f", str(DEPLOY / "docker-compose.gpu.yaml"), "config", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     svc = json.loads(r.stdout)["services"]["domain-lm"]
     assert svc["build"]["dockerfile"] == "deploy/Dockerfile.gpu" and svc["image"] == "domain-lm:gpu"
@@ -264,7 +281,14 @@ def test_helm_chart_lints():
 
 
 def test_helm_cpu_render_is_valid_kubernetes(tmp_path):
-    docs = _render({"apiKeys": {"entries": [ENTRY, {**ENTRY, "id": "ops", "admin": True}]}, "serve": {"extraArgs": ["--max-model-len", "4096"]}, "templates": {"files": {"sentiment.yaml": "name: sentiment\n"}}, "ingress": {"enabled": True}})
+    docs = _render(
+        {
+            "apiKeys": {"entries": [ENTRY, {**ENTRY, "id": "ops", "admin": True}]},
+            "serve": {"extraArgs": ["--max-model-len", "4096"]},
+            "templates": {"files": {"sentiment.yaml": "name: sentiment\n"}},
+            "ingress": {"enabled": True},
+        }
+    )
     _validate_k8s(docs)
     kinds = _by_kind(docs)
     assert {"Deployment", "Service", "ConfigMap", "Secret", "NetworkPolicy", "Ingress"} <= set(kinds)
@@ -296,7 +320,10 @@ def test_helm_cpu_render_is_valid_kubernetes(tmp_path):
     assert kinds["Service"]["spec"]["ports"][0]["targetPort"] == "http"
     assert next(v for v in pod["volumes"] if v["name"] == "shm")["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
     # Signed bundles only; runtime templates in a writable store; no docs; the ingress publishes the API only.
-    assert env["DOMAIN_LM_BUNDLE_PUBLIC_KEY"] == mounts["bundle-keys"]["mountPath"] + "/bundle-signing.pub" and mounts["bundle-keys"]["readOnly"]
+    assert (
+        env["DOMAIN_LM_BUNDLE_PUBLIC_KEY"] == mounts["bundle-keys"]["mountPath"] + "/bundle-signing.pub"
+        and mounts["bundle-keys"]["readOnly"]
+    )
     assert next(v for v in pod["volumes"] if v["name"] == "bundle-keys")["secret"]["secretName"] == "bundle-signing-key"
     assert env["DOMAIN_LM_TEMPLATE_STORE"] == mounts["template-store"]["mountPath"] and not mounts["template-store"].get("readOnly")
     assert env["DOMAIN_LM_DOCS"] == "false" and "DOMAIN_LM_BUNDLE_ALLOW_UNSIGNED" not in env
@@ -306,8 +333,15 @@ def test_helm_cpu_render_is_valid_kubernetes(tmp_path):
 
 def test_helm_signing_key_inline_and_shared_template_store():
     pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----"
-    docs = _render({"bundle": {"name": "current", "publicKey": pem}, "apiKeys": {"entries": [ENTRY]}, "replicaCount": 3,
-                    "templateStore": {"existingClaim": "templates-rwx"}}, signed=False)
+    docs = _render(
+        {
+            "bundle": {"name": "current", "publicKey": pem},
+            "apiKeys": {"entries": [ENTRY]},
+            "replicaCount": 3,
+            "templateStore": {"existingClaim": "templates-rwx"},
+        },
+        signed=False,
+    )
     _validate_k8s(docs)
     key_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-bundle-key"))
     assert key_map["data"]["bundle-signing.pub"].strip() == pem
@@ -319,7 +353,14 @@ def test_helm_signing_key_inline_and_shared_template_store():
 
 
 def test_helm_gpu_tensor_parallel_switch():
-    docs = _render({"apiKeys": {"existingSecret": "bank-keys"}, "gpu": {"enabled": True}, "tensorParallel": {"enabled": True, "size": 4}, "image": {"tag": "0.1.0-gpu"}})
+    docs = _render(
+        {
+            "apiKeys": {"existingSecret": "bank-keys"},
+            "gpu": {"enabled": True},
+            "tensorParallel": {"enabled": True, "size": 4},
+            "image": {"tag": "0.1.0-gpu"},
+        }
+    )
     _validate_k8s(docs)
     kinds = _by_kind(docs)
     assert "Secret" not in kinds  # the existing Secret is used
@@ -389,7 +430,9 @@ def test_systemd_unit_verifies(tmp_path):
     assert "bundle serve ${DOMAIN_LM_BUNDLE}" in text and "User=domain-lm" in text and "IPAddressDeny=any" in text
     assert "DOMAIN_LM_BUNDLE_PUBLIC_KEY=%d/bundle-signing.pub" in text and "DOMAIN_LM_TEMPLATE_STORE=/var/lib/domain-lm/" in text
     assert "StateDirectory=domain-lm" in text  # the store's directory is the one writable place besides logs
-    env = dict(line.split("=", 1) for line in (DEPLOY / "systemd" / "domain-lm.env").read_text().splitlines() if line and not line.startswith("#"))
+    env = dict(
+        line.split("=", 1) for line in (DEPLOY / "systemd" / "domain-lm.env").read_text().splitlines() if line and not line.startswith("#")
+    )
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
     for var in re.findall(r"\$\{?([A-Z_]+)\}?", text.split("ExecStart=")[1].splitlines()[0]):
         assert var in env, f"ExecStart uses ${var}, which domain-lm.env does not set"

@@ -70,7 +70,11 @@ def test_register_new_task_without_persist_dir():
     with pytest.raises(UnknownTaskError):
         reg.get("mini", 2)
     with pytest.raises(TemplateError, match="needs `max_length`"):
-        reg.register(mini(**{"  kind: label": "  kind: text"}).replace("  labels: [approve, reject]\n", "").replace("  display:\n    zh: {approve: 批准, reject: 拒绝}\n", ""))
+        reg.register(
+            mini(**{"  kind: label": "  kind: text"})
+            .replace("  labels: [approve, reject]\n", "")
+            .replace("  display:\n    zh: {approve: 批准, reject: 拒绝}\n", "")
+        )
     assert reg.versions("mini") == [1]
 
 

@@ -46,7 +46,9 @@ def resolve_model(spec: str) -> tuple[Path, dict[str, str]]:
             result = run.load(stage)
             if result is not None and result.has("model"):
                 return result.artefact("model"), {}
-        raise ModelNotFoundError(f"{p} is neither a model directory, an adapter directory nor a run with a finished model stage ({', '.join(MODEL_STAGES)}).")
+        raise ModelNotFoundError(
+            f"{p} is neither a model directory, an adapter directory nor a run with a finished model stage ({', '.join(MODEL_STAGES)})."
+        )
     return registry.resolve(spec), {}
 
 

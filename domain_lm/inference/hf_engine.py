@@ -140,7 +140,11 @@ class HFEngine:
         if self.context_length is None:
             return
         n = len(encode_prompt(self.tokenizer, request))
-        longest = max((len(self.tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in request.choices), default=0) if request.choices else 0
+        longest = (
+            max((len(self.tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in request.choices), default=0)
+            if request.choices
+            else 0
+        )
         need = n + (longest if request.choices is not None else request.max_tokens)
         if need > self.context_length:
             raise EngineError(
@@ -267,7 +271,10 @@ class HFEngine:
         for (i, c, p, cont), s in zip(pairs, scores):
             if i not in best or s > best[i][0]:
                 best[i] = (s, c, len(p), len(cont) - 1)
-        return [GenerationResult(text=best[i][1], prompt_tokens=best[i][2], completion_tokens=best[i][3], finish_reason="stop") for i in range(len(requests))]
+        return [
+            GenerationResult(text=best[i][1], prompt_tokens=best[i][2], completion_tokens=best[i][3], finish_reason="stop")
+            for i in range(len(requests))
+        ]
 
     # ------------------------------------------------------------------ free / constrained generation
 
@@ -340,7 +347,11 @@ class HFEngine:
             for s in r.stop or []:
                 if s in text:
                     text, finish = text[: text.index(s)], "stop"
-            results.append(GenerationResult(text=text, prompt_tokens=int(enc["attention_mask"][row].sum()), completion_tokens=len(new), finish_reason=finish))
+            results.append(
+                GenerationResult(
+                    text=text, prompt_tokens=int(enc["attention_mask"][row].sum()), completion_tokens=len(new), finish_reason=finish
+                )
+            )
         return results
 
 

@@ -280,7 +280,8 @@ class TemplateRegistry:
         if self.read_only:
             raise TemplateError(
                 "run-time registration is off: these templates are read-only (a verified bundle's); "
-                "give the service a writable template store (--template-store / DOMAIN_LM_TEMPLATE_STORE)", REGISTERED
+                "give the service a writable template store (--template-store / DOMAIN_LM_TEMPLATE_STORE)",
+                REGISTERED,
             )
         with self._lock:
             for _ in range(5):
@@ -306,7 +307,10 @@ class TemplateRegistry:
             existing = (known or {}).get(template.version)
             if template.version == latest and existing is not None and existing.fingerprint == template.fingerprint:
                 return existing  # idempotent re-registration of the current template
-            raise src.error(("version",), f"task {template.name!r} is at version {latest}; a new template must have a higher version (or omit `version`)")
+            raise src.error(
+                ("version",),
+                f"task {template.name!r} is at version {latest}; a new template must have a higher version (or omit `version`)",
+            )
         if self.store is not None:
             path = self.store.write(template.name, template.version, _persisted_text(source, template), author, request_id)
             if (key := _stat_key(path)) is not None:

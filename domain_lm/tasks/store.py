@@ -84,8 +84,17 @@ class TemplateStore:
         finally:
             Path(tmp).unlink(missing_ok=True)
         self._sync_dir()
-        self._audit({"ts": when, "who": who, "request_id": request_id, "task": name, "version": version,
-                     "sha256": hashlib.sha256(data).hexdigest(), "file": target.name})
+        self._audit(
+            {
+                "ts": when,
+                "who": who,
+                "request_id": request_id,
+                "task": name,
+                "version": version,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "file": target.name,
+            }
+        )
         return target
 
     def _sync_dir(self) -> None:

@@ -42,7 +42,12 @@ class ConsoleHandler(Handler):
         except TemplateError as e:
             return {**_failed(e), "items": []}
         registry = self.registry
-        result = {"ok": True, "errors": [], "template": editor.summary(template, registry), "unchanged": editor.unchanged(template, registry)}
+        result = {
+            "ok": True,
+            "errors": [],
+            "template": editor.summary(template, registry),
+            "unchanged": editor.unchanged(template, registry),
+        }
         if lang not in template.languages:
             problem = {"message": f"the draft has no language {lang!r} (it has {', '.join(template.languages)})", "line": None}
             return {**result, "ok": False, "errors": [problem], "items": []}

@@ -24,7 +24,10 @@ from services.state import ServiceState
 
 STATIC = Path(__file__).parent / "static"
 #: Security headers for the pages: nothing may load from outside the service (air-gapped anyway).
-_CSP = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-src 'self' blob: data:; object-src 'none'; base-uri 'none'"
+_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-src 'self' blob: data:; "
+    "object-src 'none'; base-uri 'none'"
+)
 
 router = APIRouter(prefix="/console", tags=["console"])
 
@@ -82,7 +85,9 @@ def session(principal: ApiKeyDep, state: StateDep) -> dict[str, Any]:
 def tasks(registry: RegistryDep, principal: ApiKeyDep) -> dict[str, Any]:
     items = [editor.summary(t, registry) for t in registry if principal.may_run(t.name)]
     # Broken files are only an admin's business, named by file name (not the server's directory).
-    problems = [{"file": Path(e.file or "?").name, "line": e.line, "message": e.message} for e in registry.errors] if principal.admin else []
+    problems = (
+        [{"file": Path(e.file or "?").name, "line": e.line, "message": e.message} for e in registry.errors] if principal.admin else []
+    )
     return {"tasks": items, "problems": problems}
 
 
@@ -96,7 +101,8 @@ def task(name: str, registry: RegistryDep, principal: ApiKeyDep) -> dict[str, An
         raise api_error(404, "unknown_task", str(e)) from None
     out = editor.summary(t, registry)
     out["history"] = [
-        {"version": v, "description": registry.get(name, v).description, "current": v == t.version} for v in sorted(registry.versions(name), reverse=True)
+        {"version": v, "description": registry.get(name, v).description, "current": v == t.version}
+        for v in sorted(registry.versions(name), reverse=True)
     ]
     return out
 
@@ -166,4 +172,7 @@ def run_detail(name: str, state: StateDep, principal: ApiKeyDep) -> dict[str, An
 def run_report(name: str, state: StateDep, principal: ApiKeyDep) -> HTMLResponse:
     path = ConsoleHandler.report(runs_dir(state), name, principal)
     # The page shows it in a sandboxed iframe (no scripts); the CSP says the same to any browser.
-    return HTMLResponse(path.read_text(encoding="utf-8"), headers={"Content-Security-Policy": "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"})
+    return HTMLResponse(
+        path.read_text(encoding="utf-8"),
+        headers={"Content-Security-Policy": "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"},
+    )

@@ -41,7 +41,9 @@ def _schema_of(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
         jsonschema.Draft202012Validator.check_schema(schema)
     except (jsonschema.SchemaError, RecursionError) as e:
         message = e.message if isinstance(e, jsonschema.SchemaError) else "too deeply nested"
-        raise api_error(422, "invalid_input", f"response_format schema is not a valid JSON schema: {message}", field="response_format") from None
+        raise api_error(
+            422, "invalid_input", f"response_format schema is not a valid JSON schema: {message}", field="response_format"
+        ) from None
     return schema
 
 
@@ -51,7 +53,9 @@ def completion(result: GenerationResult, model: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": result.finish_reason, "logprobs": None}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": result.finish_reason, "logprobs": None}
+        ],
         "usage": {
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
@@ -118,7 +122,13 @@ class ChatHandler(Handler):
         cid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None) -> str:
-            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            data = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
         sent, last = "", None

@@ -147,7 +147,9 @@ def _check_in_fork(job: dict[str, Any]) -> dict[str, Any]:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([r], [], [], left)[0]:
                 os.kill(pid, signal.SIGKILL)
-                return _refused(f"the template took longer than {job['timeout_s']:g}s to compile and render; simplify its expressions and loops")
+                return _refused(
+                    f"the template took longer than {job['timeout_s']:g}s to compile and render; simplify its expressions and loops"
+                )
             chunk = os.read(r, 65536)
             if not chunk:
                 break
@@ -208,7 +210,13 @@ class TemplateChecker:
         return await asyncio.to_thread(self._run, text, default_name)
 
     def _run(self, text: str, default_name: str | None) -> Checked:
-        job = {"text": text, "name": default_name, "max_chars": self.max_chars, "extra_bytes": self.extra_bytes, "timeout_s": self.timeout_s}
+        job = {
+            "text": text,
+            "name": default_name,
+            "max_chars": self.max_chars,
+            "extra_bytes": self.extra_bytes,
+            "timeout_s": self.timeout_s,
+        }
         with self._lock:  # one job at a time on the helper's pipe; each is bounded by its deadline
             proc = self._helper()
             try:

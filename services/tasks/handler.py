@@ -71,9 +71,16 @@ class TaskHandler(Handler):
         """The service's size ceiling, then the template's own checks (422 names the field)."""
         limit = self.settings.max_input_chars
         for key, value in inputs.items():
-            size = len(value) if isinstance(value, str) else sum(len(v) for v in value if isinstance(v, str)) if isinstance(value, list) else 0
+            size = (
+                len(value) if isinstance(value, str) else sum(len(v) for v in value if isinstance(v, str)) if isinstance(value, list) else 0
+            )
             if size > limit:
-                raise api_error(422, "invalid_input", f"input {key!r} is {size} characters; the service accepts at most {limit}", field=f"{prefix}.{key}")
+                raise api_error(
+                    422,
+                    "invalid_input",
+                    f"input {key!r} is {size} characters; the service accepts at most {limit}",
+                    field=f"{prefix}.{key}",
+                )
         try:
             t.num_variants(lang)  # an unknown language is the request's fault, named as "lang"
             return t.validate_inputs(inputs)
@@ -116,9 +123,15 @@ class TaskHandler(Handler):
                 items.append(BatchItem(index=i, result=self._count(res)))
             else:
                 detail = self.error(res, name).detail
-                items.append(BatchItem(index=i, error=BatchItemError(error=detail["error"], message=detail["message"], raw_text=detail.get("raw_text"))))
+                items.append(
+                    BatchItem(
+                        index=i, error=BatchItemError(error=detail["error"], message=detail["message"], raw_text=detail.get("raw_text"))
+                    )
+                )
         answers = [r for r in results if isinstance(r, TaskAnswer)]
-        return BatchResponse(task=t.name, version=t.version, items=items, usage=_sum_usage(answers), latency_ms=(time.perf_counter() - t0) * 1000)
+        return BatchResponse(
+            task=t.name, version=t.version, items=items, usage=_sum_usage(answers), latency_ms=(time.perf_counter() - t0) * 1000
+        )
 
     # ------------------------------------------------------------------ register
 
@@ -130,8 +143,10 @@ class TaskHandler(Handler):
         registry = self.registry
         if not registry.writable:
             raise api_error(
-                409, "read_only", "run-time templates are off: this service serves a verified bundle's templates and has no "
-                "writable template store (start it with --template-store DIR or DOMAIN_LM_TEMPLATE_STORE)"
+                409,
+                "read_only",
+                "run-time templates are off: this service serves a verified bundle's templates and has no "
+                "writable template store (start it with --template-store DIR or DOMAIN_LM_TEMPLATE_STORE)",
             )
         text = raw.decode("utf-8", errors="replace")
         if not text.strip():

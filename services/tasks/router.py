@@ -39,7 +39,9 @@ def list_tasks(handler: HandlerDep, principal: ApiKeyDep) -> list[dict[str, Any]
     return handler.list(principal)
 
 
-@router.get("/{name}", response_model=TaskDetail, summary="A task's input and output schemas", responses={403: _ERRORS[403], 404: _ERRORS[404]})
+@router.get(
+    "/{name}", response_model=TaskDetail, summary="A task's input and output schemas", responses={403: _ERRORS[403], 404: _ERRORS[404]}
+)
 def describe_task(name: Name, handler: HandlerDep, principal: ApiKeyDep, version: int | None = None) -> dict[str, Any]:
     return handler.describe(principal, name, version)
 
@@ -58,7 +60,11 @@ async def run_task(name: Name, body: TaskRequest, handler: HandlerDep, call: Cal
     "/{name}",
     response_model=TaskRegistered,
     summary="Register a new version of a task (YAML or JSON body; admin key for that task)",
-    responses={400: {"description": "invalid template (with its line)"}, 403: _ERRORS[403], 409: {"description": "templates are read-only"}},
+    responses={
+        400: {"description": "invalid template (with its line)"},
+        403: _ERRORS[403],
+        409: {"description": "templates are read-only"},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,

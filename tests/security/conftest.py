@@ -45,8 +45,9 @@ def keys_file(tmp_path) -> Path:
 
 
 def make_app(templates: Path, keys_file: Path, engine=None, **kw):
-    settings = ServiceSettings(api_keys_file=str(keys_file), templates_dir=str(templates), template_reload_interval_s=0,
-                               keys_reload_interval_s=0, **kw)
+    settings = ServiceSettings(
+        api_keys_file=str(keys_file), templates_dir=str(templates), template_reload_interval_s=0, keys_reload_interval_s=0, **kw
+    )
     return create_app(settings, engine=engine or FakeEngine(model_name="fake"))
 
 

@@ -98,10 +98,30 @@ def _poll_healthz(base: str, stop: threading.Event, out: list[float]) -> None:
 
 def _schemathesis(base: str, key: str, examples: int, seed: int, har: Path) -> subprocess.CompletedProcess:
     cli = Path(sys.executable).with_name("schemathesis")
-    cmd = [str(cli), "run", f"{base}/openapi.json", "--max-examples", str(examples), "--seed", str(seed),
-           "--header", f"Authorization: Bearer {key}", "--checks", "not_a_server_error", "--no-shrink",
-           "--suppress-health-check", "all", "--workers", "1", "--request-timeout", "30",
-           "--report", "har", "--report-har-path", str(har)]
+    cmd = [
+        str(cli),
+        "run",
+        f"{base}/openapi.json",
+        "--max-examples",
+        str(examples),
+        "--seed",
+        str(seed),
+        "--header",
+        f"Authorization: Bearer {key}",
+        "--checks",
+        "not_a_server_error",
+        "--no-shrink",
+        "--suppress-health-check",
+        "all",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--report",
+        "har",
+        "--report-har-path",
+        str(har),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
 
 
@@ -120,7 +140,9 @@ def fuzz(total_requests: int, seed: int = 0, examples: int = 5) -> FuzzReport:
                     har = Path(tmp) / f"{name}-{run}.har"
                     done = _schemathesis(live.base, key, examples, seed + run, har)
                     if not har.is_file():
-                        raise RuntimeError(f"schemathesis wrote no report (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+                        raise RuntimeError(
+                            f"schemathesis wrote no report (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+                        )
                     _count(json.loads(har.read_text())["log"]["entries"], report, name)
                     if done.returncode != 0 and not report.server_errors:  # a failure that is not a 5xx: show it
                         report.server_errors.append(f"schemathesis failed ({name} key):\n{done.stdout[-2000:]}")
@@ -139,4 +161,6 @@ def _count(entries: list[dict], report: FuzzReport, key_name: str) -> None:
         report.statuses[status] += 1
         if status >= 500 or status == 0:  # 0: no response at all (the connection was dropped)
             req = e["request"]
-            report.server_errors.append(f"[{key_name}] {req['method']} {req['url']} -> {status}: {e['response'].get('content', {}).get('text', '')[:200]}")
+            report.server_errors.append(
+                f"[{key_name}] {req['method']} {req['url']} -> {status}: {e['response'].get('content', {}).get('text', '')[:200]}"
+            )

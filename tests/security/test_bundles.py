@@ -87,8 +87,16 @@ def test_symlinks_are_refused(bundle, tmp_path):
         verify_bundle(bundle, public_keys=TRUSTED)
 
 
-@pytest.mark.parametrize("field, value", [("model", "../../etc"), ("model", "/etc"), ("templates", "../outside"), ("adapters", {"x": "../../x"}),
-                                          ("adapters", {"../evil": "adapters/evil"})])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("model", "../../etc"),
+        ("model", "/etc"),
+        ("templates", "../outside"),
+        ("adapters", {"x": "../../x"}),
+        ("adapters", {"../evil": "adapters/evil"}),
+    ],
+)
 def test_paths_in_bundle_json_stay_inside_the_bundle(bundle, tmp_path, field, value):
     """Even a signer cannot point the service outside the bundle."""
     meta = json.loads((bundle / "bundle.json").read_text())

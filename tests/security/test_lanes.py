@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 
 import httpx
@@ -33,7 +32,9 @@ def test_random_task_names_leave_metrics_the_same_size(templates, keys_file):
                 c.post(f"/v1/tasks/{uuid.uuid4().hex}", json=SENTIMENT)
         after = c.get("/metrics").text
     assert _series(after) == before  # the same series; only their values grew
-    assert 'task="unknown"' in after and "x" not in {line.split('task="')[1].split('"')[0] for line in after.splitlines() if 'task="' in line}
+    assert 'task="unknown"' in after and "x" not in {
+        line.split('task="')[1].split('"')[0] for line in after.splitlines() if 'task="' in line
+    }
 
 
 def _series(text: str) -> list[str]:
@@ -63,7 +64,9 @@ def test_one_admission_for_tasks_batches_chat_streams_and_dry_runs(templates, ke
     ]
 
     async def go():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc", headers={"X-API-Key": ADMIN}, timeout=30) as c:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://svc", headers={"X-API-Key": ADMIN}, timeout=30
+        ) as c:
             app.state.service.checker.warm_up()
             holder = asyncio.create_task(c.post("/v1/tasks/sentiment", json=SENTIMENT))
             await asyncio.sleep(0.15)
@@ -120,8 +123,12 @@ def test_docs_are_a_setting(templates, keys_file):
 
 def test_no_server_paths_in_probes_or_render_errors(templates, keys_file):
     (templates / "broken.yaml").write_text("name: broken\nversion: [\n")
-    (templates / "fragile.yaml").write_text((templates / "sentiment.yaml").read_text().replace("name: sentiment", "name: fragile").replace(
-        "{{ text }}", "{{ 10 // ((text | length) - 5) }} {{ text }}"))
+    (templates / "fragile.yaml").write_text(
+        (templates / "sentiment.yaml")
+        .read_text()
+        .replace("name: sentiment", "name: fragile")
+        .replace("{{ text }}", "{{ 10 // ((text | length) - 5) }} {{ text }}")
+    )
     app = make_app(templates, keys_file)
     with client(app) as c:
         ready = c.get("/readyz").text
@@ -131,7 +138,9 @@ def test_no_server_paths_in_probes_or_render_errors(templates, keys_file):
     from services.app import create_app
     from services.settings import ServiceSettings
 
-    failed = create_app(ServiceSettings(api_keys_file=str(keys_file), templates_dir=str(templates), model="/srv/secret/models/x", engine="hf"))
+    failed = create_app(
+        ServiceSettings(api_keys_file=str(keys_file), templates_dir=str(templates), model="/srv/secret/models/x", engine="hf")
+    )
     failed.state.service.load_engine()  # fails: the directory does not exist
     body = client(failed).get("/readyz").json()
     assert body["status"] == "not_ready" and "/srv/secret" not in json.dumps(body)
@@ -178,6 +187,8 @@ def test_merged_model_files_are_readable_by_a_service_user(tmp_path, tiny_model_
     finally:
         os.umask(old)
     files = [p for p in info.root.rglob("*") if p.is_file()]
-    private = {str(p.relative_to(info.root)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files if stat.S_IMODE(p.stat().st_mode) & 0o044 != 0o044}
+    private = {
+        str(p.relative_to(info.root)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files if stat.S_IMODE(p.stat().st_mode) & 0o044 != 0o044
+    }
     assert files and not private, private
     assert stat.S_IMODE(info.root.stat().st_mode) & 0o055 == 0o055

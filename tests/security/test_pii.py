@@ -127,7 +127,10 @@ def test_ordinary_numbers_are_left_alone(text):
         ("six-digit numbers", "123456 " * 14_285),
         ("keywords", "account " * 12_500),
         ("phones", "+1 (212) 555-0199 " * 5_555),
-        ("realistic", ("Refund card 4111 1111 1111 1111 to jane.doe@bank.com; revenue 1,234,567 in 2024. 客户手机 13812345678。" * 1200)[:100_000]),
+        (
+            "realistic",
+            ("Refund card 4111 1111 1111 1111 to jane.doe@bank.com; revenue 1,234,567 in 2024. 客户手机 13812345678。" * 1200)[:100_000],
+        ),
     ],
 )
 def test_mask_is_linear_and_fast(name, text):
@@ -232,7 +235,15 @@ def test_masking_runs_on_the_listener_thread_not_the_caller(tmp_path):
         from services.logs import audit as audit_line
 
         for i in range(200):
-            audit_line("ops", "POST /v1/tasks/{name}", "sentiment", 200, 1.0, body={"text": "card 4111 1111 1111 1111 " + "z" * 200}, request_id=f"r{i}")
+            audit_line(
+                "ops",
+                "POST /v1/tasks/{name}",
+                "sentiment",
+                200,
+                1.0,
+                body={"text": "card 4111 1111 1111 1111 " + "z" * 200},
+                request_id=f"r{i}",
+            )
         stop_logging()
     finally:
         JsonFormatter.format = original  # type: ignore[method-assign]

@@ -20,7 +20,7 @@ from domain_lm.tasks import TemplateRegistry
 from domain_lm.tasks.store import TemplateStore, VersionTaken
 from services.console.editor import STARTER
 
-from .conftest import ADMIN, READER, SENTI_ADMIN, client, make_app, while_polling_healthz
+from .conftest import READER, SENTI_ADMIN, client, make_app, while_polling_healthz
 
 SENTIMENT = (Path(__file__).resolve().parents[2] / "task_templates" / "sentiment.yaml").read_text()
 NO_NAME = "\n".join(line for line in SENTIMENT.splitlines() if not line.startswith(("name:", "version:"))) + "\n"
@@ -38,8 +38,12 @@ HOSTILE = {
     # passes on the examples, explodes on a long input
     "input multiplied": NO_NAME.replace("{{ text }}", "{{ text*900000 }}", 1),
     # nested loops: no size, only time
-    "nested range": NO_NAME.replace("{{ text }}", "{% for i in range(99999) %}{% for j in range(99999) %}{{ i }}{% endfor %}{% endfor %}{{ text }}", 1),
-    "nested range, no output": NO_NAME.replace("{{ text }}", "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}{{ text }}", 1),
+    "nested range": NO_NAME.replace(
+        "{{ text }}", "{% for i in range(99999) %}{% for j in range(99999) %}{{ i }}{% endfor %}{% endfor %}{{ text }}", 1
+    ),
+    "nested range, no output": NO_NAME.replace(
+        "{{ text }}", "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}{{ text }}", 1
+    ),
 }
 
 
