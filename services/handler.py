@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from domain_lm.inference import Engine
 from domain_lm.inference.tasks import TaskRunner
@@ -41,13 +41,20 @@ class Handler:
     def __init__(self, state: ServiceState):
         self.state = state
 
+    @classmethod
+    def for_request(cls, state: ServiceState) -> Self:
+        """The handler for one request. A plain function dependency, so FastAPI runs it in its thread
+        pool: the template directory re-scan (which may compile changed files) never runs on the loop."""
+        state.templates()
+        return cls(state)
+
     @property
     def settings(self):
         return self.state.settings
 
     @property
     def registry(self) -> TemplateRegistry:
-        return self.state.templates()
+        return self.state.registry  # refreshed in ``for_request``, off the event loop
 
     @property
     def engine(self) -> Engine:

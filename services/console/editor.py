@@ -75,7 +75,8 @@ def parse_draft(text: str, registry: TemplateRegistry) -> TaskTemplate:
     if latest is not None and template.version <= latest:
         raise source.error(
             ("version",),
-            f"version: task {template.name!r} is already at version {latest}; use {latest + 1} or delete the version line to get it automatically",
+            f"version: task {template.name!r} is already at version {latest}; "
+            f"use {latest + 1} or delete the version line to get it automatically",
         )
     return template
 

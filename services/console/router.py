@@ -33,7 +33,7 @@ router = APIRouter(prefix="/console", tags=["console"])
 
 
 def get_handler(state: StateDep) -> ConsoleHandler:
-    return ConsoleHandler(state)
+    return ConsoleHandler.for_request(state)
 
 
 HandlerDep = Annotated[ConsoleHandler, Depends(get_handler)]

@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 
 def get_handler(state: StateDep) -> ChatHandler:
-    return ChatHandler(state)
+    return ChatHandler.for_request(state)
 
 
 HandlerDep = Annotated[ChatHandler, Depends(get_handler)]

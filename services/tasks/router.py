@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 
 def get_handler(state: StateDep) -> TaskHandler:
-    return TaskHandler(state)
+    return TaskHandler.for_request(state)
 
 
 HandlerDep = Annotated[TaskHandler, Depends(get_handler)]
