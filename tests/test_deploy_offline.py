@@ -32,6 +32,13 @@ SUBSET = ["typer", "click", "rich", "shellingham", "markdown-it-py", "mdurl", "p
 pytestmark = pytest.mark.slow
 
 
+def _offline_env(**extra: str) -> dict[str, str]:
+    """The environment of a process of the offline install: no pip settings, and no PYTHONPATH (which
+    would put a source checkout in front of what was installed)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k != "PYTHONPATH"}
+    return {**env, **extra}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -69,7 +76,7 @@ def offline_venv(tmp_path_factory) -> Path:
     assert all("--hash=sha256:" in line for line in lock.splitlines() if line and not line.startswith("#"))
 
     venv = work / "venv"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env = _offline_env()
     i = subprocess.run(
         ["bash", str(wh / "install.sh"), str(wh), str(venv)],
         env={**env, "PYTHON": sys.executable},
@@ -83,7 +90,7 @@ def offline_venv(tmp_path_factory) -> Path:
     # The heavy dependencies left out of the subset (torch, transformers, fastapi...) come from here.
     site = Path(
         subprocess.check_output(
-            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True, env=_offline_env()
         ).strip()
     )
     paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
@@ -97,6 +104,7 @@ def offline_venv(tmp_path_factory) -> Path:
         capture_output=True,
         text=True,
         cwd=work,
+        env=_offline_env(),
     )
     assert where.returncode == 0, where.stderr
     for line in where.stdout.split():
@@ -187,7 +195,7 @@ def test_tampered_bundle_is_refused_before_serving(offline_venv, bundle_dir, tmp
         text=True,
         timeout=120,
         cwd=tmp_path,
-        env={**os.environ, "DOMAIN_LM_AUTH": "false"},
+        env=_offline_env(DOMAIN_LM_AUTH="false"),
     )
     msg = " ".join(r.stderr.split())
     assert r.returncode == 2, r.stdout + r.stderr
@@ -199,7 +207,11 @@ def test_tampered_bundle_is_refused_before_serving(offline_venv, bundle_dir, tmp
 def test_offline_install_serves_a_verified_bundle_with_api_keys(offline_venv, bundle_dir, tmp_path):
     dlm = str(offline_venv / "bin" / "domain-lm")
     gen = subprocess.run(
-        [dlm, "serve", "keygen", "--id", "teller-app", "--tasks", "sentiment"], capture_output=True, text=True, cwd=tmp_path
+        [dlm, "serve", "keygen", "--id", "teller-app", "--tasks", "sentiment"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_offline_env(),
     )
     assert gen.returncode == 0, gen.stderr
     key = gen.stdout.split("key:")[1].split()[0]
@@ -208,7 +220,7 @@ def test_offline_install_serves_a_verified_bundle_with_api_keys(offline_venv, bu
 
     port = _free_port()
     audit = tmp_path / "audit.jsonl"
-    env = {**os.environ, "DOMAIN_LM_API_KEYS": json.dumps([entry]), "DOMAIN_LM_AUDIT_LOG": str(audit)}
+    env = _offline_env(DOMAIN_LM_API_KEYS=json.dumps([entry]), DOMAIN_LM_AUDIT_LOG=str(audit))
     env.pop("DOMAIN_LM_AUTH", None)
     digest = (bundle_dir / "MANIFEST.sha256").read_bytes()
     import hashlib
