@@ -135,7 +135,7 @@ class HFEngine:
         return not self._closed and self._worker.is_alive()
 
     def _check(self, request: GenerationRequest) -> None:
-        """Refuse what the model cannot do before queueing it: an unknown adapter, a prompt too long."""
+        """Refuse what the model cannot do before generating: an unknown adapter, a prompt too long."""
         check_adapter(self, request.adapter)
         if self.context_length is None:
             return
@@ -153,7 +153,7 @@ class HFEngine:
             )
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        self._check(request)
+        check_adapter(self, request.adapter)  # the length check tokenizes: done by the worker, off the event loop
         fut: Future = Future()
         self._queue.put((request, fut))
         return await asyncio.wrap_future(fut)
@@ -189,7 +189,7 @@ class HFEngine:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
-            live = [(r, f) for r, f in batch if f.set_running_or_notify_cancel()]
+            live = [(r, f) for r, f in batch if f.set_running_or_notify_cancel() and self._admissible(r, f)]
             if not live:
                 continue
             try:
@@ -201,6 +201,15 @@ class HFEngine:
                 log.exception("HF engine batch failed")
                 for _, f in live:
                     f.set_exception(e if isinstance(e, EngineError) else EngineError(f"generation failed: {e}"))
+
+    def _admissible(self, request: GenerationRequest, fut: Future) -> bool:
+        """False (and the caller told why) for a request the model cannot take."""
+        try:
+            self._check(request)
+        except EngineError as e:
+            fut.set_exception(e)
+            return False
+        return True
 
     # ------------------------------------------------------------------ batching by kind
 

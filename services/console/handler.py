@@ -18,10 +18,6 @@ from services.handler import Handler
 from services.security import Principal
 
 
-def _failed(e: TemplateError) -> dict[str, Any]:
-    return {"ok": False, "errors": editor.error_list(e), "template": None, "unchanged": False}
-
-
 class ConsoleHandler(Handler):
     async def _parse(self, text: str) -> TaskTemplate:
         """The template a draft would register as (``TemplateError`` with its line when refused)."""
@@ -30,24 +26,16 @@ class ConsoleHandler(Handler):
 
     async def check(self, text: str) -> dict[str, Any]:
         try:
-            template = await self._parse(text)
+            return editor.accepted(await self._parse(text), self.registry)
         except TemplateError as e:
-            return _failed(e)
-        registry = self.registry
-        return {"ok": True, "errors": [], "template": editor.summary(template, registry), "unchanged": editor.unchanged(template, registry)}
+            return editor.refused(e)
 
     async def dry_run(self, text: str, lang: str, inputs: dict[str, Any] | None, variant: int) -> dict[str, Any]:
         try:
             template = await self._parse(text)
         except TemplateError as e:
-            return {**_failed(e), "items": []}
-        registry = self.registry
-        result = {
-            "ok": True,
-            "errors": [],
-            "template": editor.summary(template, registry),
-            "unchanged": editor.unchanged(template, registry),
-        }
+            return {**editor.refused(e), "items": []}
+        result = editor.accepted(template, self.registry)
         if lang not in template.languages:
             problem = {"message": f"the draft has no language {lang!r} (it has {', '.join(template.languages)})", "line": None}
             return {**result, "ok": False, "errors": [problem], "items": []}
