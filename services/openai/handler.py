@@ -47,6 +47,23 @@ def _schema_of(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
     return schema
 
 
+class HeldStream(StreamingResponse):
+    """Server-sent events that give their admission slot back however the response ends: finished,
+    client gone, or never started (a client that disconnects before the first byte)."""
+
+    def __init__(self, events: AsyncIterator[str], slot: AsyncExitStack):
+        super().__init__(events, media_type="text/event-stream")
+        self._events = events
+        self._slot = slot
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._events.aclose()  # type: ignore[attr-defined]  # stops generation (vLLM aborts the request)
+            await self._slot.aclose()
+
+
 def completion(result: GenerationResult, model: str) -> dict[str, Any]:
     return {
         "id": "chatcmpl-" + uuid.uuid4().hex,
@@ -111,13 +128,13 @@ class ChatHandler(Handler):
         if body.stream:
             slot = AsyncExitStack()
             await slot.enter_async_context(self.admitted(1))  # 429/422 now; given back when the stream ends
-            return StreamingResponse(self._sse(engine, gen, model, slot), media_type="text/event-stream")
+            return HeldStream(self._sse(engine, gen, model), slot)
         async with self.guarded(1, task=CHAT):
             result = await engine.generate(gen)
         self._count(result)
         return completion(result, model)
 
-    async def _sse(self, engine: Any, gen: GenerationRequest, model: str, slot: AsyncExitStack) -> AsyncIterator[str]:
+    async def _sse(self, engine: Any, gen: GenerationRequest, model: str) -> AsyncIterator[str]:
         """Deltas of the cumulative results as OpenAI chunks; errors end the stream with an error event."""
         cid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
 
@@ -147,5 +164,3 @@ class ChatHandler(Handler):
             detail = self.error(e, CHAT).detail
             kind = "timeout" if isinstance(e, TimeoutError) else "engine_rejected"
             yield f"data: {json.dumps({'error': {'message': detail['message'], 'type': kind}}, ensure_ascii=False)}\n\n"
-        finally:
-            await slot.aclose()

@@ -192,3 +192,32 @@ def test_merged_model_files_are_readable_by_a_service_user(tmp_path, tiny_model_
     }
     assert files and not private, private
     assert stat.S_IMODE(info.root.stat().st_mode) & 0o055 == 0o055
+
+
+def test_a_stream_whose_client_is_gone_before_the_first_byte_gives_its_slot_back(templates, keys_file):
+    from services.handler import Call
+    from services.openai.handler import ChatHandler
+    from services.openai.schemas import ChatCompletionRequest
+    from services.security import Principal
+
+    app = make_app(templates, keys_file, max_queue=1)
+    state = app.state.service
+    body = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], stream=True)
+
+    async def go():
+        response = await ChatHandler(state).complete(Call(Principal(id="ops")), body)
+        assert state.admission.in_flight == 1  # held while streaming
+
+        async def gone(message):
+            raise OSError("client disconnected")
+
+        async def receive():
+            return {"type": "http.disconnect"}
+
+        try:
+            await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, gone)
+        except Exception:  # noqa: BLE001 - starlette reports the disconnect; the slot is what matters
+            pass
+
+    asyncio.run(go())
+    assert state.admission.in_flight == 0
