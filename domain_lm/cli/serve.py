@@ -11,6 +11,7 @@ group ``domain_lm.commands`` (pyproject.toml), and this module hands that comman
 from __future__ import annotations
 
 import json
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def resolve_model(spec: str) -> tuple[Path, dict[str, str]]:
 def plugin_command(name: str) -> typer.Typer | None:
     """The typer app another installed package registers as ``domain-lm <name>``, if any."""
     for ep in entry_points(group=COMMAND_GROUP, name=name):
+        module = sys.modules.get(ep.module)
+        if module is not None and not hasattr(module, ep.attr):
+            return None  # that module is importing us right now (`python -m services`): it runs its own command
         try:
             return ep.load()
         except ModuleNotFoundError as e:
