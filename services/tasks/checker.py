@@ -41,7 +41,8 @@ _PROBE_NUMBER = 1_000_000
 
 @dataclass(frozen=True)
 class Checked:
-    """What the child learned: the template's name and version (the parent compiles it again)."""
+    """What the child learned: the template's name and its explicit version, 0 when it has none
+    (the service compiles it again, knowing it is cheap)."""
 
     name: str
     version: int
@@ -72,7 +73,9 @@ def check_text(text: str, default_name: str | None, max_chars: int) -> Checked:
         raise TemplateError("body must be a template mapping (YAML or JSON)", REGISTERED, 1)
     if default_name is not None and "name" not in data:
         data = {**data, "name": default_name}
-    data.setdefault("version", 1)  # the registry assigns the real one; this only makes it compile
+    versioned = data.get("version") is not None
+    if not versioned:
+        data = {**data, "version": 1}  # the registry assigns the real one; this only makes it compile
     template = TaskTemplate.from_dict(data, source)
     probe = _probe_inputs(template, max_chars)
     for lang in template.languages:
@@ -83,7 +86,7 @@ def check_text(text: str, default_name: str | None, max_chars: int) -> Checked:
                 continue  # the probe is not a valid input for this template: nothing learned
             except TemplateError as e:
                 raise TemplateError(f"with every input at its maximum length, {e.message}", REGISTERED, e.line) from None
-    return Checked(template.name, template.version if "version" in data else 0)
+    return Checked(template.name, template.version if versioned else 0)
 
 
 def _limit_memory(extra_bytes: int) -> None:
