@@ -122,7 +122,8 @@ def _schemathesis(base: str, key: str, examples: int, seed: int, har: Path) -> s
         "--report-har-path",
         str(har),
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    # In the report's directory: schemathesis keeps a cache (.schemathesis/) in its working directory.
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=har.parent)
 
 
 def fuzz(total_requests: int, seed: int = 0, examples: int = 5) -> FuzzReport:
