@@ -9,11 +9,16 @@ A bundle is a plain directory (copy it with rsync, tar it, mount it read-only)::
     templates/        the task templates the service loads
     MANIFEST.sha256   ``<sha256>  <path>`` for every other file, in ``sha256sum`` format
 
+    MANIFEST.sha256.sig   the Ed25519 signature of MANIFEST.sha256 (``domain-lm bundle sign``)
+
 ``MANIFEST.sha256`` makes tampering and corruption visible: :func:`verify_bundle` re-hashes every
-file and refuses a bundle with a changed, missing or extra file (or a symlink), naming the file.
-The manifest can itself be pinned: ``build_bundle`` returns its SHA-256, which an operator passes
-to ``verify_bundle(..., manifest_sha256=...)`` so a re-written manifest is caught too. The same
-check runs without Python: ``cd BUNDLE && sha256sum --check --strict MANIFEST.sha256``.
+file and refuses a bundle with a changed, missing or extra file, a symlink or a special file
+(FIFO, device, socket), naming it. A hash alone does not stop someone who rewrites the manifest
+too, so the manifest is signed (``domain_lm.signing``): ``verify_bundle`` refuses a bundle that
+is not signed by one of the trusted public keys, unless told ``allow_unsigned=True`` (development).
+The manifest can also be pinned by its SHA-256 (``manifest_sha256=``). Every path ``bundle.json``
+names must stay inside the bundle. The hashes can be checked without Python too:
+``cd BUNDLE && sha256sum --check --strict MANIFEST.sha256``.
 """
 
 from __future__ import annotations
@@ -22,24 +27,30 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from domain_lm import atomic
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from domain_lm import atomic, signing
 from domain_lm.errors import DomainLMError
 from domain_lm.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "MANIFEST.sha256"
+SIGNATURE_NAME = "MANIFEST.sha256.sig"
 METADATA_NAME = "bundle.json"
 CARD_NAME = "MODEL_CARD.md"
 BUNDLE_FORMAT = 1
 
 #: Stages that produce a generator model, in the order ``--run`` prefers them (RLHF last wins).
+# TODO(pipeline): take the model-stage order from the pipeline graph module once it is published.
 _MODEL_STAGES = ("ppo", "dpo", "sft", "pretrain", "base")
 _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -60,24 +71,39 @@ class BundleInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
     manifest_sha256: str = ""
     files: int = 0
+    signed_by: str | None = None
 
 
 # --------------------------------------------------------------------------- manifest
 
 
 def _bundle_files(root: Path) -> list[str]:
-    """Every file under ``root`` as a POSIX relative path, sorted; symlinks are refused."""
+    """Every file under ``root`` as a POSIX relative path, sorted; links and special files are refused.
+
+    Nothing is followed or opened here (``lstat`` only), so a FIFO cannot block the check and a
+    link cannot point the manifest at files outside the bundle.
+    """
     out = []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            raise BundleError(
-                f"Bundle {root} contains a symbolic link, {rel}. Bundles hold plain files only, so that "
-                "the manifest covers exactly what is served; replace the link by the file it points to and rebuild."
-            )
-        if p.is_file() and rel != MANIFEST_NAME:
-            out.append(rel)
-    return out
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            rel = p.relative_to(root).as_posix()
+            mode = os.lstat(p).st_mode
+            if stat.S_ISLNK(mode):
+                raise BundleError(
+                    f"Bundle {root} contains a symbolic link, {rel}. Bundles hold plain files only, so that "
+                    "the manifest covers exactly what is served; replace the link by the file it points to and rebuild."
+                )
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                raise BundleError(
+                    f"Bundle {root} contains {rel}, which is not a regular file (a FIFO, socket or device). "
+                    "Bundles hold plain files only; remove it and copy the bundle again from the trusted source."
+                )
+            if rel not in (MANIFEST_NAME, SIGNATURE_NAME):
+                out.append(rel)
+    return sorted(out)
 
 
 def write_manifest(root: str | Path) -> str:
@@ -103,7 +129,7 @@ def read_manifest(root: Path) -> tuple[dict[str, str], str]:
         m = _MANIFEST_LINE.match(line)
         rel = m.group(2) if m else ""
         parts = PurePosixPath(rel).parts
-        if not m or rel.startswith("/") or ".." in parts or rel == MANIFEST_NAME or rel in entries:
+        if not m or rel.startswith("/") or ".." in parts or rel in (MANIFEST_NAME, SIGNATURE_NAME) or rel in entries:
             raise BundleError(
                 f"Bundle {root}: {MANIFEST_NAME} line {n} is not a valid entry ({line[:120]!r}); "
                 "the manifest was edited or corrupted. Do not serve this bundle; copy it again from the trusted source."
@@ -127,18 +153,64 @@ def _problems(root: Path, entries: dict[str, str]) -> list[str]:
     return problems
 
 
-def verify_bundle(path: str | Path, manifest_sha256: str | None = None) -> BundleInfo:
-    """Re-hash every file of the bundle at ``path`` and return where its parts are.
+def _inside(root: Path, rel: Any, what: str) -> Path:
+    """``root / rel`` for a relative path from bundle.json that stays inside the bundle."""
+    if not isinstance(rel, str) or not rel or PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
+        raise BundleError(f"Bundle {root}: {METADATA_NAME} gives {what} as {str(rel)[:120]!r}, which is not a path inside the bundle.")
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root):
+        raise BundleError(f"Bundle {root}: {METADATA_NAME} points {what} outside the bundle ({str(rel)[:120]!r}).")
+    return path
 
-    Raises :class:`BundleError` naming the offending file when a file was changed, removed or
-    added, when the manifest is malformed, or when ``manifest_sha256`` (the digest printed by
-    ``bundle build``) does not match the manifest. Nothing should be served from a bundle that
-    does not pass.
+
+def check_signature(root: Path, raw_manifest: bytes, trusted: dict[str, Ed25519PublicKey] | None, allow_unsigned: bool) -> str | None:
+    """The key id that signed the manifest, None when unsigned and allowed; else ``BundleError``."""
+    sig_path = root / SIGNATURE_NAME
+    if not sig_path.is_file():
+        if allow_unsigned:
+            log.warning("bundle %s is not signed; serving it only because unsigned bundles were allowed", root)
+            return None
+        raise BundleError(
+            f"Bundle {root} is not signed ({SIGNATURE_NAME} is missing), so nothing proves who built it. Sign it with "
+            "`domain-lm bundle sign BUNDLE --key PRIVATE.pem`, or pass --allow-unsigned (development only)."
+        )
+    try:
+        signature = signing.Signature.from_json(sig_path.read_text(encoding="utf-8", errors="replace"), str(sig_path))
+    except signing.SigningError as e:
+        raise BundleError(str(e)) from None
+    if not trusted:
+        if allow_unsigned:
+            log.warning("bundle %s is signed by %s but no trusted key was given; the signature was not checked", root, signature.key_id)
+            return None
+        raise BundleError(
+            f"Bundle {root} is signed by key {signature.key_id}, but no trusted public key was given to check it: "
+            "pass --public-key FILE (or DOMAIN_LM_BUNDLE_PUBLIC_KEY)."
+        )
+    try:
+        return signing.verify(raw_manifest, signature, trusted, f"Bundle {root}")
+    except signing.SigningError as e:
+        raise BundleError(str(e)) from None
+
+
+def verify_bundle(
+    path: str | Path,
+    manifest_sha256: str | None = None,
+    public_keys: dict[str, Ed25519PublicKey] | None = None,
+    allow_unsigned: bool = False,
+) -> BundleInfo:
+    """Check the signature, re-hash every file of the bundle at ``path``, and return where its parts are.
+
+    Raises :class:`BundleError` naming the problem when the manifest is not signed by one of
+    ``public_keys`` (unless ``allow_unsigned``), when a file was changed, removed or added (or is a
+    link or a special file), when the manifest is malformed, when ``manifest_sha256`` (the digest
+    printed by ``bundle build``) does not match, or when ``bundle.json`` points outside the bundle.
+    Nothing should be served from a bundle that does not pass.
     """
     root = Path(path).resolve()
     if not root.is_dir():
         raise BundleError(f"Bundle directory {path} does not exist or is not a directory.")
     entries, digest = read_manifest(root)
+    signed_by = check_signature(root, (root / MANIFEST_NAME).read_bytes(), public_keys, allow_unsigned)
     if manifest_sha256 and digest != manifest_sha256.strip().lower():
         raise BundleError(
             f"Bundle {root}: {MANIFEST_NAME} has SHA-256 {digest}, not the expected {manifest_sha256.strip()}. "
@@ -156,24 +228,40 @@ def verify_bundle(path: str | Path, manifest_sha256: str | None = None) -> Bundl
         meta = json.loads((root / METADATA_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise BundleError(f"Bundle {root}: {METADATA_NAME} is missing or not valid JSON ({e}).") from None
-    if meta.get("format") != BUNDLE_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
         raise BundleError(
-            f"Bundle {root} has format {meta.get('format')!r}; this build of domain-lm reads format {BUNDLE_FORMAT}. "
-            "Rebuild the bundle with the domain-lm version installed on this server."
+            f"Bundle {root} has format {meta.get('format') if isinstance(meta, dict) else None!r}; this build of domain-lm reads format "
+            f"{BUNDLE_FORMAT}. Rebuild the bundle with the domain-lm version installed on this server."
         )
-    model_dir = root / meta.get("model", "model")
+    model_dir = _inside(root, meta.get("model", "model"), "the model")
     if not (model_dir / "config.json").is_file():
         raise BundleError(f"Bundle {root} has no model weights: {model_dir / 'config.json'} is missing.")
-    adapters = {name: root / rel for name, rel in (meta.get("adapters") or {}).items()}
+    adapters_meta = meta.get("adapters") or {}
+    if not isinstance(adapters_meta, dict) or not all(isinstance(n, str) and _ADAPTER_NAME.match(n) for n in adapters_meta):
+        raise BundleError(f"Bundle {root}: {METADATA_NAME} lists adapters that are not a mapping of plain names to directories.")
+    adapters = {name: _inside(root, rel, f"adapter {name!r}") for name, rel in adapters_meta.items()}
     return BundleInfo(
         root=root,
         model_dir=model_dir,
-        templates_dir=root / meta.get("templates", "templates"),
+        templates_dir=_inside(root, meta.get("templates", "templates"), "the templates"),
         adapters=adapters,
         metadata=meta,
         manifest_sha256=digest,
         files=len(entries),
+        signed_by=signed_by,
     )
+
+
+def sign_bundle(path: str | Path, private_key: Ed25519PrivateKey) -> str:
+    """Sign a bundle's manifest (after checking its files still match it); returns the key id."""
+    root = Path(path).resolve()
+    entries, _ = read_manifest(root)
+    problems = _problems(root, entries)
+    if problems:
+        raise BundleError(f"Bundle {root} does not match its manifest ({problems[0]}); rebuild it before signing.")
+    signature = signing.sign((root / MANIFEST_NAME).read_bytes(), private_key)
+    atomic.write_text(root / SIGNATURE_NAME, signature.to_json())
+    return signature.key_id
 
 
 # --------------------------------------------------------------------------- build
@@ -198,6 +286,16 @@ def _copy_tree(src: Path, dest: Path) -> int:
     return n
 
 
+def _readable(root: Path) -> None:
+    """Give every staged file and directory ordinary umask modes: libraries that save through a
+    temporary file (merged weights) leave 0600, which a service user could not read."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(Path(dirpath) / d, atomic.DIR_MODE)
+        for f in filenames:
+            os.chmod(Path(dirpath) / f, atomic.FILE_MODE)
+
+
 def model_from_run(run: str | Path, stage: str | None = None, runs_dir: str | Path = "runs") -> tuple[Path, dict[str, Any]]:
     """The ``model`` artefact of a run's final generator stage (or of ``stage``), and its provenance."""
     from domain_lm.runstore import Run
@@ -212,8 +310,7 @@ def model_from_run(run: str | Path, stage: str | None = None, runs_dir: str | Pa
     done = {s: r for s in names if (r := store.load(s)) is not None and r.has("model")}
     if not done:
         raise BundleError(
-            f"Run {root} has no complete stage ({'|'.join(names)}) with a model artefact. "
-            "Run the pipeline first, or pass --model DIR."
+            f"Run {root} has no complete stage ({'|'.join(names)}) with a model artefact. Run the pipeline first, or pass --model DIR."
         )
     # The RLHF stage that finished last is the deployable model; otherwise the latest in pipeline order.
     rl = [done[s] for s in ("ppo", "dpo") if s in done]
@@ -288,12 +385,14 @@ def build_bundle(
     adapters: dict[str, str | Path] | None = None,
     name: str | None = None,
     model_card: str | Path | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> BundleInfo:
     """Build a bundle at ``out`` (atomically: a failed build leaves nothing behind) and verify it.
 
     The model comes from ``model`` (a model directory, or an adapter directory which is merged
     into its base here) or from ``run`` (its final generator stage). ``adapters`` maps names to
-    LoRA adapter directories kept apart, served on top of ``model/`` per request.
+    LoRA adapter directories kept apart, served on top of ``model/`` per request. With
+    ``signing_key`` the manifest is signed too (else sign later with ``sign_bundle``).
     """
     from domain_lm import __version__
     from domain_lm.models.loading import is_adapter_dir, merge_adapter
@@ -354,6 +453,9 @@ def build_bundle(
         }
         atomic.write_json(staging / METADATA_NAME, meta)
         (staging / CARD_NAME).write_text(_card(meta, upstream_card), encoding="utf-8")
+        _readable(staging)
         digest = write_manifest(staging)
-    info = verify_bundle(out, manifest_sha256=digest)
-    return info
+        if signing_key is not None:
+            atomic.write_text(staging / SIGNATURE_NAME, signing.sign((staging / MANIFEST_NAME).read_bytes(), signing_key).to_json())
+    trusted = {signing.key_id(signing_key.public_key()): signing_key.public_key()} if signing_key is not None else None
+    return verify_bundle(out, manifest_sha256=digest, public_keys=trusted, allow_unsigned=signing_key is None)

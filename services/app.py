@@ -12,14 +12,20 @@ import logging
 import os
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from domain_lm.errors import ConfigError
 from domain_lm.inference import Engine
+from domain_lm.pii import mask_value
+from services import health
+from services.console import router as console_router
 from services.middleware import ObserveMiddleware
-from services.routers import health, openai, tasks
+from services.openai.router import router as openai_router
 from services.settings import ServiceSettings
 from services.state import ServiceState
+from services.tasks.router import router as tasks_router
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["VLLM_NO_USAGE_STATS"] = "1"
 os.environ["DO_NOT_TRACK"] = "1"
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each bad field, without echoing the submitted values (they may hold PII)."""
+    errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": mask_value(str(e.get("msg", "")))} for e in exc.errors()]
+    return JSONResponse({"detail": mask_value(errors)}, status_code=422)
 
 
 def create_app(settings: ServiceSettings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -45,32 +57,30 @@ def create_app(settings: ServiceSettings | None = None, engine: Engine | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        loader = None
-        if state.engine is None:
-            loader = asyncio.get_running_loop().run_in_executor(None, state.load_engine)
+        loop = asyncio.get_running_loop()
+        loader = loop.run_in_executor(None, state.load_engine) if state.engine is None else None
+        warm = loop.run_in_executor(None, state.checker.warm_up)
         try:
             yield
         finally:
-            if loader is not None:
-                await asyncio.wait([loader])
+            await asyncio.wait([f for f in (loader, warm) if f is not None])
             state.close()
 
+    docs = settings.docs
     app = FastAPI(
         title="domain-lm",
         summary="Bank-domain task endpoints on a private LLM.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.service = state
     app.add_middleware(ObserveMiddleware, state=state)
+    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.include_router(health.router)
-    app.include_router(tasks.router)
-    app.include_router(openai.router)
-    try:
-        from services.console import router as console_router
-    except ImportError:
-        console_router = None
-    if console_router is not None:
-        prefix = "" if (getattr(console_router, "prefix", "") or "").startswith("/console") else "/console"
-        app.include_router(console_router, prefix=prefix)
+    app.include_router(tasks_router)
+    app.include_router(openai_router)
+    app.include_router(console_router)
     return app

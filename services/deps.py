@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from domain_lm.inference import Engine
-from domain_lm.inference.tasks import TaskRunner
 from domain_lm.tasks import TemplateRegistry
+from services.errors import api_error
+from services.handler import Call
 from services.security import ANONYMOUS, Principal
 from services.state import ServiceState
 
-
-def api_error(status: int, error: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> HTTPException:
-    return HTTPException(status_code=status, detail={"error": error, "message": message, **extra}, headers=headers)
+__all__ = ["AdminDep", "ApiKeyDep", "CallDep", "RegistryDep", "StateDep", "api_error", "require_key"]
 
 
 def get_state(request: Request) -> ServiceState:
@@ -24,25 +23,6 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_engine(state: StateDep) -> Engine:
-    if not state.ready():
-        msg = f"the engine failed to load: {state.engine_error}" if state.engine_error else "the engine is still loading"
-        raise api_error(503, "not_ready", msg)
-    assert state.engine is not None
-    return state.engine
-
-
-EngineDep = Annotated[Engine, Depends(get_engine)]
-
-
-def get_runner(state: StateDep, engine: EngineDep) -> TaskRunner:  # noqa: ARG001 - engine: readiness check
-    assert state.runner is not None
-    return state.runner
-
-
-RunnerDep = Annotated[TaskRunner, Depends(get_runner)]
-
-
 def get_registry(state: StateDep) -> TemplateRegistry:
     return state.templates()
 
@@ -50,20 +30,23 @@ def get_registry(state: StateDep) -> TemplateRegistry:
 RegistryDep = Annotated[TemplateRegistry, Depends(get_registry)]
 
 
+# Declared as OpenAPI security schemes (not parameters), so clients and fuzzers know how to authenticate.
+_bearer = HTTPBearer(auto_error=False, description="An API key from `domain-lm serve keygen`, as `Authorization: Bearer KEY`.")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same key in an `X-API-Key` header.")
+
+
 def require_key(
     request: Request,
     state: StateDep,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+    x_api_key: Annotated[str | None, Depends(_api_key)] = None,
 ) -> Principal:
     """``Authorization: Bearer KEY`` (what OpenAI clients send) or ``X-API-Key: KEY``."""
     if not state.settings.auth:
         principal = ANONYMOUS
     else:
-        key = x_api_key
-        if key is None and authorization and authorization.lower().startswith("bearer "):
-            key = authorization[7:].strip()
-        principal = state.keys.verify(key) if key else None
+        key = x_api_key or (bearer.credentials.strip() if bearer is not None else None)
+        principal = state.key_store().verify(key) if key else None
         if principal is None:
             request.scope["dlm_key_id"] = "invalid" if key else "none"
             raise HTTPException(
@@ -85,3 +68,10 @@ def require_admin(principal: ApiKeyDep) -> Principal:
 
 
 AdminDep = Annotated[Principal, Depends(require_admin)]
+
+
+def get_call(request: Request, principal: ApiKeyDep) -> Call:
+    return Call(principal, request.scope)
+
+
+CallDep = Annotated[Call, Depends(get_call)]

@@ -11,7 +11,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("domain_lm_requests", "Requests by endpoint, task and HTTP status.", ["endpoint", "task", "status"], registry=r)
+        self.requests = Counter(
+            "domain_lm_requests", "Requests by endpoint, task and HTTP status.", ["endpoint", "task", "status"], registry=r
+        )
         self.latency = Histogram(
             "domain_lm_request_latency_seconds", "End-to-end request latency.", ["endpoint", "task"], buckets=_LATENCY_BUCKETS, registry=r
         )

@@ -24,10 +24,21 @@ class ServiceSettings(BaseSettings):
     adapters: dict[str, str] = Field(default_factory=dict, description="LoRA adapter name -> directory.")
     templates_dir: str = "task_templates"
     template_reload_interval_s: float = Field(1.0, ge=0, description="Minimum seconds between template directory checks.")
+    template_store: str | None = Field(
+        None,
+        description="Writable directory for templates registered at run time (PUT), versioned and audited; put it on a "
+        "persistent volume, shared by every replica. Default: <templates_dir>/.versions, unless templates_dir belongs to a "
+        "bundle (then runtime registration is off until a store is given).",
+    )
+    template_check_timeout_s: float = Field(0.15, gt=0, description="Hard time budget to check a submitted template (then 400).")
+    template_check_memory_mb: int = Field(512, ge=64, description="Memory the template checker process may add while checking.")
 
     auth: bool = Field(True, description="Require API keys. Only disable for local development (--no-auth).")
     api_keys: str | None = Field(None, description="Key entries (JSON list or 'id:sha256[:task|task][:admin]' comma list).")
-    api_keys_file: str | None = Field(None, description="YAML/JSON file with `keys: [{id, sha256, tasks, admin}]`.")
+    api_keys_file: str | None = Field(
+        None, description="YAML/JSON file with `keys: [{id, sha256, tasks, admin}]`; re-read when it changes."
+    )
+    keys_reload_interval_s: float = Field(1.0, ge=0, description="Minimum seconds between checks of the key file for changes.")
 
     max_queue: int = Field(64, ge=1, description="Requests in flight (queued or generating); beyond it: 429.")
     request_timeout_s: float = Field(120.0, gt=0, description="Per-request generation timeout; beyond it: 504.")
@@ -38,4 +49,7 @@ class ServiceSettings(BaseSettings):
 
     log_bodies: bool = Field(False, description="Also log (PII-masked) request inputs in the audit log.")
     audit_log: str | None = Field(None, description="Audit log file (JSON lines); None: the process log.")
-    metrics_public: bool = Field(True, description="Serve /metrics without an API key (for Prometheus).")
+    audit_log_max_bytes: int = Field(100 * 2**20, ge=0, description="Rotate the audit file at this size (0: never).")
+    audit_log_backups: int = Field(10, ge=0, description="Rotated audit files kept.")
+    metrics_public: bool = Field(True, description="Serve /metrics without an API key (for Prometheus; never route it through an ingress).")
+    docs: bool = Field(True, description="Serve /docs and /openapi.json (turned off in the shipped deploy configs).")

@@ -65,7 +65,11 @@ def make_runs_dir(root: Path) -> Path:
                         "sft": {"weighted_f1": 0.77, "accuracy": 0.8, "macro_f1": 0.7, "n": 10, "invalid": 1},
                     },
                 },
-                "report_summary": {"metric": "rouge", "lang": "en", "systems": {"base": {"rougeL": 0.12, "n": 5}, "sft": {"skipped": "no model"}}},
+                "report_summary": {
+                    "metric": "rouge",
+                    "lang": "en",
+                    "systems": {"base": {"rougeL": 0.12, "n": 5}, "sft": {"skipped": "no model"}},
+                },
             }
         }
         paths = write_eval_report(report, w.path)
@@ -110,7 +114,14 @@ def test_pages_are_public_and_self_contained(app):
 
 
 def test_every_data_call_needs_a_key(app):
-    paths = ["/console/api/session", "/console/api/tasks", "/console/api/tasks/sentiment", "/console/api/runs", "/console/api/runs/demo", "/console/api/runs/demo/report"]
+    paths = [
+        "/console/api/session",
+        "/console/api/tasks",
+        "/console/api/tasks/sentiment",
+        "/console/api/runs",
+        "/console/api/runs/demo",
+        "/console/api/runs/demo/report",
+    ]
     with client(app, key=None) as c:
         for p in paths:
             assert c.get(p).status_code == 401, p
@@ -118,7 +129,13 @@ def test_every_data_call_needs_a_key(app):
     with client(app, key="wrong") as c:
         assert c.get("/console/api/tasks").status_code == 401
     with client(app, key=READER) as c:
-        assert c.get("/console/api/session").json() == {"key_id": "analyst", "admin": False, "tasks": ["*"], "model": "fake-bank-lm", "ready": True}
+        assert c.get("/console/api/session").json() == {
+            "key_id": "analyst",
+            "admin": False,
+            "tasks": ["*"],
+            "model": "fake-bank-lm",
+            "ready": True,
+        }
         # the editor is for keys that may change templates, as PUT /v1/tasks is
         assert c.post("/console/api/templates/check", json={"yaml": NEW_TASK}).status_code == 403
         assert c.post("/console/api/templates/dry-run", json={"yaml": NEW_TASK}).status_code == 403
@@ -186,11 +203,15 @@ def test_dry_run_answers_examples_and_saves_nothing(app, templates):
         assert res["ok"] and res["engine"] is True and len(res["items"]) == 2
         first = res["items"][0]
         assert first["inputs"] == {"text": "I never made this purchase in Lisbon."} and first["expected"] == "fraud"
-        assert first["messages"][-1]["content"] == "Is this complaint a fraud claim or a billing error? I never made this purchase in Lisbon."
+        assert (
+            first["messages"][-1]["content"] == "Is this complaint a fraud claim or a billing error? I never made this purchase in Lisbon."
+        )
         assert first["answer"]["output"] == "fraud" and first["answer"]["raw_text"] == "fraud"  # fake engine: first choice
         assert first["error"] is None
 
-        zh = c.post("/console/api/templates/dry-run", json={"yaml": NEW_TASK, "lang": "zh", "input": {"text": "同一笔消费被扣了两次款"}}).json()
+        zh = c.post(
+            "/console/api/templates/dry-run", json={"yaml": NEW_TASK, "lang": "zh", "input": {"text": "同一笔消费被扣了两次款"}}
+        ).json()
         assert zh["items"][0]["answer"]["raw_text"] == "欺诈" and zh["items"][0]["answer"]["output"] == "fraud"
 
         bad_input = c.post("/console/api/templates/dry-run", json={"yaml": NEW_TASK, "input": {"txt": "x"}}).json()
@@ -265,7 +286,13 @@ def test_runs_dir_missing_is_empty(app, tmp_path, monkeypatch):
 def test_no_auth_mode_session_needs_no_key(templates):
     app = create_app(ServiceSettings(auth=False, templates_dir=str(templates)), engine=FakeEngine(model_name="dev-lm"))
     with client(app, key=None) as c:
-        assert c.get("/console/api/session").json() == {"key_id": "anonymous", "admin": True, "tasks": ["*"], "model": "dev-lm", "ready": True}
+        assert c.get("/console/api/session").json() == {
+            "key_id": "anonymous",
+            "admin": True,
+            "tasks": ["*"],
+            "model": "dev-lm",
+            "ready": True,
+        }
         assert c.post("/console/api/templates/check", json={"yaml": NEW_TASK}).json()["ok"]
 
 
@@ -273,9 +300,9 @@ def test_dry_run_takes_queue_slots_and_obeys_the_timeout(templates):
     settings = ServiceSettings(api_keys=KEYS, templates_dir=str(templates), max_queue=1, request_timeout_s=0.5)
     app = create_app(settings, engine=FakeEngine(model_name="fake", delay=0.05))
     with client(app) as c:
-        # two examples need two slots: the queue of one refuses them rather than growing
+        # two examples need two slots, more than a queue of one ever admits: 422 with the limit
         r = c.post("/console/api/templates/dry-run", json={"yaml": NEW_TASK, "lang": "en"})
-        assert r.status_code == 429 and r.json()["detail"]["error"] == "queue_full"
+        assert r.status_code == 422 and r.json()["detail"]["error"] == "too_large" and r.json()["detail"]["limit"] == 1
         one = c.post("/console/api/templates/dry-run", json={"yaml": NEW_TASK, "lang": "en", "input": {"text": "x"}})
         assert one.status_code == 200 and one.json()["items"][0]["answer"]["output"] == "fraud"
     slow = create_app(settings, engine=FakeEngine(model_name="fake", delay=2.0))

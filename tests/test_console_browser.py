@@ -42,7 +42,10 @@ FLAGS = [
 TIMEOUT = 60  # seconds for one page step on a busy 2-core machine (the tiny model answers in well under that)
 
 if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-    pytest.skip(f"chromium/chromedriver not installed ({CHROMIUM}, {CHROMEDRIVER}); apt-get install chromium chromium-driver", allow_module_level=True)
+    pytest.skip(
+        f"chromium/chromedriver not installed ({CHROMIUM}, {CHROMEDRIVER}); apt-get install chromium chromium-driver",
+        allow_module_level=True,
+    )
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -200,7 +203,9 @@ def test_run_sentiment(live, browser):
 
     # an invalid input is named next to its field
     browser.find_element(By.ID, "in-text").clear()
-    browser.execute_script("document.getElementById('in-text').removeAttribute('maxlength'); document.getElementById('in-text').value = 'x'.repeat(4001)")
+    browser.execute_script(
+        "document.getElementById('in-text').removeAttribute('maxlength'); document.getElementById('in-text').value = 'x'.repeat(4001)"
+    )
     browser.find_element(By.ID, "run-btn").click()
     visible(browser, "#result-error")
     assert "maximum is 4000" in browser.find_element(By.CSS_SELECTOR, "[data-field=text] .field-error").text  # shown under the field
@@ -230,7 +235,10 @@ def test_wrong_template_shows_its_error_and_is_not_saved(live, browser):
     browser.find_element(By.ID, "validate-btn").click()
     bad_line = wrong.splitlines().index("  kind: lable") + 1
     # the list is re-rendered by the typing debounce too: look the element up afresh on every poll
-    item = wait(browser, lambda d: next((e.text for e in d.find_elements(By.CSS_SELECTOR, "#template-errors li") if f"line {bad_line}" in e.text), None))
+    item = wait(
+        browser,
+        lambda d: next((e.text for e in d.find_elements(By.CSS_SELECTOR, "#template-errors li") if f"line {bad_line}" in e.text), None),
+    )
     assert "output.kind" in item
     # the gutter and status are re-rendered too: poll them (a stale read means "look again")
     wait(browser, lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, ".gutter div.bad")] == [str(bad_line)])
@@ -256,7 +264,7 @@ def test_create_task_in_editor_run_it_and_see_it_listed(live, browser):
     assert "Dry run passed" in ok.text
     answers = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#dry-results .dry-answer")]
     assert len(answers) == 2 and set(answers) <= {"fraud", "billing_error"}
-    assert not (templates / "card_dispute.yaml").exists()  # a dry run saves nothing
+    assert not list(templates.rglob("card_dispute*.yaml"))  # a dry run saves nothing
     shot(browser, "07-editor-dry-run")
 
     save = browser.find_element(By.ID, "save-btn")
@@ -264,7 +272,7 @@ def test_create_task_in_editor_run_it_and_see_it_listed(live, browser):
     save.click()
     notice = visible(browser, "#editor-notice .alert.ok")
     assert "Saved card_dispute version 1" in notice.text
-    assert (templates / "card_dispute.yaml").is_file()
+    assert (templates / ".versions" / "card_dispute@1.yaml").is_file()  # saved as version 1 in the template store
     assert _get(base + "/v1/tasks/card_dispute")[1]["version"] == 1
     wait(browser, lambda d: "same as the current card_dispute v1" in d.find_element(By.ID, "check-status").text)
     assert not browser.find_element(By.ID, "save-btn").is_enabled()  # no second copy of the same text

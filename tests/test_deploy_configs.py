@@ -25,6 +25,8 @@ CHART = DEPLOY / "helm" / "domain-lm"
 BIN = Path(sys.executable).parent
 K8S_VERSION = "1.30.0"
 ENTRY = {"id": "teller-app", "sha256": "ab" * 32, "tasks": ["sentiment"], "admin": False}
+#: Every render names where the bundle's trusted public key comes from (unsigned bundles are refused).
+SIGNED = {"bundle": {"name": "current", "publicKeySecret": "bundle-signing-key"}}
 
 
 def _tool(name: str) -> str:
@@ -80,10 +82,21 @@ def test_entrypoint_verifies_bundle_then_serves(tmp_path):
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
     base = {"PATH": f"{fake.parent}:/usr/bin:/bin"}
-    run = lambda env, *args: subprocess.run(["sh", str(DEPLOY / "docker" / "entrypoint.sh"), *args], env={**base, **env}, capture_output=True, text=True)  # noqa: E731
+    run = lambda env, *args: subprocess.run(
+        ["sh", str(DEPLOY / "docker" / "entrypoint.sh"), *args], env={**base, **env}, capture_output=True, text=True
+    )  # noqa: E731
 
-    r = run({"DOMAIN_LM_BUNDLE": "/models/v1", "DOMAIN_LM_ENGINE": "vllm", "DOMAIN_LM_SERVE_ARGS": "--timeout 60",
-             "DOMAIN_LM_TENSOR_PARALLEL_SIZE": "2", "DOMAIN_LM_KV_CACHE_GIB": "4"}, "--max-queue", "8")
+    r = run(
+        {
+            "DOMAIN_LM_BUNDLE": "/models/v1",
+            "DOMAIN_LM_ENGINE": "vllm",
+            "DOMAIN_LM_SERVE_ARGS": "--timeout 60",
+            "DOMAIN_LM_TENSOR_PARALLEL_SIZE": "2",
+            "DOMAIN_LM_KV_CACHE_GIB": "4",
+        },
+        "--max-queue",
+        "8",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:3] == ["bundle", "serve", "/models/v1"]
     args = r.stdout.split()
@@ -164,8 +177,11 @@ def _compose(tmp_path: Path, *args: str, file: Path | None = None) -> subprocess
     root = tmp_path / "srv"
     (root / "secrets").mkdir(parents=True, exist_ok=True)
     (root / "secrets" / "api-keys.yaml").write_text("keys: []\n")
+    (root / "secrets" / "bundle-signing.pub").write_text("-----BEGIN PUBLIC KEY-----\n")
     env = {**os.environ, "DOMAIN_LM_ROOT": str(root), "DOMAIN_LM_BUNDLE_NAME": "bank-v1"}
-    return subprocess.run([compose, "-f", str(file or DEPLOY / "docker-compose.yaml"), "config", *args], env=env, capture_output=True, text=True)
+    return subprocess.run(
+        [compose, "-f", str(file or DEPLOY / "docker-compose.yaml"), "config", *args], env=env, capture_output=True, text=True
+    )
 
 
 def test_compose_file_validates_and_isolates_the_service(tmp_path):
@@ -177,6 +193,11 @@ def test_compose_file_validates_and_isolates_the_service(tmp_path):
     mounts = {v["target"]: v for v in svc["volumes"]}
     assert mounts["/models"]["read_only"] and mounts["/templates"]["read_only"]
     assert not mounts["/runs"].get("read_only") and not mounts["/logs"].get("read_only")
+    # Runtime templates go to a writable store on the host, never into the read-only bundle.
+    assert not mounts["/template-store"].get("read_only") and svc["environment"]["DOMAIN_LM_TEMPLATE_STORE"] == "/template-store"
+    assert svc["environment"]["DOMAIN_LM_DOCS"] == "false"
+    assert svc["environment"]["DOMAIN_LM_BUNDLE_PUBLIC_KEY"] == "/run/secrets/bundle-signing.pub"
+    assert "bundle-signing.pub" in [x["target"] for x in svc["secrets"]]
     assert mounts["/models"]["source"] == str(tmp_path / "srv" / "models")
     assert svc["environment"]["DOMAIN_LM_BUNDLE"] == "/models/bank-v1"
     assert svc["environment"]["HF_HUB_OFFLINE"] == "1" and svc["environment"]["VLLM_NO_USAGE_STATS"] == "1"
@@ -194,9 +215,14 @@ def test_compose_gpu_override_reserves_gpus(tmp_path):
     root = tmp_path / "srv"
     (root / "secrets").mkdir(parents=True)
     (root / "secrets" / "api-keys.yaml").write_text("keys: []\n")
+    (root / "secrets" / "bundle-signing.pub").write_text("-----BEGIN PUBLIC KEY-----\n")
     env = {**os.environ, "DOMAIN_LM_ROOT": str(root), "DOMAIN_LM_TENSOR_PARALLEL_SIZE": "4"}
-    r = subprocess.run([compose, "-f", str(DEPLOY / "docker-compose.yaml"), "-f", str(DEPLOY / "docker-compose.gpu.yaml"), "config", "--format", "json"],
-                       env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [compose, "-f", str(DEPLOY / "docker-compose.yaml"), "-f", str(DEPLOY / "docker-compose.gpu.yaml"), "config", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     svc = json.loads(r.stdout)["services"]["domain-lm"]
     assert svc["build"]["dockerfile"] == "deploy/Dockerfile.gpu" and svc["image"] == "domain-lm:gpu"
@@ -226,10 +252,10 @@ def test_prometheus_scrapes_the_service_metrics():
 # --------------------------------------------------------------------------- Helm
 
 
-def _render(values: dict) -> list[dict]:
+def _render(values: dict, signed: bool = True) -> list[dict]:
     helm = pytest.importorskip("helm_python", reason="helm-python-sdk not installed (pip install -e '.[test]')")
     with helm.Chart.load(str(CHART)) as chart:
-        out = chart.render(values, name="bank", namespace="llm")
+        out = chart.render({**SIGNED, **values} if signed else values, name="bank", namespace="llm")
     docs = []
     for name, text in out.items():
         if name.endswith(".yaml"):
@@ -249,13 +275,20 @@ def _by_kind(docs: list[dict]) -> dict[str, dict]:
 
 def test_helm_chart_lints():
     helm = pytest.importorskip("helm_python")
-    res = helm.lint(str(CHART), {"apiKeys": {"entries": [ENTRY]}}, strict=True)
+    res = helm.lint(str(CHART), {**SIGNED, "apiKeys": {"entries": [ENTRY]}}, strict=True)
     assert not res["errors"], res
     assert not [m for m in res["messages"] if m["severity"] > 1], res["messages"]  # info only (icon)
 
 
 def test_helm_cpu_render_is_valid_kubernetes(tmp_path):
-    docs = _render({"apiKeys": {"entries": [ENTRY, {**ENTRY, "id": "ops", "admin": True}]}, "serve": {"extraArgs": ["--max-model-len", "4096"]}, "templates": {"files": {"sentiment.yaml": "name: sentiment\n"}}, "ingress": {"enabled": True}})
+    docs = _render(
+        {
+            "apiKeys": {"entries": [ENTRY, {**ENTRY, "id": "ops", "admin": True}]},
+            "serve": {"extraArgs": ["--max-model-len", "4096"]},
+            "templates": {"files": {"sentiment.yaml": "name: sentiment\n"}},
+            "ingress": {"enabled": True},
+        }
+    )
     _validate_k8s(docs)
     kinds = _by_kind(docs)
     assert {"Deployment", "Service", "ConfigMap", "Secret", "NetworkPolicy", "Ingress"} <= set(kinds)
@@ -286,10 +319,48 @@ def test_helm_cpu_render_is_valid_kubernetes(tmp_path):
     assert kinds["NetworkPolicy"]["spec"]["egress"] == [] and "Egress" in kinds["NetworkPolicy"]["spec"]["policyTypes"]
     assert kinds["Service"]["spec"]["ports"][0]["targetPort"] == "http"
     assert next(v for v in pod["volumes"] if v["name"] == "shm")["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+    # Signed bundles only; runtime templates in a writable store; no docs; the ingress publishes the API only.
+    assert (
+        env["DOMAIN_LM_BUNDLE_PUBLIC_KEY"] == mounts["bundle-keys"]["mountPath"] + "/bundle-signing.pub"
+        and mounts["bundle-keys"]["readOnly"]
+    )
+    assert next(v for v in pod["volumes"] if v["name"] == "bundle-keys")["secret"]["secretName"] == "bundle-signing-key"
+    assert env["DOMAIN_LM_TEMPLATE_STORE"] == mounts["template-store"]["mountPath"] and not mounts["template-store"].get("readOnly")
+    assert env["DOMAIN_LM_DOCS"] == "false" and "DOMAIN_LM_BUNDLE_ALLOW_UNSIGNED" not in env
+    paths = [p["path"] for p in kinds["Ingress"]["spec"]["rules"][0]["http"]["paths"]]
+    assert paths == ["/v1", "/console"]  # /metrics, /docs and the probes are not published
+
+
+def test_helm_signing_key_inline_and_shared_template_store():
+    pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----"
+    docs = _render(
+        {
+            "bundle": {"name": "current", "publicKey": pem},
+            "apiKeys": {"entries": [ENTRY]},
+            "replicaCount": 3,
+            "templateStore": {"existingClaim": "templates-rwx"},
+        },
+        signed=False,
+    )
+    _validate_k8s(docs)
+    key_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-bundle-key"))
+    assert key_map["data"]["bundle-signing.pub"].strip() == pem
+    pod = _by_kind(docs)["Deployment"]["spec"]["template"]["spec"]
+    assert next(v for v in pod["volumes"] if v["name"] == "template-store")["persistentVolumeClaim"]["claimName"] == "templates-rwx"
+    dev = _by_kind(_render({"bundle": {"name": "current", "allowUnsigned": True}, "apiKeys": {"entries": [ENTRY]}}, signed=False))
+    env = {e["name"]: e.get("value") for e in dev["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["DOMAIN_LM_BUNDLE_ALLOW_UNSIGNED"] == "true" and "DOMAIN_LM_BUNDLE_PUBLIC_KEY" not in env
 
 
 def test_helm_gpu_tensor_parallel_switch():
-    docs = _render({"apiKeys": {"existingSecret": "bank-keys"}, "gpu": {"enabled": True}, "tensorParallel": {"enabled": True, "size": 4}, "image": {"tag": "0.1.0-gpu"}})
+    docs = _render(
+        {
+            "apiKeys": {"existingSecret": "bank-keys"},
+            "gpu": {"enabled": True},
+            "tensorParallel": {"enabled": True, "size": 4},
+            "image": {"tag": "0.1.0-gpu"},
+        }
+    )
     _validate_k8s(docs)
     kinds = _by_kind(docs)
     assert "Secret" not in kinds  # the existing Secret is used
@@ -315,6 +386,8 @@ def test_helm_gpu_tensor_parallel_switch():
         ({"apiKeys": {"entries": [ENTRY]}, "gpu": {"enabled": True}, "tensorParallel": {"enabled": True, "size": 1}}, "size must be 2"),
         ({"apiKeys": {"entries": [{"id": "x", "sha256": "the-plain-key"}]}}, "sha256"),  # a plain key is not a hash
         ({"apiKeys": {"entries": [ENTRY]}, "engine": "tgi"}, "engine"),
+        ({"apiKeys": {"entries": [ENTRY]}, "bundle": {"name": "current"}}, "only when signed"),
+        ({"apiKeys": {"entries": [ENTRY]}, "replicaCount": 2}, "shared store"),
     ],
 )
 def test_helm_refuses_unsafe_or_inconsistent_values(values, message):
@@ -355,7 +428,11 @@ def test_systemd_unit_verifies(tmp_path):
     r = _analyze(text, tmp_path)
     assert r.returncode == 0 and "Unknown" not in r.stderr and "ignoring" not in r.stderr, r.stderr
     assert "bundle serve ${DOMAIN_LM_BUNDLE}" in text and "User=domain-lm" in text and "IPAddressDeny=any" in text
-    env = dict(line.split("=", 1) for line in (DEPLOY / "systemd" / "domain-lm.env").read_text().splitlines() if line and not line.startswith("#"))
+    assert "DOMAIN_LM_BUNDLE_PUBLIC_KEY=%d/bundle-signing.pub" in text and "DOMAIN_LM_TEMPLATE_STORE=/var/lib/domain-lm/" in text
+    assert "StateDirectory=domain-lm" in text  # the store's directory is the one writable place besides logs
+    env = dict(
+        line.split("=", 1) for line in (DEPLOY / "systemd" / "domain-lm.env").read_text().splitlines() if line and not line.startswith("#")
+    )
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
     for var in re.findall(r"\$\{?([A-Z_]+)\}?", text.split("ExecStart=")[1].splitlines()[0]):
         assert var in env, f"ExecStart uses ${var}, which domain-lm.env does not set"

@@ -29,7 +29,9 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
     from domain_lm.models.loading import load_causal_lm
 
     torch.manual_seed(0)
-    model = get_peft_model(load_causal_lm(tiny_model_dir), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        load_causal_lm(tiny_model_dir), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     out = tmp_path_factory.mktemp("lora-demo")
     model.save_pretrained(out)
     return out
@@ -63,7 +65,9 @@ def make_app(engine, templates_dir, **kw):
     from services.security import hash_key
     from services.settings import ServiceSettings
 
-    settings = ServiceSettings(api_keys=f"tester:{hash_key(KEY)}:*:admin", templates_dir=str(templates_dir), template_reload_interval_s=0, **kw)
+    settings = ServiceSettings(
+        api_keys=f"tester:{hash_key(KEY)}:*:admin", templates_dir=str(templates_dir), template_reload_interval_s=0, **kw
+    )
     return create_app(settings, engine=engine)
 
 
@@ -131,7 +135,7 @@ examples:
         assert c.post("/v1/tasks/complaint", json={"input": {"text": "My card was charged twice."}}).status_code == 404
         put = c.put("/v1/tasks/complaint", content=yaml_text, headers={"Content-Type": "application/yaml"})
         assert put.status_code == 200, put.text
-        assert put.json()["version"] == 1 and (templates_dir / "complaint.yaml").is_file()
+        assert put.json()["version"] == 1 and (templates_dir / ".versions" / "complaint@1.yaml").is_file()  # the default store
         r = c.post("/v1/tasks/complaint", json={"input": {"text": "My card was charged twice."}})
         assert r.status_code == 200, r.text
         assert r.json()["output"] in {"complaint", "other"}
@@ -168,7 +172,13 @@ def test_adapter_is_served_per_request(engine, templates_dir):
     assert [r.text for r in engine.generate_batch([base_req, lora_req])] == [solo_base, solo_lora]
     assert [r.text for r in engine.generate_batch([lora_req, base_req])] == [solo_lora, solo_base]
     responses = asyncio.run(
-        _post_all(make_app(engine, templates_dir), [("/v1/tasks/sentiment", {"input": {"text": "Profit fell."}, "adapter": "demo"}), ("/v1/tasks/sentiment", {"input": {"text": "Profit fell."}, "adapter": "nope"})])
+        _post_all(
+            make_app(engine, templates_dir),
+            [
+                ("/v1/tasks/sentiment", {"input": {"text": "Profit fell."}, "adapter": "demo"}),
+                ("/v1/tasks/sentiment", {"input": {"text": "Profit fell."}, "adapter": "nope"}),
+            ],
+        )
     )
     assert responses[0].status_code == 200 and responses[0].json()["adapter"] == "demo"
     assert responses[1].status_code == 400 and "nope" in responses[1].json()["detail"]["message"]
@@ -191,7 +201,9 @@ def test_chat_streams_tokens_as_they_arrive(engine, templates_dir):
 
     async def sse():
         transport = httpx.ASGITransport(app=make_app(engine, templates_dir))
-        async with httpx.AsyncClient(transport=transport, base_url="http://svc", headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as c:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://svc", headers={"Authorization": f"Bearer {KEY}"}, timeout=120
+        ) as c:
             body = {"messages": req.messages, "max_tokens": 12, "temperature": 0, "stream": True}
             r = await c.post("/v1/chat/completions", json=body)
             return r.text
@@ -201,3 +213,28 @@ def test_chat_streams_tokens_as_they_arrive(engine, templates_dir):
     chunks = [json.loads(e) for e in events[:-1]]
     content = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"][0]["delta"].get("content")]
     assert "".join(content) == final.text and chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_invalid_sampling_values_are_client_errors_not_500(engine, templates_dir):
+    """Issue 15, finding 8: ``"stop": ""`` answered 500 (vLLM's validation error was not mapped)."""
+    from domain_lm.inference import EngineError, GenerationRequest
+
+    msgs = [{"role": "user", "content": "Profit rose in 2022."}]
+    with pytest.raises(EngineError, match="vLLM rejected the request"):
+        engine.generate_batch([GenerationRequest(messages=msgs, max_tokens=4, stop=[""])])
+    app = make_app(engine, templates_dir)
+    long_prompt = "bank " * 3000  # under the service's character ceiling, over the model's 2048 tokens
+    empty_stop, too_long, ok = asyncio.run(
+        _post_all(
+            app,
+            [
+                ("/v1/chat/completions", {"messages": msgs, "max_tokens": 4, "stop": ""}),
+                ("/v1/chat/completions", {"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 4}),
+                ("/v1/chat/completions", {"messages": msgs, "max_tokens": 4, "stop": ["\n\n"]}),
+            ],
+        )
+    )
+    assert empty_stop.status_code == 422 and "stop" in empty_stop.text
+    assert too_long.status_code == 400 and too_long.json()["detail"]["error"] == "engine_rejected", too_long.text
+    assert ok.status_code == 200
+    assert engine.is_ready()  # the engine survived both

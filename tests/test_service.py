@@ -244,11 +244,15 @@ def test_100_concurrent_with_queue_limit_10(templates):
 
 
 def test_batch_takes_one_slot_per_item(templates):
-    app = make(templates, max_queue=3)
+    app = make(templates, engine=FakeEngine(delay=0.3), max_queue=3)
     with client(app) as c:
+        # More items than the service ever admits: 422 with the limit (not a 429 to retry forever).
         r = c.post("/v1/tasks/sentiment:batch", json={"inputs": [{"text": "a"}] * 4})
-        assert r.status_code == 429
+        assert r.status_code == 422 and r.json()["detail"]["error"] == "too_large" and r.json()["detail"]["limit"] == 3
         assert c.post("/v1/tasks/sentiment:batch", json={"inputs": [{"text": "a"}] * 3}).status_code == 200
+    # Two batches of two on three slots: one runs, the other finds its slots taken (429).
+    codes = sorted(r.status_code for r in run_concurrently(app, [("/v1/tasks/sentiment:batch", {"inputs": [{"text": "a"}] * 2})] * 2))
+    assert codes == [200, 429] and app.state.service.admission.in_flight == 0
 
 
 def test_timeout_is_504_and_frees_the_slot(templates):
@@ -292,7 +296,7 @@ def test_metrics_per_task(templates):
         c.post("/v1/tasks/nope", json=SENTIMENT)
         text = c.get("/metrics").text
     assert 'domain_lm_requests_total{endpoint="/v1/tasks/{name}",status="200",task="sentiment"} 1.0' in text
-    assert 'domain_lm_requests_total{endpoint="/v1/tasks/{name}",status="404",task="nope"} 1.0' in text
+    assert 'domain_lm_requests_total{endpoint="/v1/tasks/{name}",status="404",task="unknown"} 1.0' in text  # no series per name
     assert 'domain_lm_request_latency_seconds_count{endpoint="/v1/tasks/{name}",task="sentiment"} 1.0' in text
     assert 'domain_lm_tokens_total{kind="completion",task="sentiment"} 1.0' in text
 

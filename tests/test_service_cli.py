@@ -53,8 +53,25 @@ def test_serve_process_answers_and_logs_json(tiny_model_dir, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     audit = tmp_path / "audit.jsonl"
-    cmd = [sys.executable, "-m", "domain_lm", "serve", "--model", str(tiny_model_dir), "--templates", str(templates), "--engine", "hf",
-           "--no-auth", "--host", "127.0.0.1", "--port", str(port), "--audit-log", str(audit)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "domain_lm",
+        "serve",
+        "--model",
+        str(tiny_model_dir),
+        "--templates",
+        str(templates),
+        "--engine",
+        "hf",
+        "--no-auth",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--audit-log",
+        str(audit),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -79,3 +96,26 @@ def test_serve_process_answers_and_logs_json(tiny_model_dir, tmp_path):
     assert "body" not in task_calls[0] and "bank.com" not in audit.read_text()
     json_lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert any("DISABLED" in x["msg"] for x in json_lines)  # the --no-auth warning, as a JSON log line
+
+
+def test_domain_lm_never_imports_services_and_finds_serve_through_its_entry_point():
+    import ast
+
+    import services.cli
+    from domain_lm.cli.serve import COMMAND_GROUP, plugin_command
+
+    offenders = []
+    for path in (REPO / "domain_lm").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n == "services" or n.startswith("services.")]
+    assert offenders == []
+    assert plugin_command("serve") is services.cli.app, f"`serve` is not registered under the {COMMAND_GROUP!r} entry point"
+    out = subprocess.run([sys.executable, "-m", "services", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--template-store" in out.stdout, out.stderr

@@ -34,11 +34,12 @@ def test_register_new_version_keeps_old_and_persists(tdir):
     assert (v2.version, reg.get("sentiment").version, reg.versions("sentiment")) == (2, 2, [1, 2])
     assert reg.get("sentiment", 1) is v1 and v1.prompts["en"].system.endswith("exactly one word.")
     assert reg.get("sentiment").render_messages({"text": "x"})[0]["content"].endswith("one word only.")
-    # Files: current file, plus history for both versions (so v1 survives a restart), comments kept.
-    current = (tdir / "sentiment.yaml").read_text(encoding="utf-8")
-    assert "version: 2" in current and current.startswith("# Sentiment")
-    assert (tdir / ".versions" / "sentiment@1.yaml").read_text(encoding="utf-8") == text
-    assert (tdir / ".versions" / "sentiment@2.yaml").read_text(encoding="utf-8") == current
+    # Files: the authored file is never edited; the new version is one immutable file in the store
+    # (by default .versions/), with who registered it on top and the author's comments kept.
+    assert (tdir / "sentiment.yaml").read_text(encoding="utf-8") == text
+    stored = (tdir / ".versions" / "sentiment@2.yaml").read_text(encoding="utf-8")
+    assert stored.startswith("# registered by api at ") and "version: 2" in stored and "# Sentiment" in stored
+    assert [e["version"] for e in reg.store.audit_entries()] == [2]
     again = TemplateRegistry.load(tdir)
     assert again.versions("sentiment") == [1, 2] and again.get("sentiment").fingerprint == v2.fingerprint
     assert again.get("sentiment", 1).fingerprint == v1.fingerprint
@@ -69,7 +70,11 @@ def test_register_new_task_without_persist_dir():
     with pytest.raises(UnknownTaskError):
         reg.get("mini", 2)
     with pytest.raises(TemplateError, match="needs `max_length`"):
-        reg.register(mini(**{"  kind: label": "  kind: text"}).replace("  labels: [approve, reject]\n", "").replace("  display:\n    zh: {approve: 批准, reject: 拒绝}\n", ""))
+        reg.register(
+            mini(**{"  kind: label": "  kind: text"})
+            .replace("  labels: [approve, reject]\n", "")
+            .replace("  display:\n    zh: {approve: 批准, reject: 拒绝}\n", "")
+        )
     assert reg.versions("mini") == [1]
 
 

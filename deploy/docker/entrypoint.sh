@@ -10,8 +10,11 @@
 #   DOMAIN_LM_TENSOR_PARALLEL_SIZE   GPUs to shard the model over (vLLM), default 1
 #   DOMAIN_LM_KV_CACHE_GIB    vLLM KV cache size in GiB (CPU servers)
 #   DOMAIN_LM_SERVE_ARGS      more `domain-lm serve` options, e.g. "--max-queue 32 --max-model-len 4096"
+#   DOMAIN_LM_BUNDLE_PUBLIC_KEY  trusted public key (file or directory) the bundle must be signed with
+#   DOMAIN_LM_BUNDLE_ALLOW_UNSIGNED=true  serve an unsigned bundle (development only)
 # The service reads the rest from DOMAIN_LM_* variables itself (services/settings.py):
-# DOMAIN_LM_API_KEYS_FILE, DOMAIN_LM_API_KEYS, DOMAIN_LM_AUDIT_LOG, DOMAIN_LM_AUTH=false (development only).
+# DOMAIN_LM_API_KEYS_FILE, DOMAIN_LM_API_KEYS, DOMAIN_LM_AUDIT_LOG, DOMAIN_LM_TEMPLATE_STORE (runtime
+# templates), DOMAIN_LM_DOCS=false, DOMAIN_LM_AUTH=false (development only).
 set -eu
 
 PORT="${DOMAIN_LM_PORT:-8000}"
@@ -36,7 +39,7 @@ fi
 set -- "$@" ${DOMAIN_LM_SERVE_ARGS:-}
 
 if [ -n "${DOMAIN_LM_BUNDLE:-}" ]; then
-  # `bundle serve` re-hashes every file against MANIFEST.sha256 and refuses a tampered bundle.
+  # `bundle serve` checks the signature, re-hashes every file against MANIFEST.sha256 and refuses a tampered bundle.
   exec domain-lm bundle serve "$DOMAIN_LM_BUNDLE" "$@"
 fi
 if [ -z "${DOMAIN_LM_MODEL:-}" ]; then

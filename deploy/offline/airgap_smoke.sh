@@ -26,7 +26,8 @@ if "$V/python" -c "import urllib.request; urllib.request.urlopen('https://exampl
   exit 1
 fi
 "$V/python" -c "from domain_lm.testing import build_tiny_model; build_tiny_model('tiny')" >/dev/null 2>&1
-"$V/domain-lm" bundle build --model tiny --templates "$TEMPLATES" --out bundle > bundle.sha256 2>/dev/null
+"$V/domain-lm" bundle keygen --out keys >/dev/null
+"$V/domain-lm" bundle build --model tiny --templates "$TEMPLATES" --out bundle --sign-key keys/bundle-signing.key > bundle.sha256 2>/dev/null
 out=$("$V/domain-lm" serve keygen --id airgap-smoke --tasks '*')
 KEY=$(echo "$out" | sed -n 's/^key: *//p')
 ENTRY=$(echo "$out" | sed -n 's/^entry: *//p')
@@ -35,7 +36,7 @@ status=0
 for engine in $ENGINES; do
   start=$(date +%s)
   DOMAIN_LM_API_KEYS="[$ENTRY]" DOMAIN_LM_AUDIT_LOG="$WORK/audit-$engine.jsonl" \
-    "$V/domain-lm" bundle serve bundle --manifest-sha256 "$(cat bundle.sha256)" --engine "$engine" \
+    "$V/domain-lm" bundle serve bundle --public-key keys/bundle-signing.pub --manifest-sha256 "$(cat bundle.sha256)" --engine "$engine" \
     --port 8123 --gpu-memory-utilization 0.05 --max-model-len 512 > "serve-$engine.log" 2>&1 &
   pid=$!
   ready=0

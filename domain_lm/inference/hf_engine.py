@@ -14,6 +14,7 @@ import logging
 import queue
 import re
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from domain_lm.inference.base import EngineError, GenerationRequest, GenerationR
 from domain_lm.models.loading import load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
+
+#: Compiled grammars kept (JSON schemas and regexes come from clients: the cache must not grow without end).
+GRAMMAR_CACHE_SIZE = 128
 
 
 def _grammar_compiler(tokenizer: Any, vocab_size: int):
@@ -117,7 +121,8 @@ class HFEngine:
         self.vocab_size = int(model.config.vocab_size)
         self.eos_id = int(self.tokenizer.eos_token_id)
         self._compiler = _grammar_compiler(self.tokenizer, self.vocab_size) if constrained else None
-        self._grammar_cache: dict[str, Any] = {}
+        self._grammar_cache: OrderedDict[str, Any] = OrderedDict()
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
         self._lock = threading.Lock()  # one model user at a time
         self._queue: queue.Queue[tuple[GenerationRequest, Future] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._serve, name="hf-engine", daemon=True)
@@ -129,15 +134,33 @@ class HFEngine:
     def is_ready(self) -> bool:
         return not self._closed and self._worker.is_alive()
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
+    def _check(self, request: GenerationRequest) -> None:
+        """Refuse what the model cannot do before generating: an unknown adapter, a prompt too long."""
         check_adapter(self, request.adapter)
+        if self.context_length is None:
+            return
+        n = len(encode_prompt(self.tokenizer, request))
+        longest = (
+            max((len(self.tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in request.choices), default=0)
+            if request.choices
+            else 0
+        )
+        need = n + (longest if request.choices is not None else request.max_tokens)
+        if need > self.context_length:
+            raise EngineError(
+                f"This model's context is {self.context_length} tokens; the prompt has {n} and the answer may need "
+                f"{need - n} more. Shorten the input (or lower max_tokens)."
+            )
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        check_adapter(self, request.adapter)  # the length check tokenizes: done by the worker, off the event loop
         fut: Future = Future()
         self._queue.put((request, fut))
         return await asyncio.wrap_future(fut)
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         for r in requests:
-            check_adapter(self, r.adapter)
+            self._check(r)
         out: list[GenerationResult] = []
         for i in range(0, len(requests), self.max_batch_size):
             with self._lock:
@@ -166,7 +189,7 @@ class HFEngine:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
-            live = [(r, f) for r, f in batch if f.set_running_or_notify_cancel()]
+            live = [(r, f) for r, f in batch if f.set_running_or_notify_cancel() and self._admissible(r, f)]
             if not live:
                 continue
             try:
@@ -178,6 +201,15 @@ class HFEngine:
                 log.exception("HF engine batch failed")
                 for _, f in live:
                     f.set_exception(e if isinstance(e, EngineError) else EngineError(f"generation failed: {e}"))
+
+    def _admissible(self, request: GenerationRequest, fut: Future) -> bool:
+        """False (and the caller told why) for a request the model cannot take."""
+        try:
+            self._check(request)
+        except EngineError as e:
+            fut.set_exception(e)
+            return False
+        return True
 
     # ------------------------------------------------------------------ batching by kind
 
@@ -248,7 +280,10 @@ class HFEngine:
         for (i, c, p, cont), s in zip(pairs, scores):
             if i not in best or s > best[i][0]:
                 best[i] = (s, c, len(p), len(cont) - 1)
-        return [GenerationResult(text=best[i][1], prompt_tokens=best[i][2], completion_tokens=best[i][3], finish_reason="stop") for i in range(len(requests))]
+        return [
+            GenerationResult(text=best[i][1], prompt_tokens=best[i][2], completion_tokens=best[i][3], finish_reason="stop")
+            for i in range(len(requests))
+        ]
 
     # ------------------------------------------------------------------ free / constrained generation
 
@@ -256,13 +291,18 @@ class HFEngine:
         if self._compiler is None or (r.json_schema is None and r.regex is None):
             return None
         key = json.dumps(r.json_schema, sort_keys=True) if r.json_schema is not None else "re:" + (r.regex or "")
-        if key not in self._grammar_cache:
-            if r.json_schema is not None:
-                g = self._compiler.compile_json_schema(json.dumps(r.json_schema), any_whitespace=False)
-            else:
-                g = self._compiler.compile_regex(r.regex)
-            self._grammar_cache[key] = g
-        return self._grammar_cache[key]
+        cache = self._grammar_cache
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        if r.json_schema is not None:
+            g = self._compiler.compile_json_schema(json.dumps(r.json_schema), any_whitespace=False)
+        else:
+            g = self._compiler.compile_regex(r.regex)
+        cache[key] = g
+        while len(cache) > GRAMMAR_CACHE_SIZE:  # least recently used first
+            cache.popitem(last=False)
+        return g
 
     def _generate_checked(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Generate; without a grammar, retry (sampling) the answers that break their contract."""
@@ -316,7 +356,11 @@ class HFEngine:
             for s in r.stop or []:
                 if s in text:
                     text, finish = text[: text.index(s)], "stop"
-            results.append(GenerationResult(text=text, prompt_tokens=int(enc["attention_mask"][row].sum()), completion_tokens=len(new), finish_reason=finish))
+            results.append(
+                GenerationResult(
+                    text=text, prompt_tokens=int(enc["attention_mask"][row].sum()), completion_tokens=len(new), finish_reason=finish
+                )
+            )
         return results
 
 

@@ -207,6 +207,7 @@ class VllmEngine:
 
     async def _results(self, request: GenerationRequest) -> AsyncIterator[GenerationResult]:
         """Cumulative results of one request, on the engine loop."""
+        from vllm.exceptions import VLLMValidationError
         from vllm.inputs import TokensPrompt
 
         if self._llm is None:
@@ -215,11 +216,14 @@ class VllmEngine:
         prompt = TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, request))
         request_id = uuid.uuid4().hex
         try:
+            # Building the sampling parameters validates them too (an empty stop string, a bad
+            # schema): inside the try, so a client's bad value is a 400, not a server error.
+            params = self._sampling_params(request)
             lora = self._lora_request(request.adapter)
-            async for out in self._llm.generate(prompt, self._sampling_params(request), request_id, lora_request=lora):
+            async for out in self._llm.generate(prompt, params, request_id, lora_request=lora):
                 if out.outputs:
                     yield self._to_result(request, out)
-        except ValueError as e:  # vLLM's input checks (prompt longer than max_model_len, bad schema)
+        except (ValueError, TypeError, VLLMValidationError) as e:  # vLLM's input checks (prompt too long, bad values)
             raise EngineError(f"vLLM rejected the request: {e}") from e
 
     def _to_result(self, request: GenerationRequest, out: Any) -> GenerationResult:

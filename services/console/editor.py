@@ -75,7 +75,8 @@ def parse_draft(text: str, registry: TemplateRegistry) -> TaskTemplate:
     if latest is not None and template.version <= latest:
         raise source.error(
             ("version",),
-            f"version: task {template.name!r} is already at version {latest}; use {latest + 1} or delete the version line to get it automatically",
+            f"version: task {template.name!r} is already at version {latest}; "
+            f"use {latest + 1} or delete the version line to get it automatically",
         )
     return template
 
@@ -113,12 +114,22 @@ def unchanged(t: TaskTemplate, registry: TemplateRegistry) -> bool:
     return strip(t.to_dict()) == strip(registry.get(t.name).to_dict())
 
 
+def refused(e: TemplateError) -> dict[str, Any]:
+    """What the editor shows for a draft that would be refused."""
+    return {"ok": False, "errors": error_list(e), "template": None, "unchanged": False}
+
+
+def accepted(t: TaskTemplate, registry: TemplateRegistry) -> dict[str, Any]:
+    """What the editor shows for a draft that would register as ``t``."""
+    return {"ok": True, "errors": [], "template": summary(t, registry), "unchanged": unchanged(t, registry)}
+
+
 def check(text: str, registry: TemplateRegistry) -> dict[str, Any]:
     try:
         t = parse_draft(text, registry)
     except TemplateError as e:
-        return {"ok": False, "errors": error_list(e), "template": None, "unchanged": False}
-    return {"ok": True, "errors": [], "template": summary(t, registry), "unchanged": unchanged(t, registry)}
+        return refused(e)
+    return accepted(t, registry)
 
 
 async def dry_run(

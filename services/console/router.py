@@ -8,26 +8,35 @@ itself (``POST``/``PUT /v1/tasks/{name}``), so the console shows exactly what cl
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain_lm.tasks import TemplateError, UnknownTaskError
-from services.admission import QueueFull
+from domain_lm.tasks import UnknownTaskError
 from services.console import editor, runs
+from services.console.handler import ConsoleHandler
 from services.deps import AdminDep, ApiKeyDep, RegistryDep, StateDep, api_error
 from services.state import ServiceState
 
 STATIC = Path(__file__).parent / "static"
 #: Security headers for the pages: nothing may load from outside the service (air-gapped anyway).
-_CSP = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-src 'self' blob: data:; object-src 'none'; base-uri 'none'"
+_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-src 'self' blob: data:; "
+    "object-src 'none'; base-uri 'none'"
+)
 
 router = APIRouter(prefix="/console", tags=["console"])
+
+
+def get_handler(state: StateDep) -> ConsoleHandler:
+    return ConsoleHandler.for_request(state)
+
+
+HandlerDep = Annotated[ConsoleHandler, Depends(get_handler)]
 
 
 def runs_dir(state: ServiceState) -> Path:
@@ -75,8 +84,10 @@ def session(principal: ApiKeyDep, state: StateDep) -> dict[str, Any]:
 @router.get("/api/tasks", summary="Every task this key may use, with schemas and examples")
 def tasks(registry: RegistryDep, principal: ApiKeyDep) -> dict[str, Any]:
     items = [editor.summary(t, registry) for t in registry if principal.may_run(t.name)]
-    # Broken files are only an admin's business (their paths name the server's directory).
-    problems = [{"file": e.file, "line": e.line, "message": e.message} for e in registry.errors] if principal.admin else []
+    # Broken files are only an admin's business, named by file name (not the server's directory).
+    problems = (
+        [{"file": Path(e.file or "?").name, "line": e.line, "message": e.message} for e in registry.errors] if principal.admin else []
+    )
     return {"tasks": items, "problems": problems}
 
 
@@ -90,13 +101,16 @@ def task(name: str, registry: RegistryDep, principal: ApiKeyDep) -> dict[str, An
         raise api_error(404, "unknown_task", str(e)) from None
     out = editor.summary(t, registry)
     out["history"] = [
-        {"version": v, "description": registry.get(name, v).description, "current": v == t.version} for v in sorted(registry.versions(name), reverse=True)
+        {"version": v, "description": registry.get(name, v).description, "current": v == t.version}
+        for v in sorted(registry.versions(name), reverse=True)
     ]
     return out
 
 
 @router.get("/api/tasks/{name}/versions/{version}/source", summary="A version's YAML, as the editor loads it")
-def task_source(name: str, version: int, registry: RegistryDep, principal: AdminDep) -> dict[str, Any]:  # noqa: ARG001
+def task_source(name: str, version: int, registry: RegistryDep, principal: AdminDep) -> dict[str, Any]:
+    if not principal.may_change(name):
+        raise api_error(403, "forbidden", f"key {principal.id!r} may not change task {name!r}")
     try:
         t = registry.get(name, version)
     except UnknownTaskError as e:
@@ -125,55 +139,40 @@ def starter(principal: AdminDep) -> dict[str, str]:  # noqa: ARG001
 
 
 @router.post("/api/templates/check", summary="Validate a draft template (errors carry their line)")
-def check(body: DraftBody, registry: RegistryDep, principal: AdminDep) -> dict[str, Any]:  # noqa: ARG001
-    return editor.check(body.yaml, registry)
+async def check(body: DraftBody, handler: HandlerDep, principal: AdminDep) -> dict[str, Any]:  # noqa: ARG001
+    return await handler.check(body.yaml)
 
 
 @router.post("/api/templates/dry-run", summary="Render and answer a draft on example inputs without saving it")
-async def dry_run(body: DryRunBody, state: StateDep, registry: RegistryDep, principal: AdminDep) -> dict[str, Any]:  # noqa: ARG001
-    try:
-        template = editor.parse_draft(body.yaml, registry)
-    except TemplateError as e:
-        return {"ok": False, "errors": editor.error_list(e), "template": None, "unchanged": False, "items": []}
-    result = {"ok": True, "errors": [], "template": editor.summary(template, registry), "unchanged": editor.unchanged(template, registry)}
-    if body.lang not in template.languages:
-        problem = {"message": f"the draft has no language {body.lang!r} (it has {', '.join(template.languages)})", "line": None}
-        return {**result, "ok": False, "errors": [problem], "items": []}
-    engine = state.engine if state.ready() else None
-    n = 1 if body.input is not None else min(len(template.examples_for(body.lang)), editor.MAX_DRY_RUN_EXAMPLES)
-    # A dry run uses the model like any request: it takes queue slots and obeys the request timeout.
-    try:
-        with state.admission.slot(max(1, n) if engine is not None else 0):
-            items = await asyncio.wait_for(editor.dry_run(template, engine, body.lang, body.input, body.variant), state.settings.request_timeout_s)
-    except QueueFull as e:
-        raise api_error(429, "queue_full", str(e), retry_after_s=1) from None
-    except (asyncio.TimeoutError, TimeoutError):
-        raise api_error(504, "timeout", f"no answer within {state.settings.request_timeout_s:g}s") from None
-    return {**result, "engine": engine is not None, "items": items}
+async def dry_run(body: DryRunBody, handler: HandlerDep, principal: AdminDep) -> dict[str, Any]:  # noqa: ARG001
+    return await handler.dry_run(body.yaml, body.lang, body.input, body.variant)
 
 
 # --------------------------------------------------------------------------- runs and evaluation
 
 
 @router.get("/api/runs", summary="Pipeline runs in the service's runs directory")
-def list_runs(state: StateDep, principal: ApiKeyDep) -> dict[str, Any]:  # noqa: ARG001
+def list_runs(state: StateDep, principal: ApiKeyDep) -> dict[str, Any]:
     root = runs_dir(state)
-    return {"runs_dir": str(root), "runs": runs.list_runs(root)}
+    listed = runs.list_runs(root)
+    if not principal.all_tasks:  # the full report covers every task
+        listed = [{**r, "has_report": False} for r in listed]
+    return {"runs_dir": str(root) if principal.all_tasks else root.name, "runs": listed}
 
 
-@router.get("/api/runs/{name}", summary="A run's stages, metrics and evaluation tables")
-def run_detail(name: str, state: StateDep, principal: ApiKeyDep) -> dict[str, Any]:  # noqa: ARG001
+@router.get("/api/runs/{name}", summary="A run's stages, metrics and evaluation tables (a scoped key sees its tasks)")
+def run_detail(name: str, state: StateDep, principal: ApiKeyDep) -> dict[str, Any]:
     try:
-        return runs.run_detail(runs_dir(state), name)
+        return ConsoleHandler.scoped_detail(runs.run_detail(runs_dir(state), name), principal)
     except runs.RunNotFound as e:
         raise api_error(404, "unknown_run", str(e)) from None
 
 
-@router.get("/api/runs/{name}/report", response_class=HTMLResponse, summary="A run's self-contained report.html")
-def run_report(name: str, state: StateDep, principal: ApiKeyDep) -> HTMLResponse:  # noqa: ARG001
-    try:
-        path = runs.report_file(runs_dir(state), name)
-    except runs.RunNotFound as e:
-        raise api_error(404, "no_report", str(e)) from None
+@router.get("/api/runs/{name}/report", response_class=HTMLResponse, summary="A run's self-contained report.html (keys for all tasks)")
+def run_report(name: str, state: StateDep, principal: ApiKeyDep) -> HTMLResponse:
+    path = ConsoleHandler.report(runs_dir(state), name, principal)
     # The page shows it in a sandboxed iframe (no scripts); the CSP says the same to any browser.
-    return HTMLResponse(path.read_text(encoding="utf-8"), headers={"Content-Security-Policy": "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"})
+    return HTMLResponse(
+        path.read_text(encoding="utf-8"),
+        headers={"Content-Security-Policy": "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"},
+    )

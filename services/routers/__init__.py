@@ -1,1 +1,0 @@
-"""One router per feature: tasks, OpenAI-compatible chat, health and metrics."""
