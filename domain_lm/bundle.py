@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from domain_lm import atomic, signing
 from domain_lm.errors import DomainLMError
-from domain_lm.hashing import sha256_file
+from domain_lm.core.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,6 @@ CARD_NAME = "MODEL_CARD.md"
 BUNDLE_FORMAT = 1
 
 #: Stages that produce a generator model, in the order ``--run`` prefers them (RLHF last wins).
-# TODO(pipeline): take the model-stage order from the pipeline graph module once it is published.
-_MODEL_STAGES = ("ppo", "dpo", "sft", "pretrain", "base")
 _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -298,7 +296,7 @@ def _readable(root: Path) -> None:
 
 def model_from_run(run: str | Path, stage: str | None = None, runs_dir: str | Path = "runs") -> tuple[Path, dict[str, Any]]:
     """The ``model`` artefact of a run's final generator stage (or of ``stage``), and its provenance."""
-    from domain_lm.runstore import Run
+    from domain_lm.pipeline.store import Run
 
     root = Path(run)
     if not root.is_dir():
@@ -306,7 +304,9 @@ def model_from_run(run: str | Path, stage: str | None = None, runs_dir: str | Pa
     if not root.is_dir():
         raise BundleError(f"Run {run} not found (looked for {Path(run)} and {root}). Pass a run directory or a run name under --runs-dir.")
     store = Run(root)
-    names = (stage,) if stage else _MODEL_STAGES
+    from domain_lm.pipeline.graph import FINAL_MODEL_ORDER
+
+    names = (stage,) if stage else FINAL_MODEL_ORDER
     done = {s: r for s in names if (r := store.load(s)) is not None and r.has("model")}
     if not done:
         raise BundleError(

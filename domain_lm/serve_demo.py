@@ -14,7 +14,7 @@ import httpx
 
 from domain_lm.config import PipelineConfig
 from domain_lm.errors import DomainLMError
-from domain_lm.progress import console
+from domain_lm.core.progress import console
 
 
 def free_port() -> int:

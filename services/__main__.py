@@ -3,7 +3,7 @@
 import sys
 
 from domain_lm.errors import DomainLMError
-from domain_lm.progress import console
+from domain_lm.core.progress import console
 from services.cli import app
 
 

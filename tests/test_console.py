@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from domain_lm.inference.fake import FakeEngine
-from domain_lm.runstore import Run
+from domain_lm.pipeline.store import Run
 from services.app import create_app
 from services.console import editor
 from services.security import hash_key
@@ -49,7 +49,7 @@ examples:
 def make_runs_dir(root: Path) -> Path:
     """A run with a finished SFT stage, an eval stage holding a comparison report, and report.html."""
     from domain_lm.eval.report import write_report as write_eval_report
-    from domain_lm.report import write_report
+    from domain_lm.pipeline.report import write_report
 
     run = Run(root / "demo")
     with run.writing("sft") as w:

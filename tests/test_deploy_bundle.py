@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from domain_lm.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleError, build_bundle, read_manifest, verify_bundle
-from domain_lm.runstore import Run, StageResult
+from domain_lm.pipeline.store import Run, StageResult
 from domain_lm.signing import key_id
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ if "$V/python" -c "import urllib.request; urllib.request.urlopen('https://exampl
   echo "error: this namespace has outbound network; the check would prove nothing" >&2
   exit 1
 fi
-"$V/python" -c "from domain_lm.testing import build_tiny_model; build_tiny_model('tiny')" >/dev/null 2>&1
+"$V/python" -c "from domain_lm.models.tiny import build_tiny_model; build_tiny_model('tiny')" >/dev/null 2>&1
 "$V/domain-lm" bundle keygen --out keys >/dev/null
 "$V/domain-lm" bundle build --model tiny --templates "$TEMPLATES" --out bundle --sign-key keys/bundle-signing.key > bundle.sha256 2>/dev/null
 out=$("$V/domain-lm" serve keygen --id airgap-smoke --tasks '*')

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from domain_lm.errors import DomainLMError
-from domain_lm.progress import console
+from domain_lm.core.progress import console
 
 app = typer.Typer(no_args_is_help=True)
 

@@ -22,15 +22,14 @@ from domain_lm.errors import DomainLMError, ModelNotFoundError
 #: Entry point group through which other packages add commands to ``domain-lm``.
 COMMAND_GROUP = "domain_lm.commands"
 #: Stages whose ``model`` artefact is served for a run, most refined first.
-# TODO(pipeline): take the model-stage order from the pipeline graph module once it is published.
-MODEL_STAGES = ("ppo", "dpo", "sft", "pretrain", "base")
 
 
 def resolve_model(spec: str) -> tuple[Path, dict[str, str]]:
     """A model directory and adapters for a model dir, adapter dir, run dir, stage dir or store name."""
+    from domain_lm.pipeline.graph import FINAL_MODEL_ORDER
     from domain_lm.models import registry
     from domain_lm.models.loading import adapter_base, is_adapter_dir
-    from domain_lm.runstore import MANIFEST, Run, StageResult
+    from domain_lm.pipeline.store import MANIFEST, Run, StageResult
 
     p = Path(spec).expanduser()
     if p.is_dir():
@@ -43,12 +42,12 @@ def resolve_model(spec: str) -> tuple[Path, dict[str, str]]:
             if result.has("model"):
                 return result.artefact("model"), {}
         run = Run(p)
-        for stage in MODEL_STAGES:
+        for stage in FINAL_MODEL_ORDER:
             result = run.load(stage)
             if result is not None and result.has("model"):
                 return result.artefact("model"), {}
         raise ModelNotFoundError(
-            f"{p} is neither a model directory, an adapter directory nor a run with a finished model stage ({', '.join(MODEL_STAGES)})."
+            f"{p} is neither a model directory, an adapter directory nor a run with a finished model stage ({', '.join(FINAL_MODEL_ORDER)})."
         )
     return registry.resolve(spec), {}
 

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from domain_lm.atomic import FILE_MODE
+from domain_lm.core.atomic import FILE_MODE
 from domain_lm.tasks.errors import TemplateError
 
 AUDIT_FILE = "audit.jsonl"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from domain_lm.eval.metrics import PRIMARY, primary
-from domain_lm.runstore import Run
+from domain_lm.pipeline.store import Run
 
 REPORT_HTML = "report.html"
 EVAL_STAGE = "eval"
