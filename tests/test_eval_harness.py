@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from domain_lm.data.sft_data import Record
+from domain_lm.data.records import TaskRecord as Record
 from domain_lm.eval import harness as H
 from domain_lm.eval.report import markdown_table, write_report
 from domain_lm.inference import create_engine
@@ -93,7 +93,7 @@ def test_summary_rouge(registry):
 
 def test_baseline_and_report(tmp_path, registry):
     from domain_lm.data.demo_tasks import demo_examples
-    from domain_lm.data.sft_data import split_records
+    from domain_lm.data.records import split_records
 
     t = registry.get("sentiment")
     recs = [Record("sentiment", "en", e["inputs"], e["output"]) for e in demo_examples(t, "en")]

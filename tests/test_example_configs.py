@@ -20,6 +20,7 @@ from domain_lm.data import sft_data
 from domain_lm.data.corpus_clean import detect_lang
 from domain_lm.data.extract import iter_documents, source_files
 from domain_lm.data.preference import build_preference_data, load_preferences
+from domain_lm.data.records import load_records
 from domain_lm.tasks import TemplateRegistry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +148,7 @@ def test_every_referenced_file_exists(name, shared_data):
 @pytest.mark.parametrize("name", NAMES)
 def test_task_records_load_with_the_declared_mapping(name, shared_data, registry):
     cfg = _config_on(name, shared_data)
-    records = sft_data.load_task_records(cfg, registry)
+    records = load_records(cfg, registry)
     start = 0
     for ds in cfg.tasks.datasets:
         t = registry.get(ds.task)

@@ -10,6 +10,7 @@ import pytest
 
 from domain_lm.config import build_config
 from domain_lm.data import instruct_formats as IF
+from domain_lm.data import records as R
 from domain_lm.data import sft_data as S
 from domain_lm.errors import DataError
 
@@ -73,7 +74,7 @@ def test_build_renders_exactly_what_the_service_sends(tmp_path, registry, tokeni
     t = registry.get("sentiment")
     train = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     evals = [json.loads(x) for x in (tmp_path / "out" / "eval.jsonl").read_text().splitlines()]
-    records = S.read_eval_records(tmp_path / "out" / "eval_records.jsonl")
+    records = R.read_records(tmp_path / "out" / "eval_records.jsonl")
     assert stats.train_examples["sentiment"] == len(train) > 0 and len(records) == len(evals) > 0
 
     by_text = {r["sentence"]: LABEL_MAP[r["lab"]] for r in ROWS}
@@ -99,15 +100,15 @@ def test_build_renders_exactly_what_the_service_sends(tmp_path, registry, tokeni
 
 def test_split_is_deterministic_and_stable_when_data_grows(registry):
     t = registry.get("sentiment")
-    recs = [S.Record("sentiment", "en", {"text": f"Bank {i} results."}, "neutral") for i in range(200)]
-    a_train, a_eval = S.split_records(recs, 0.2, seed=7)
-    b_train, b_eval = S.split_records(list(reversed(recs)), 0.2, seed=7)
+    recs = [R.TaskRecord("sentiment", "en", {"text": f"Bank {i} results."}, "neutral") for i in range(200)]
+    a_train, a_eval = R.split_records(recs, 0.2, seed=7)
+    b_train, b_eval = R.split_records(list(reversed(recs)), 0.2, seed=7)
     assert {r.key() for r in a_eval} == {r.key() for r in b_eval}
     assert 20 <= len(a_eval) <= 60  # about 20 % of 200
-    more = recs + [S.Record("sentiment", "en", {"text": f"Other {i}."}, "neutral") for i in range(100)]
-    _, c_eval = S.split_records(more, 0.2, seed=7)
+    more = recs + [R.TaskRecord("sentiment", "en", {"text": f"Other {i}."}, "neutral") for i in range(100)]
+    _, c_eval = R.split_records(more, 0.2, seed=7)
     assert {r.key() for r in a_eval} <= {r.key() for r in c_eval}  # old eval records never move
-    _, d_eval = S.split_records(recs, 0.2, seed=8)
+    _, d_eval = R.split_records(recs, 0.2, seed=8)
     assert {r.key() for r in d_eval} != {r.key() for r in a_eval}
     assert t.name == "sentiment"
 
@@ -159,9 +160,9 @@ def test_demo_tasks_cover_every_bundled_task_in_both_languages(registry):
             for ex in exs[:50]:
                 t.validate_inputs(ex["inputs"])
                 assert t.parse_output(t.target_text(ex["output"], lang), lang) == ex["output"]
-            if t.output.kind == "label":
+            if t.output.classes is not None:
                 counts = Counter(ex["output"] for ex in exs)
-                assert len(exs) >= 300 and set(counts) == set(t.output.labels)
+                assert len(exs) >= 300 and set(counts) == set(t.output.classes)
                 assert max(counts.values()) <= 2 * min(counts.values())  # balanced enough to learn from
     assert demo_examples(registry.get("sentiment"), "en") == demo_examples(registry.get("sentiment"), "en")  # deterministic
 
@@ -238,9 +239,9 @@ def test_entity_gold_with_offsets_and_uncovered_types(registry):
         {"text": "Harry Potter", "type": "BOOK", "start": 20, "end": 32},
         {"text": "Paris", "type": "LOC", "start": 40, "end": 45},
     ]
-    value = S.coerce_output(t, S.map_label(raw, {"ORGANIZATION": "ORG", "BOOK": ""}))
+    value = t.coerce_output(R.map_label(raw, {"ORGANIZATION": "ORG", "BOOK": ""}))
     assert value == [{"text": "Alpha Bank", "type": "ORG"}, {"text": "Paris", "type": "LOC"}]
     assert t.parse_output(t.target_text(value), "en") == value
     # an unmapped type still breaks the contract loudly instead of being dropped silently
     with pytest.raises(Exception, match="BOOK"):
-        t.parse_output(t.target_text(S.coerce_output(t, raw)), "en")
+        t.parse_output(t.target_text(t.coerce_output(raw)), "en")

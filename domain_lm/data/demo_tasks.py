@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import random
 import re
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -390,7 +390,7 @@ def _match(name: str, keys: list[str]) -> bool:
 
 def _label_for(template: Any, semantic: str, keys: list[str]) -> str | None:
     """The template label for a semantic class: exact name first, then keyword match (unique)."""
-    labels = list(template.output.labels or [])
+    labels = list(template.output.classes or [])
     if semantic in labels:
         return semantic
     hits = [lab for lab in labels if _match(lab, keys) or any(_match(d, keys) for d in _displays(template, lab))]
@@ -398,7 +398,9 @@ def _label_for(template: Any, semantic: str, keys: list[str]) -> str | None:
 
 
 def _displays(template: Any, label: str) -> list[str]:
-    return [shown.get(label, "") for shown in template.output.display.values()]
+    """What the model writes for ``label`` in each language of the template."""
+    i = template.output.classes.index(label)
+    return [template.choices(lang)[i] for lang in template.languages]
 
 
 def _text_field(template: Any) -> str:
@@ -471,7 +473,7 @@ def _key_points_value(template: Any, ex: dict[str, Any]) -> Any:
 
 
 def _summary_value(template: Any, ex: dict[str, Any]) -> Any:
-    return ex["summary"] if template.output.kind == "text" else None
+    return ex["summary"]  # demo_examples drops it if the template's contract does not take a text
 
 
 # task name -> (generator, shaper(template, semantic example) -> output value or None)
@@ -483,10 +485,6 @@ _TASKS: dict[str, tuple[Callable[[str], list[dict[str, Any]]], Callable[[Any, di
     "report_summary": (report_examples, _summary_value),
     "key_points": (key_point_examples, _key_points_value),
 }
-
-
-def demo_task_names() -> list[str]:
-    return list(_TASKS)
 
 
 def demo_examples(template: Any, lang: str) -> list[dict[str, Any]]:
@@ -519,11 +517,3 @@ def demo_examples(template: Any, lang: str) -> list[dict[str, Any]]:
             continue
         out.append({"inputs": inputs, "output": value})
     return out
-
-
-def iter_all(registry: Any, langs: list[str]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    for name in registry.names():
-        t = registry.get(name)
-        for lang in langs:
-            for ex in demo_examples(t, lang):
-                yield name, lang, ex

@@ -14,15 +14,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from domain_lm.inference.base import Engine, GenerationRequest, GenerationResult
-from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING, bound_schema, fit_schema, text_regex
+from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING, fit_schema
 from domain_lm.tasks import ContractError, TaskTemplate
 
 log = logging.getLogger(__name__)
-
-#: Generation budgets when the template gives no ``output.max_tokens`` hint.
-LABEL_MAX_TOKENS = 32
-JSON_MAX_TOKENS = 768
-TEXT_MAX_TOKENS = 512
 
 
 class Usage(BaseModel):
@@ -51,8 +46,11 @@ class TaskAnswer(BaseModel):
 class TaskRunner:
     """Turns (template, inputs) into engine requests and engine results into typed answers.
 
+    The template's output contract gives the decode-time constraint and the token budget.
     ``json_max_string`` / ``json_max_items`` bound unbounded strings and arrays of a JSON schema at
-    decode time (see ``schema_bounds``) so a JSON answer always closes inside its token budget.
+    decode time (see ``schema_bounds``) so a JSON answer always closes inside its token budget;
+    ``max_tokens`` overrides every template's budget hint, but never below what the contract
+    needs (a label task always has room for its longest label).
     """
 
     def __init__(
@@ -92,26 +90,14 @@ class TaskRunner:
     ) -> GenerationRequest:
         """Validate inputs (``InputError`` names the field), render, and attach the output contract."""
         messages = template.render_messages(template.validate_inputs(inputs), lang=lang, variant=variant, few_shot=few_shot)
-        out = template.output
-        kw: dict[str, Any] = {}
-        if out.kind == "label":
-            kw["choices"] = template.choices(lang)
-            # Room for the longest choice even at one byte per token (CJK labels are 3 bytes a character).
-            default = max(LABEL_MAX_TOKENS, 4 * max(len(c) for c in kw["choices"]) + 8)
-        elif out.kind == "json":
-            kw["json_schema"] = bound_schema(template.json_schema() or {}, self.json_max_string, self.json_max_items)
-            default = JSON_MAX_TOKENS
-        else:
-            kw["regex"] = text_regex(out.max_length or 4000)
-            default = TEXT_MAX_TOKENS
-        max_tokens = self.max_tokens or out.max_tokens or default
+        constraint = template.output.constraint(lang, self.json_max_string, self.json_max_items)
         return GenerationRequest(
             messages=messages,
-            max_tokens=max_tokens,
+            max_tokens=template.output.token_budget(lang, self.max_tokens),
             temperature=temperature,
             seed=seed,
             adapter=self.resolve_adapter(template, adapter),
-            **kw,
+            **constraint.request_fields(),
         )
 
     def to_answer(self, template: TaskTemplate, request: GenerationRequest, result: GenerationResult, lang: str, latency_ms: float) -> TaskAnswer:
