@@ -150,12 +150,18 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _int_or_0(v: Any) -> int:
+    return v if _is_int(v) else 0
+
+
 def _check_mul(left: Any, right: Any) -> None:
     if _is_int(left) and _is_int(right):
         _refuse_size("multiplying these integers", left.bit_length() + right.bit_length(), MAX_INT_BITS, "bits")
         return
     for seq, n in ((left, right), (right, left)):
         if isinstance(seq, (str, bytes, list, tuple)) and _is_int(n) and n > 0:
+            if isinstance(seq, (list, tuple)):
+                _refuse_size(f"repeating a list {n:,} times", len(seq) * n, MAX_ITEMS, "items")
             _refuse_size(f"repeating a value {n:,} times", weight(seq) * n, MAX_VALUE)
 
 
@@ -165,6 +171,8 @@ def _check_pow(base: Any, exp: Any) -> None:
 
 
 def _check_add(left: Any, right: Any) -> None:
+    if isinstance(left, (list, tuple)) and isinstance(right, (list, tuple)):
+        _refuse_size("joining these lists", len(left) + len(right), MAX_ITEMS, "items")
     if isinstance(left, (str, bytes, list, tuple)) and isinstance(right, (str, bytes, list, tuple)):
         _refuse_size("joining these values", weight(left) + weight(right), MAX_VALUE)
 
@@ -224,7 +232,7 @@ _METHOD_CHECKS: dict[str, Callable[[Any, list[Any], dict[str, Any]], None]] = {
     "ljust": lambda s, a, k: _width_check("ljust", a[0] if a else k.get("width")),
     "rjust": lambda s, a, k: _width_check("rjust", a[0] if a else k.get("width")),
     "zfill": lambda s, a, k: _width_check("zfill", a[0] if a else k.get("width")),
-    "expandtabs": lambda s, a, k: _refuse_size("expandtabs", len(s) * max(1, (a or [k.get("tabsize", 8)])[0] or 1), MAX_VALUE),
+    "expandtabs": lambda s, a, k: _refuse_size("expandtabs", len(s) + s.count("\t" if isinstance(s, str) else b"\t") * _int_or_0((a or [k.get("tabsize", 8)])[0]), MAX_VALUE),
     "replace": lambda s, a, k: _refuse_size("replace", _replace_size(s, *(list(a) + [None] * 3)[:3]), MAX_VALUE),
     "join": lambda s, a, k: _check_join(s, a[0] if a else None),
     "format": lambda s, a, k: _check_str_format(s, tuple(a), k) if isinstance(s, str) else None,
