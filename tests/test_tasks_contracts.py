@@ -55,7 +55,7 @@ def test_label_contract(reg):
     assert out.target_text("neutral", "zh") == "中性" and out.coerce(" Positive ") == "positive"
     with pytest.raises(ContractError):
         out.coerce("POS")
-    assert out.constraint("zh", 96, 8).request_fields() == {"choices": ["积极", "消极", "中性"]}
+    assert out.constraint("zh").request_fields() == {"choices": ["积极", "消极", "中性"]}
     assert out.value_schema() == {"type": "string", "enum": ["positive", "negative", "neutral"]} and out.classes == out.labels
     assert out.describe() == "label (positive/negative/neutral)" and out.json_schema() is None
     rejected = dict(out.rejected_answers("positive", {"text": "Profit rose."}, "en", random.Random(0)))
@@ -73,7 +73,7 @@ def test_json_contract(reg):
         ents.parse('[{"text": "A"', "en")
     # Datasets carry offsets the contract does not ask for; a one-array object takes a bare list.
     assert ents.coerce([{"text": "A", "type": "ORG", "start": 0}]) == [{"text": "A", "type": "ORG"}]
-    bound = ext.constraint("en", 7, 3).json_schema
+    bound = ext.constraint("en", json_max_string=7, json_max_items=3).json_schema
     assert bound != ext.json_schema() and "maxLength" in json.dumps(bound) and ext.value_schema() == ext.json_schema()
     assert ents.metric_value({"entities": value}, "ner") == value and ents.metric_value({"entities": value}, "extraction") == {"entities": value}
     gold = {"value": 12.5, "unit": "million", "period": "2022", "evidence": "revenue of 12.5 million"}
@@ -88,7 +88,7 @@ def test_text_contract(reg):
     assert out.parse("  Revenue rose.  ", "en") == "Revenue rose." and out.coerce(12) == "12"
     with pytest.raises(ContractError, match="empty"):
         out.parse("  ", "en")
-    assert out.constraint("en", 1, 1).regex == text_regex(out.max_length)
+    assert out.constraint("en").regex == text_regex(out.max_length)
     assert out.value_schema() == {"type": "string", "maxLength": out.max_length} and out.classes is None
     [(why, text)] = out.rejected_answers("Revenue rose 8% to 5m.", {"text": "Revenue rose 8% to 5m."}, "en", random.Random(2))
     assert why == "unfaithful_numbers" and "8" not in text.split("%")[0]
@@ -176,3 +176,28 @@ def test_a_generation_result_cut_at_the_budget_is_a_contract_error(reg):
     req = runner.build_request(t, {"text": "q"})
     with pytest.raises(ContractError):
         runner.to_answer(t, req, GenerationResult(text=LONG_LABEL[:20], finish_reason="length"), "en", 1.0)
+
+
+def test_the_documented_new_kind_is_a_working_contract(monkeypatch):
+    """docs/templates.md shows adding a `spans` kind; its code must be a complete, working contract."""
+    import re as _re
+    import sys
+    import types
+
+    from domain_lm.tasks import OutputContract
+    from tests.tasks_fixtures import REPO
+
+    doc = (REPO / "docs" / "templates.md").read_text(encoding="utf-8")
+    code = next(b for b in _re.findall(r"```python\n(.*?)```", doc, _re.DOTALL) if "class SpansOutput" in b)
+    module = types.ModuleType("docs_templates_spans")  # pydantic resolves annotations through the module
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(code, "docs/templates.md", "exec"), module.__dict__)  # noqa: S102 - our own documentation
+    spans = module.SpansOutput(kind="spans", types=["ORG", "PER"])
+    assert isinstance(spans, OutputContract)
+    inputs = {"text": "Alpha Bank hired Ann Lee."}
+    good = [{"text": "Alpha Bank", "type": "ORG", "start": 0, "end": 10}]
+    assert spans.parse(spans.target_text(good, "en"), "en", inputs) == good
+    with pytest.raises(ContractError, match="not a span"):
+        spans.parse(json.dumps([{"text": "Beta Bank", "type": "ORG", "start": 0, "end": 9}]), "en", inputs)
+    assert spans.constraint("en", inputs).json_schema["items"]["properties"]["type"] == {"enum": ["ORG", "PER"]}
+    assert spans.token_budget("en") == 512 and spans.rejected_answers(good, inputs, "en", random.Random(0)) == []

@@ -89,8 +89,9 @@ class TaskRunner:
         seed: int | None = None,
     ) -> GenerationRequest:
         """Validate inputs (``InputError`` names the field), render, and attach the output contract."""
-        messages = template.render_messages(template.validate_inputs(inputs), lang=lang, variant=variant, few_shot=few_shot)
-        constraint = template.output.constraint(lang, self.json_max_string, self.json_max_items)
+        values = template.validate_inputs(inputs)
+        messages = template.render_messages(values, lang=lang, variant=variant, few_shot=few_shot)
+        constraint = template.output.constraint(lang, values, json_max_string=self.json_max_string, json_max_items=self.json_max_items)
         return GenerationRequest(
             messages=messages,
             max_tokens=template.output.token_budget(lang, self.max_tokens),
@@ -100,9 +101,18 @@ class TaskRunner:
             **constraint.request_fields(),
         )
 
-    def to_answer(self, template: TaskTemplate, request: GenerationRequest, result: GenerationResult, lang: str, latency_ms: float) -> TaskAnswer:
-        """Parse and check the engine's text; ``ContractError`` (with ``.raw``) if it breaks the contract."""
-        output = template.parse_output(result.text, lang=lang)
+    def to_answer(
+        self,
+        template: TaskTemplate,
+        request: GenerationRequest,
+        result: GenerationResult,
+        lang: str,
+        latency_ms: float,
+        inputs: dict[str, Any] | None = None,
+    ) -> TaskAnswer:
+        """Parse and check the engine's text against the contract (and ``inputs``, the request's, for
+        kinds grounded in them); ``ContractError`` (with ``.raw``) if it breaks the contract."""
+        output = template.parse_output(result.text, lang=lang, inputs=inputs)
         return TaskAnswer(
             task=template.name,
             version=template.version,
@@ -145,7 +155,7 @@ class TaskRunner:
         request = self.build_request(template, inputs, lang, adapter, **kw)
         t0 = time.perf_counter()
         request, result = await self.agenerate(request)
-        return self.to_answer(template, request, result, lang, (time.perf_counter() - t0) * 1000)
+        return self.to_answer(template, request, result, lang, (time.perf_counter() - t0) * 1000, inputs)
 
     async def arun_batch(
         self, template: TaskTemplate, inputs: list[dict[str, Any]], lang: str = "en", adapter: str | None = None, return_exceptions: bool = False, **kw: Any
@@ -187,7 +197,7 @@ class TaskRunner:
         latency = (time.perf_counter() - t0) * 1000 / max(1, len(requests))
         for (i, req), res in zip(requests, results):
             try:
-                out[i] = self.to_answer(template, req, res, lang, latency)
+                out[i] = self.to_answer(template, req, res, lang, latency, inputs[i])
             except ContractError as e:
                 if not return_exceptions:
                     raise

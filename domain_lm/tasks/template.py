@@ -165,7 +165,7 @@ class TaskTemplate(TemplateSpec):
                 raise self._err(("examples", i, "inputs", e.field), f"example {i}: {e}") from None
             try:
                 text = self.target_text(ex.output, ex.lang)
-                back = self.parse_output(text, ex.lang)
+                back = self.parse_output(text, ex.lang, inputs)
             except ContractError as e:
                 raise self._err(("examples", i, "output"), f"example {i} output breaks the contract: {e.message}") from None
             if back != ex.output:
@@ -309,17 +309,18 @@ class TaskTemplate(TemplateSpec):
         self._prompt(lang)
         return self._contract(self.output.target_text, value, lang)
 
-    def parse_output(self, text: str, lang: str = "en") -> Any:
+    def parse_output(self, text: str, lang: str = "en", inputs: dict[str, Any] | None = None) -> Any:
         """The typed value of a model answer, or ``ContractError`` (with ``.raw``) if it breaks the contract.
 
         What is accepted depends on the output kind (see ``domain_lm.tasks.contracts``): labels by
         display string, canonical label or alias; JSON, possibly in a code fence, matching the
-        schema; text, non-empty and at most ``max_length`` characters.
+        schema; text, non-empty and at most ``max_length`` characters. ``inputs`` (the request's)
+        let a kind check an answer against them (spans copied from the text).
         """
         self._prompt(lang)
         if not isinstance(text, str):
             raise ContractError(f"expected text, got {type(text).__name__}", raw=repr(text), task=self.name)
-        return self._contract(self.output.parse, text, lang)
+        return self._contract(self.output.parse, text, lang, inputs)
 
     def coerce_output(self, raw: Any) -> Any:
         """A dataset's raw gold value shaped into the output type (``ContractError`` if it cannot be)."""

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING
 from domain_lm.tasks import metrics
 
 #: A rejected answer for a reward pair: (why it is worse, e.g. "wrong_label", the answer text).
 Rejection = tuple[str, str]
 #: A problem found in the ``output`` section: (key path below ``output``, message).
 Problem = tuple[tuple[Any, ...], str]
+#: The request's validated inputs, for kinds whose answer depends on them (spans copied from the text).
+Inputs = Mapping[str, Any] | None
 
 
 class Tokenizer(Protocol):
@@ -82,8 +85,11 @@ class OutputContract(BaseModel, ABC):
     # ------------------------------------------------------------------ answers
 
     @abstractmethod
-    def parse(self, text: str, lang: str) -> Any:
-        """The typed value of a model answer, or ``ContractError`` (with ``.raw``) if it breaks the contract."""
+    def parse(self, text: str, lang: str, inputs: Inputs = None) -> Any:
+        """The typed value of a model answer, or ``ContractError`` (with ``.raw``) if it breaks the contract.
+
+        ``inputs`` are the request's inputs, for kinds that check the answer against them.
+        """
 
     @abstractmethod
     def target_text(self, value: Any, lang: str) -> str:
@@ -96,8 +102,11 @@ class OutputContract(BaseModel, ABC):
     # ------------------------------------------------------------------ decoding
 
     @abstractmethod
-    def constraint(self, lang: str, json_max_string: int, json_max_items: int) -> DecodeConstraint:
-        """The decode-time constraint for ``lang``; unbounded JSON strings/arrays get these limits."""
+    def constraint(
+        self, lang: str, inputs: Inputs = None, json_max_string: int = DEFAULT_MAX_STRING, json_max_items: int = DEFAULT_MAX_ITEMS
+    ) -> DecodeConstraint:
+        """The decode-time constraint for ``lang`` (and ``inputs``, for kinds grounded in them);
+        unbounded strings / arrays of a JSON schema get the ``json_max_*`` limits."""
 
     def default_tokens(self, lang: str) -> int:
         return self.default_max_tokens

@@ -11,8 +11,8 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import Field, PrivateAttr, model_validator
 
-from domain_lm.inference.schema_bounds import bound_schema
-from domain_lm.tasks.contracts.base import DecodeConstraint, OutputContract, Rejection
+from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING, bound_schema
+from domain_lm.tasks.contracts.base import DecodeConstraint, Inputs, OutputContract, Rejection
 from domain_lm.tasks.contracts.negatives import contract_breaking, numbers_in, source_text, with_numbers_changed
 from domain_lm.tasks.errors import ContractError
 
@@ -47,7 +47,7 @@ class JsonOutput(OutputContract):
 
     # ------------------------------------------------------------------ answers
 
-    def parse(self, text: str, lang: str) -> Any:
+    def parse(self, text: str, lang: str, inputs: Inputs = None) -> Any:
         body = text.strip()
         fenced = _FENCE.match(body)
         if fenced:
@@ -95,7 +95,9 @@ class JsonOutput(OutputContract):
 
     # ------------------------------------------------------------------ decoding
 
-    def constraint(self, lang: str, json_max_string: int, json_max_items: int) -> DecodeConstraint:
+    def constraint(
+        self, lang: str, inputs: Inputs = None, json_max_string: int = DEFAULT_MAX_STRING, json_max_items: int = DEFAULT_MAX_ITEMS
+    ) -> DecodeConstraint:
         """The schema with limits added where it has none, so a constrained answer always closes."""
         return DecodeConstraint(json_schema=bound_schema(self.schema_ or {}, json_max_string, json_max_items))
 

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from domain_lm.tasks.contracts.base import DecodeConstraint, OutputContract, Problem, Rejection, Tokenizer
+from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING
+from domain_lm.tasks.contracts.base import DecodeConstraint, Inputs, OutputContract, Problem, Rejection, Tokenizer
 from domain_lm.tasks.contracts.negatives import contract_breaking
 from domain_lm.tasks.errors import ContractError
 
@@ -78,7 +79,7 @@ class LabelOutput(OutputContract):
 
     # ------------------------------------------------------------------ answers
 
-    def parse(self, text: str, lang: str) -> Any:
+    def parse(self, text: str, lang: str, inputs: Inputs = None) -> Any:
         label = self._lookup.get(lang, self._lookup[None]).get(norm_label(text))
         if label is None:
             raise ContractError(f"answer is not one of {self.choices(lang)}", raw=text)
@@ -105,7 +106,9 @@ class LabelOutput(OutputContract):
         shown = self.display.get(lang, {})
         return [shown.get(label, label) for label in self.labels]
 
-    def constraint(self, lang: str, json_max_string: int, json_max_items: int) -> DecodeConstraint:
+    def constraint(
+        self, lang: str, inputs: Inputs = None, json_max_string: int = DEFAULT_MAX_STRING, json_max_items: int = DEFAULT_MAX_ITEMS
+    ) -> DecodeConstraint:
         return DecodeConstraint(choices=self.choices(lang))
 
     def default_tokens(self, lang: str) -> int:

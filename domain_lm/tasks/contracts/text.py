@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from domain_lm.inference.schema_bounds import text_regex
-from domain_lm.tasks.contracts.base import DecodeConstraint, OutputContract, Rejection
+from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING, text_regex
+from domain_lm.tasks.contracts.base import DecodeConstraint, Inputs, OutputContract, Rejection
 from domain_lm.tasks.contracts.negatives import source_text, unfaithful_summary
 from domain_lm.tasks.errors import ContractError
 
@@ -28,7 +28,7 @@ class TextOutput(OutputContract):
             raise ValueError("a text output needs `max_length`")
         return self
 
-    def parse(self, text: str, lang: str) -> Any:
+    def parse(self, text: str, lang: str, inputs: Inputs = None) -> Any:
         value = text.strip()
         self._check_value(value, raw=text)
         return value
@@ -51,7 +51,9 @@ class TextOutput(OutputContract):
             return raw
         return str(raw) if isinstance(raw, (int, float)) else json.dumps(raw, ensure_ascii=False)
 
-    def constraint(self, lang: str, json_max_string: int, json_max_items: int) -> DecodeConstraint:
+    def constraint(
+        self, lang: str, inputs: Inputs = None, json_max_string: int = DEFAULT_MAX_STRING, json_max_items: int = DEFAULT_MAX_ITEMS
+    ) -> DecodeConstraint:
         return DecodeConstraint(regex=text_regex(self.max_length or 4000))
 
     def value_schema(self) -> dict[str, Any]:
