@@ -7,6 +7,7 @@ templates here keep the preference tests independent of the bundled wording.
 from __future__ import annotations
 
 import json
+
 import pytest
 
 # Two phrasings for the label task and one for the summary task: the pairs' prompts must be one of them.
@@ -63,7 +64,12 @@ def summary_template():
     return TaskTemplate.from_yaml(SUMMARY_TEMPLATE, "summary.yaml")
 
 
-POSITIVE = ["Profit rose strongly", "Revenue grew and margins improved", "Deposits increased, outlook positive", "Record earnings this year"]
+POSITIVE = [
+    "Profit rose strongly",
+    "Revenue grew and margins improved",
+    "Deposits increased, outlook positive",
+    "Record earnings this year",
+]
 NEGATIVE = ["Losses widened sharply", "Credit defaults rose, outlook negative", "Profit fell and costs jumped", "The bank cut its dividend"]
 
 

@@ -41,7 +41,10 @@ EXPECTED: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], Callable[[
     # FinFE: the config maps the int `label`; check it against the file's own `label_name` column.
     "bbt_fincuge/finfe/train.jsonl": (lambda row: {"text": row["text"]}, lambda row: row["label_name"]),
     "bbt_fincuge/finna/train.jsonl": (lambda row: {"text": row["text"]}, lambda row: row["summary"].strip()),
-    "finer_ord/train.jsonl": (lambda row: {"text": row["text"]}, lambda row: [{"text": e["text"], "type": e["type"]} for e in row["entities"]]),
+    "finer_ord/train.jsonl": (
+        lambda row: {"text": row["text"]},
+        lambda row: [{"text": e["text"], "type": e["type"]} for e in row["entities"]],
+    ),
     "cluener/train.jsonl": (
         lambda row: {"text": row["text"]},
         lambda row: [{"text": e["text"], "type": CLUENER[e["type"]]} for e in row["entities"] if e["type"] in CLUENER],
@@ -216,4 +219,3 @@ def test_preference_pairs_load(name, shared_data, registry):
         assert counts.get("wrong_label", 0) > 0
     if "report_summary" in tasks:
         assert counts.get("unfaithful_numbers", 0) > 0
-

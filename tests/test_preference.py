@@ -7,11 +7,11 @@ import json
 import pytest
 
 from domain_lm.data import preference as pref
+from domain_lm.data.records import TaskRecord
 from domain_lm.errors import DataError
 from domain_lm.inference import GenerationResult
-from domain_lm.tasks.errors import ContractError
-from domain_lm.data.records import TaskRecord
 from domain_lm.tasks.contracts.negatives import numbers_in, unfaithful_summary
+from domain_lm.tasks.errors import ContractError
 from tests.rlhf_fixtures import label_template, load_real_templates, summary_template
 
 
@@ -22,7 +22,8 @@ def write_jsonl(path, rows):
 
 def test_hh_dialogue_shared_prefix_becomes_prompt(tmp_path):
     row = {
-        "chosen": "\n\nHuman: What is APR?\n\nAssistant: The yearly rate.\n\nHuman: And APY?\n\nAssistant: The yearly yield with compounding.",
+        "chosen": "\n\nHuman: What is APR?\n\nAssistant: The yearly rate.\n\nHuman: And APY?"
+        "\n\nAssistant: The yearly yield with compounding.",
         "rejected": "\n\nHuman: What is APR?\n\nAssistant: The yearly rate.\n\nHuman: And APY?\n\nAssistant: No idea.",
     }
     bad = {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: different\n\nAssistant: c"}
@@ -76,7 +77,9 @@ def test_label_task_pairs_wrong_label_and_contract():
 def test_summary_pairs_quote_numbers_not_in_source():
     t = summary_template()
     src = "Revenue grew 8 percent to 1.2 billion in 2022."
-    pairs = pref.task_pairs([TaskRecord("report_summary", "en", {"text": src}, "Revenue up 8% to 1.2 billion.")], {"report_summary": t}, seed=1)
+    pairs = pref.task_pairs(
+        [TaskRecord("report_summary", "en", {"text": src}, "Revenue up 8% to 1.2 billion.")], {"report_summary": t}, seed=1
+    )
     assert [p.kind for p in pairs] == ["unfaithful_numbers"]
     bad = pairs[0].rejected
     assert numbers_in(bad) and not (numbers_in(bad) & numbers_in(src))
@@ -87,7 +90,10 @@ def test_summary_pairs_quote_numbers_not_in_source():
 
 def test_sampled_pairs_ranked_by_metric():
     t = label_template()
-    records = [TaskRecord("sentiment", "en", {"text": "Loss widened."}, "negative"), TaskRecord("sentiment", "en", {"text": "Flat."}, "neutral")]
+    records = [
+        TaskRecord("sentiment", "en", {"text": "Loss widened."}, "negative"),
+        TaskRecord("sentiment", "en", {"text": "Flat."}, "neutral"),
+    ]
     answers = iter(["negative", "positive", "negative", "maybe?", "neutral", "neutral", "neutral", "neutral"])
 
     class Engine:
@@ -124,7 +130,9 @@ def test_reward_build_cli(tmp_path):
 
     from domain_lm.cli.reward import app
 
-    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "responses": ["a", "b", "c"]}, {"prompt": "r", "chosen": "x", "rejected": "y"}])
+    src = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": "q", "responses": ["a", "b", "c"]}, {"prompt": "r", "chosen": "x", "rejected": "y"}]
+    )
     out = tmp_path / "out.jsonl"
     res = CliRunner().invoke(app, ["build", "--source", str(src), "--no-tasks", "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -139,7 +147,9 @@ def test_sampled_pairs_with_the_hf_engine(tiny_model_dir):
     engine = create_engine(str(tiny_model_dir), kind="hf")
     try:
         # the random tiny model never says a label, so rank its samples by length instead
-        pairs = pref.sampled_pairs(records, {"sentiment": t}, engine, k=3, max_tokens=8, scorer=lambda t, text, gold, lang: float(len(text)))
+        pairs = pref.sampled_pairs(
+            records, {"sentiment": t}, engine, k=3, max_tokens=8, scorer=lambda t, text, gold, lang: float(len(text))
+        )
     finally:
         engine.close()
     assert pairs and all(len(p.chosen) > len(p.rejected) and p.kind == "sampled" for p in pairs)

@@ -75,7 +75,9 @@ def test_json_contract(reg):
     assert ents.coerce([{"text": "A", "type": "ORG", "start": 0}]) == [{"text": "A", "type": "ORG"}]
     bound = ext.constraint("en", json_max_string=7, json_max_items=3).json_schema
     assert bound != ext.json_schema() and "maxLength" in json.dumps(bound) and ext.value_schema() == ext.json_schema()
-    assert ents.metric_value({"entities": value}, "ner") == value and ents.metric_value({"entities": value}, "extraction") == {"entities": value}
+    assert ents.metric_value({"entities": value}, "ner") == value and ents.metric_value({"entities": value}, "extraction") == {
+        "entities": value
+    }
     gold = {"value": 12.5, "unit": "million", "period": "2022", "evidence": "revenue of 12.5 million"}
     kinds = [k for k, _ in ext.rejected_answers(gold, {"text": "revenue of 12.5 million in 2022"}, "en", random.Random(1))]
     assert kinds[0] == "unfaithful_numbers" and "contract" in kinds

@@ -61,7 +61,10 @@ AT_REGISTRATION = [
     ("{{ text|indent(10**8) }}", "indent"),
     ("{{ ([text]*100000)|join }}", "repeating a value"),
     ("{% set ns = namespace(s=text) %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}", "~ operator"),
-    ("{% set ns = namespace(s=[1]) %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}", "joining these lists|time budget"),
+    (
+        "{% set ns = namespace(s=[1]) %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",
+        "joining these lists|time budget",
+    ),
     ("{% macro m(n) %}{% for i in range(9) %}{{ m(n) }}{% endfor %}{% endmacro %}{{ m(1) }}", "Recursion|operations|time budget"),
     ("{{ lipsum(100000) }}", "undeclared"),
 ]

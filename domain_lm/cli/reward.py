@@ -20,7 +20,9 @@ app = typer.Typer()
 
 
 @app.callback(invoke_without_command=True)
-def reward(ctx: typer.Context, config: ConfigOpt = None, overrides: OverrideOpt = None, resume: ResumeOpt = False, force: ForceOpt = False) -> None:
+def reward(
+    ctx: typer.Context, config: ConfigOpt = None, overrides: OverrideOpt = None, resume: ResumeOpt = False, force: ForceOpt = False
+) -> None:
     """Train the reward model (Bradley-Terry) on the configured preference data."""
     if ctx.invoked_subcommand is not None:
         return
@@ -32,7 +34,9 @@ def build(
     out: Annotated[Path, typer.Option("--out", help="Output JSONL of preference pairs.")],
     source: Annotated[Optional[list[Path]], typer.Option("--source", help="Pair / ranked / HH file (repeatable).")] = None,
     tasks: Annotated[bool, typer.Option("--tasks/--no-tasks", help="Add bank-task pairs from the labelled task data.")] = True,
-    sample_k: Annotated[int, typer.Option("--sample-k", help="Also sample K answers per task prompt from --model, ranked by the task metric.")] = 0,
+    sample_k: Annotated[
+        int, typer.Option("--sample-k", help="Also sample K answers per task prompt from --model, ranked by the task metric.")
+    ] = 0,
     model: Annotated[Optional[Path], typer.Option("--model", help="Model to sample from (with --sample-k).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many pairs per source file.")] = None,
     config: ConfigOpt = None,

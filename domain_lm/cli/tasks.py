@@ -55,7 +55,15 @@ def list_(directory: DirOpt = Path("task_templates")) -> None:
     reg = TemplateRegistry.load(directory)
     table = Table("name", "version", "history", "languages", "output", "metric", "adapter")
     for t in reg:
-        table.add_row(t.name, str(t.version), ",".join(map(str, reg.versions(t.name))), ",".join(t.languages), t.output.describe(), t.metric, t.adapter or "-")
+        table.add_row(
+            t.name,
+            str(t.version),
+            ",".join(map(str, reg.versions(t.name))),
+            ",".join(t.languages),
+            t.output.describe(),
+            t.metric,
+            t.adapter or "-",
+        )
     console.print(table if len(reg) else f"[dim]No templates in {directory}.[/]")
 
 
@@ -77,7 +85,7 @@ def render(
     try:
         inputs = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise DomainLMError(f"--input is not valid JSON ({e.msg} at char {e.pos}); give an object such as '{{\"text\": \"...\"}}'.") from None
+        raise DomainLMError(f'--input is not valid JSON ({e.msg} at char {e.pos}); give an object such as \'{{"text": "..."}}\'.') from None
     t = TemplateRegistry.load(directory).get(name, version)
     messages = t.render_messages(inputs, lang=lang, variant=variant, few_shot=few_shot)
     if as_json:

@@ -114,15 +114,19 @@ def record_to_pairs(record: dict[str, Any]) -> list[PreferencePair]:
     if "responses" in record or "ranked" in record:
         ranked = [_as_answer(r) for r in record.get("responses", record.get("ranked"))]
         prompt = _as_messages(record["prompt"])
-        return [
-            PreferencePair(prompt=prompt, chosen=a, rejected=b, kind="ranked", **meta)
-            for a, b in combinations(ranked, 2)
-            if a != b
-        ]
+        return [PreferencePair(prompt=prompt, chosen=a, rejected=b, kind="ranked", **meta) for a, b in combinations(ranked, 2) if a != b]
     if "chosen" in record and "rejected" in record:
         if "prompt" in record:
             kind = record.get("kind", "pair")
-            return [PreferencePair(prompt=_as_messages(record["prompt"]), chosen=_as_answer(record["chosen"]), rejected=_as_answer(record["rejected"]), kind=kind, **meta)]
+            return [
+                PreferencePair(
+                    prompt=_as_messages(record["prompt"]),
+                    chosen=_as_answer(record["chosen"]),
+                    rejected=_as_answer(record["rejected"]),
+                    kind=kind,
+                    **meta,
+                )
+            ]
         pair = hh_pair(record)
         return [pair] if pair else []
     raise ValueError("expected keys prompt/chosen/rejected, prompt/responses (ranked), or chosen/rejected (HH dialogues)")
@@ -141,7 +145,9 @@ def _iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}). Preference files are JSON Lines, one record per line.") from None
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg}). Preference files are JSON Lines, one record per line."
+                ) from None
 
 
 def load_preferences(path: str | Path, limit: int | None = None) -> list[PreferencePair]:
@@ -202,7 +208,9 @@ def _render(template: TaskTemplate, inputs: dict[str, Any], lang: str, rng: rand
     return template.render_messages(inputs, lang=lang, variant=rng.randrange(max(1, template.num_variants(lang))))
 
 
-def task_pairs(records: Iterable[TaskRecord], templates: Templates, seed: int = 42, max_per_record: int | None = None) -> list[PreferencePair]:
+def task_pairs(
+    records: Iterable[TaskRecord], templates: Templates, seed: int = 42, max_per_record: int | None = None
+) -> list[PreferencePair]:
     """Pairs from labelled task data: gold answer chosen; wrong/contract-breaking/unfaithful rejected.
 
     ``templates`` gives each record's template by task name (a ``TemplateRegistry`` or ``Split.templates``).
@@ -260,7 +268,9 @@ def sampled_pairs(
         answers = [res.text for res in results[i * k : (i + 1) * k]]
         scored = sorted(((scorer(template, a, r.output, r.lang), a) for a in set(answers)), key=lambda x: -x[0])
         if len(scored) >= 2 and scored[0][0] - scored[-1][0] > min_margin:
-            pair = PreferencePair(prompt=prompts[i], chosen=scored[0][1], rejected=scored[-1][1], kind="sampled", task=template.name, lang=r.lang)
+            pair = PreferencePair(
+                prompt=prompts[i], chosen=scored[0][1], rejected=scored[-1][1], kind="sampled", task=template.name, lang=r.lang
+            )
             pairs.append(pair)
     return pairs
 
@@ -289,7 +299,9 @@ def build_preference_data(
             sample = random.Random(config.tasks.seed).sample(split.train, min(cfg.sample_records, len(split.train)))
             pairs += sampled_pairs(sample, split.templates, engine, k=cfg.sample_k, seed=config.tasks.seed)
     if not pairs:
-        raise DataError("No preference pairs: set reward.preference_sources to pair/ranked/HH files, or reward.from_tasks=true with labelled task data.")
+        raise DataError(
+            "No preference pairs: set reward.preference_sources to pair/ranked/HH files, or reward.from_tasks=true with labelled task data."
+        )
     counts: dict[str, int] = {}
     for p in pairs:
         counts[p.kind] = counts.get(p.kind, 0) + 1

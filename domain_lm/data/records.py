@@ -195,7 +195,12 @@ def demo_records_for(template: TaskTemplate, langs: list[str]) -> list[TaskRecor
     """The built-in demo examples of a bundled task as records."""
     from domain_lm.data.demo_tasks import demo_examples
 
-    return [TaskRecord(template.name, lang, ex["inputs"], ex["output"]) for lang in langs if lang in template.languages for ex in demo_examples(template, lang)]
+    return [
+        TaskRecord(template.name, lang, ex["inputs"], ex["output"])
+        for lang in langs
+        if lang in template.languages
+        for ex in demo_examples(template, lang)
+    ]
 
 
 def load_records(config: PipelineConfig, registry: Any) -> list[TaskRecord]:

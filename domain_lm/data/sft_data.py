@@ -105,7 +105,9 @@ def render_example(template: Any, record: TaskRecord, variant: int = 0, few_shot
     }
 
 
-def render_train_examples(template: Any, records: list[TaskRecord], variants_per_example: int, few_shot_fraction: float, max_few_shot: int, rng: random.Random) -> list[dict[str, Any]]:
+def render_train_examples(
+    template: Any, records: list[TaskRecord], variants_per_example: int, few_shot_fraction: float, max_few_shot: int, rng: random.Random
+) -> list[dict[str, Any]]:
     """Render each record with ``variants_per_example`` distinct phrasings (seeded choice), some few-shot."""
     out = []
     for r in records:

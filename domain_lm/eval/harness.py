@@ -24,7 +24,15 @@ class Prediction:
     error: str | None = None
 
 
-def predict(engine: Any, template: Any, inputs: Sequence[dict[str, Any]], lang: str = "en", adapter: str | None = None, batch_size: int = 64, max_tokens: int | None = None) -> list[Prediction]:
+def predict(
+    engine: Any,
+    template: Any,
+    inputs: Sequence[dict[str, Any]],
+    lang: str = "en",
+    adapter: str | None = None,
+    batch_size: int = 64,
+    max_tokens: int | None = None,
+) -> list[Prediction]:
     """Answers for ``inputs`` through ``TaskRunner``; a broken contract becomes an invalid prediction.
 
     ``max_tokens`` caps generation (never above the template's own hint, and never below what its
@@ -58,7 +66,9 @@ def score_predictions(template: Any, golds: Sequence[Any], preds: Sequence[Predi
     return template.score(list(golds), [x.output for x in preds], lang=lang)
 
 
-def evaluate_records(engine: Any, template: Any, records: Sequence[Any], adapter: str | None = None, keep_examples: int = 5, max_tokens: int | None = None) -> dict[str, Any]:
+def evaluate_records(
+    engine: Any, template: Any, records: Sequence[Any], adapter: str | None = None, keep_examples: int = 5, max_tokens: int | None = None
+) -> dict[str, Any]:
     """Score ``records`` (with ``.inputs``, ``.output``, ``.lang``) for one template; languages kept apart
     in generation but scored together. Adds ``latency_ms`` per example and a few sample outputs."""
     if not records:
@@ -67,7 +77,9 @@ def evaluate_records(engine: Any, template: Any, records: Sequence[Any], adapter
     t0 = time.perf_counter()
     for lang in sorted({r.lang for r in records}):
         idx = [i for i, r in enumerate(records) if r.lang == lang]
-        for i, p in zip(idx, predict(engine, template, [records[i].inputs for i in idx], lang=lang, adapter=adapter, max_tokens=max_tokens)):
+        for i, p in zip(
+            idx, predict(engine, template, [records[i].inputs for i in idx], lang=lang, adapter=adapter, max_tokens=max_tokens)
+        ):
             preds[i] = p
     elapsed = time.perf_counter() - t0
     langs = {r.lang for r in records}
@@ -77,7 +89,9 @@ def evaluate_records(engine: Any, template: Any, records: Sequence[Any], adapter
         {"inputs": r.inputs, "gold": r.output, "pred": p.output, "raw": p.raw[:500], **({"error": p.error[:300]} if p.error else {})}
         for r, p in list(zip(records, preds))[:keep_examples]
     ]
-    scores["invalid_samples"] = [{"raw": p.raw[:300], "error": (p.error or "")[:300]} for p in preds if p is not None and p.output is None][:keep_examples]
+    scores["invalid_samples"] = [{"raw": p.raw[:300], "error": (p.error or "")[:300]} for p in preds if p is not None and p.output is None][
+        :keep_examples
+    ]
     return scores
 
 

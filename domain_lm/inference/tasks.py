@@ -151,14 +151,22 @@ class TaskRunner:
             return retry, await self.engine.generate(retry)
         return request, result
 
-    async def arun(self, template: TaskTemplate, inputs: dict[str, Any], lang: str = "en", adapter: str | None = None, **kw: Any) -> TaskAnswer:
+    async def arun(
+        self, template: TaskTemplate, inputs: dict[str, Any], lang: str = "en", adapter: str | None = None, **kw: Any
+    ) -> TaskAnswer:
         request = self.build_request(template, inputs, lang, adapter, **kw)
         t0 = time.perf_counter()
         request, result = await self.agenerate(request)
         return self.to_answer(template, request, result, lang, (time.perf_counter() - t0) * 1000, inputs)
 
     async def arun_batch(
-        self, template: TaskTemplate, inputs: list[dict[str, Any]], lang: str = "en", adapter: str | None = None, return_exceptions: bool = False, **kw: Any
+        self,
+        template: TaskTemplate,
+        inputs: list[dict[str, Any]],
+        lang: str = "en",
+        adapter: str | None = None,
+        return_exceptions: bool = False,
+        **kw: Any,
     ) -> list[TaskAnswer | Exception]:
         coros = [self.arun(template, x, lang, adapter, **kw) for x in inputs]
         return list(await asyncio.gather(*coros, return_exceptions=return_exceptions))
@@ -171,7 +179,13 @@ class TaskRunner:
         return answer
 
     def run_batch(
-        self, template: TaskTemplate, inputs: list[dict[str, Any]], lang: str = "en", adapter: str | None = None, return_exceptions: bool = False, **kw: Any
+        self,
+        template: TaskTemplate,
+        inputs: list[dict[str, Any]],
+        lang: str = "en",
+        adapter: str | None = None,
+        return_exceptions: bool = False,
+        **kw: Any,
     ) -> list[TaskAnswer | Exception]:
         """Answer many inputs in one engine batch.
 

@@ -260,7 +260,10 @@ def rouge_scores(gold: Sequence[str], pred: Sequence[str | None], lang: str | No
     """Mean ROUGE-1/2/L F1 over examples (invalid outputs score 0)."""
     if len(gold) != len(pred):
         raise ValueError(f"gold has {len(gold)} items but pred has {len(pred)}")
-    rows = [rouge(g if isinstance(g, str) else _as_text(g), None if p is None else (p if isinstance(p, str) else _as_text(p)), lang) for g, p in zip(gold, pred)]
+    rows = [
+        rouge(g if isinstance(g, str) else _as_text(g), None if p is None else (p if isinstance(p, str) else _as_text(p)), lang)
+        for g, p in zip(gold, pred)
+    ]
     n = len(rows)
     mean = {k: (sum(r[k] for r in rows) / n if n else 0.0) for k in ("rouge1", "rouge2", "rougeL")}
     return {"n": n, **mean, "invalid": sum(p is None for p in pred)}
@@ -281,7 +284,9 @@ def _as_text(v: Any) -> str:
 PRIMARY = {"classification": "weighted_f1", "ner": "f1", "extraction": "exact_match", "rouge": "rougeL"}
 
 
-def score(metric: str, gold: Sequence[Any], pred: Sequence[Any | None], labels: Sequence[str] | None = None, lang: str | None = None) -> dict[str, Any]:
+def score(
+    metric: str, gold: Sequence[Any], pred: Sequence[Any | None], labels: Sequence[str] | None = None, lang: str | None = None
+) -> dict[str, Any]:
     """Score with a template's metric family: classification, ner, extraction or rouge."""
     if metric == "classification":
         return classification_scores(list(gold), list(pred), labels)

@@ -75,7 +75,10 @@ class RenderBudget:
     def charge(self, n: int = 1) -> None:
         self.ops -= n
         if self.ops < 0:
-            raise RenderLimitError(f"{self.scope} would take more than its budget of operations (loop iterations, calls, filters; at most {MAX_OPS} per render)")
+            raise RenderLimitError(
+                f"{self.scope} would take more than its budget of operations (loop iterations, calls, filters; "
+                f"at most {MAX_OPS} per render)"
+            )
         if time.monotonic() > self.deadline:
             raise RenderLimitError(f"{self.scope} took longer than its time budget")
 
@@ -232,11 +235,15 @@ _METHOD_CHECKS: dict[str, Callable[[Any, list[Any], dict[str, Any]], None]] = {
     "ljust": lambda s, a, k: _width_check("ljust", a[0] if a else k.get("width")),
     "rjust": lambda s, a, k: _width_check("rjust", a[0] if a else k.get("width")),
     "zfill": lambda s, a, k: _width_check("zfill", a[0] if a else k.get("width")),
-    "expandtabs": lambda s, a, k: _refuse_size("expandtabs", len(s) + s.count("\t" if isinstance(s, str) else b"\t") * _int_or_0((a or [k.get("tabsize", 8)])[0]), MAX_VALUE),
+    "expandtabs": lambda s, a, k: _refuse_size(
+        "expandtabs", len(s) + s.count("\t" if isinstance(s, str) else b"\t") * _int_or_0((a or [k.get("tabsize", 8)])[0]), MAX_VALUE
+    ),
     "replace": lambda s, a, k: _refuse_size("replace", _replace_size(s, *(list(a) + [None] * 3)[:3]), MAX_VALUE),
     "join": lambda s, a, k: _check_join(s, a[0] if a else None),
     "format": lambda s, a, k: _check_str_format(s, tuple(a), k) if isinstance(s, str) else None,
-    "format_map": lambda s, a, k: _check_str_format(s, (), dict(a[0]) if a and isinstance(a[0], dict) else {}) if isinstance(s, str) else None,
+    "format_map": lambda s, a, k: (
+        _check_str_format(s, (), dict(a[0]) if a and isinstance(a[0], dict) else {}) if isinstance(s, str) else None
+    ),
     "translate": lambda s, a, k: _refuse_size(
         "translate", len(s) * max([1] + [weight(v) for v in (a[0].values() if a and isinstance(a[0], dict) else [])]), MAX_VALUE
     ),

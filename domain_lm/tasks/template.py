@@ -121,7 +121,9 @@ class TaskTemplate(TemplateSpec):
             raise self._err(("languages",), "languages has duplicates")
         if set(self.prompts) != langs:
             missing, extra = sorted(langs - set(self.prompts)), sorted(set(self.prompts) - langs)
-            raise self._err(("prompts",), f"prompts must have exactly the template languages {sorted(langs)}: missing {missing}, extra {extra}")
+            raise self._err(
+                ("prompts",), f"prompts must have exactly the template languages {sorted(langs)}: missing {missing}, extra {extra}"
+            )
         for path, message in self.output.check_languages(self.languages):
             raise self._err(("output", *path), message)
         for i, ex in enumerate(self.examples):
@@ -148,7 +150,9 @@ class TaskTemplate(TemplateSpec):
                     unknown = meta.find_undeclared_variables(ast) - allowed
                     compiled = _ENV.compile_guarded(ast)
                 except jinja2.TemplateSyntaxError as e:
-                    raise TemplateError(f"Jinja syntax error in {where}: {e.message}", self.file, self._source.text_line(path, e.lineno)) from None
+                    raise TemplateError(
+                        f"Jinja syntax error in {where}: {e.message}", self.file, self._source.text_line(path, e.lineno)
+                    ) from None
                 except Exception as e:  # noqa: BLE001 - nesting too deep, a literal too large: the template's fault
                     raise self._err(path, f"{where} cannot be compiled: {type(e).__name__}: {e}") from None
                 if unknown:
