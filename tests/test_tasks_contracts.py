@@ -203,3 +203,10 @@ def test_the_documented_new_kind_is_a_working_contract(monkeypatch):
         spans.parse(json.dumps([{"text": "Beta Bank", "type": "ORG", "start": 0, "end": 9}]), "en", inputs)
     assert spans.constraint("en", inputs).json_schema["items"]["properties"]["type"] == {"enum": ["ORG", "PER"]}
     assert spans.token_budget("en") == 512 and spans.rejected_answers(good, inputs, "en", random.Random(0)) == []
+
+
+def test_every_contract_pickles_equal_and_working(reg):
+    for t in reg:  # spawned workers and datasets.map get templates by pickle
+        back = pickle.loads(pickle.dumps(t.output))
+        ex = t.examples[0]
+        assert back == t.output and back.parse(t.output.target_text(ex.output, ex.lang), ex.lang) == ex.output

@@ -70,7 +70,8 @@ class OutputContract(BaseModel, ABC):
 
     def __getstate__(self) -> dict[str, Any]:
         # Derived state may hold objects that do not pickle (schema validators); it is rebuilt.
-        return {**super().__getstate__(), "__pydantic_private__": {}}
+        state = super().__getstate__()
+        return {**state, "__pydantic_private__": None if state.get("__pydantic_private__") is None else {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
