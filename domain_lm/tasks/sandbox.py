@@ -113,6 +113,9 @@ def _charge(n: int = 1) -> None:
 # --------------------------------------------------------------------------- size checks
 
 
+_SCALARS = frozenset({float, type(None), bool})
+
+
 def weight(value: Any, limit: int = MAX_VALUE) -> int:
     """Size of a value: characters of a string, items plus their weights for containers, bytes of an
     integer. Stops counting past ``limit`` (callers only compare with it)."""
@@ -123,12 +126,18 @@ def weight(value: Any, limit: int = MAX_VALUE) -> int:
             total += len(v)
         elif isinstance(v, (list, tuple, set, frozenset)):
             total += len(v)
-            stack.extend(v)
+            kinds = set(map(type, v))  # flat lists of one scalar kind are summed at C speed
+            if kinds <= {str} or kinds <= {bytes}:
+                total += sum(map(len, v))
+            elif kinds <= {int, bool}:
+                total += sum(map(int.bit_length, v)) // 8
+            elif not kinds <= _SCALARS:
+                stack.extend(v)
         elif isinstance(v, dict):
             total += len(v)
             stack.extend(v.keys())
             stack.extend(v.values())
-        elif isinstance(v, int) and not isinstance(v, bool):
+        elif isinstance(v, int):
             total += v.bit_length() // 8
         else:
             total += 1
