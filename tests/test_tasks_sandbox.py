@@ -60,6 +60,8 @@ AT_REGISTRATION = [
     ("{{ range(10)|slice(10**9)|list }}", "slice"),
     ("{{ text|indent(10**8) }}", "indent"),
     ("{{ ([text]*100000)|join }}", "repeating a value"),
+    ("{{ range(100000)|join(text) }}", "join would build"),
+    ("{{ text.join(range(100000)|map('string')) }}", "join would build|operations|time budget"),
     ("{% set ns = namespace(s=text) %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}", "~ operator"),
     (
         "{% set ns = namespace(s=[1]) %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",

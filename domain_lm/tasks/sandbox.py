@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import itertools
 import re
 import string
 import time
@@ -233,9 +234,16 @@ def _width_check(name: str, width: Any) -> None:
         _refuse_size(f"{name}({width})", width, MAX_VALUE)
 
 
-def _check_join(sep: Any, items: Any) -> None:
-    if isinstance(items, (list, tuple)):
-        _refuse_size("join", weight(items) + len(str(sep)) * len(items), MAX_VALUE)
+def bounded_list(items: Any, what: str) -> list[Any]:
+    """``items`` as a list of at most ``MAX_ITEMS`` (an iterator is read only that far)."""
+    out = list(itertools.islice(iter(items), MAX_ITEMS + 1))
+    if len(out) > MAX_ITEMS:
+        raise RenderLimitError(f"{what} got more than {MAX_ITEMS:,} items")
+    return out
+
+
+def _check_join(sep: Any, items: list[Any]) -> None:
+    _refuse_size("join", weight(items) + len(str(sep)) * len(items), MAX_VALUE)
 
 
 #: Pre-checks of str/bytes methods that can build much more than they are given: (self, bound args).
@@ -248,7 +256,7 @@ _METHOD_CHECKS: dict[str, Callable[[Any, list[Any], dict[str, Any]], None]] = {
         "expandtabs", len(s) + s.count("\t" if isinstance(s, str) else b"\t") * _int_or_0((a or [k.get("tabsize", 8)])[0]), MAX_VALUE
     ),
     "replace": lambda s, a, k: _refuse_size("replace", _replace_size(s, *(list(a) + [None] * 3)[:3]), MAX_VALUE),
-    "join": lambda s, a, k: _check_join(s, a[0] if a else None),
+    "join": lambda s, a, k: _check_join(s, a[0]) if a else None,
     "format": lambda s, a, k: _check_str_format(s, tuple(a), k) if isinstance(s, str) else None,
     "format_map": lambda s, a, k: (
         _check_str_format(s, (), dict(a[0]) if a and isinstance(a[0], dict) else {}) if isinstance(s, str) else None
@@ -260,12 +268,19 @@ _METHOD_CHECKS: dict[str, Callable[[Any, list[Any], dict[str, Any]], None]] = {
 }
 
 
-def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Pre-check a call of an amplifying str/bytes/int method; returns the arguments to call it with
+    (``join`` gets its items as a bounded list, so their number is known before joining)."""
     target = getattr(obj, "__wrapped__", obj)  # the sandbox wraps str.format in a safe formatter
     owner = getattr(target, "__self__", None)
-    check = _METHOD_CHECKS.get(getattr(target, "__name__", ""))
-    if check is not None and isinstance(owner, (str, bytes, int)) and not isinstance(owner, bool):
-        check(owner, list(args), kwargs)
+    name = getattr(target, "__name__", "")
+    check = _METHOD_CHECKS.get(name)
+    if check is None or not isinstance(owner, (str, bytes, int)) or isinstance(owner, bool):
+        return args
+    if name == "join" and args:
+        args = (bounded_list(args[0], "join"), *args[1:])
+    check(owner, list(args), kwargs)
+    return args
 
 
 # --------------------------------------------------------------------------- filters
@@ -298,9 +313,13 @@ def _filter_checks() -> dict[str, Callable[[dict[str, Any]], None]]:
         "slice": lambda a: _refuse_size("slice", a["slices"] if _is_int(a["slices"]) else 0, MAX_ITEMS),
         "replace": lambda a: _refuse_size("replace", _replace_size(a["s"], a["old"], a["new"], a.get("count")), MAX_VALUE),
         "format": lambda a: _check_percent_format(a["value"], a.get("kwargs") or a.get("args")),
-        "join": lambda a: _check_join(a.get("d", ""), a["value"]),
+        "join": lambda a: _check_join(a.get("d", ""), a["value"]),  # value: a bounded list (_MATERIALIZE)
         "tojson": tojson,
     }
+
+
+#: Filters that consume their whole input: it is read into a bounded list first, so the checks know its size.
+_MATERIALIZE = {"join": "value"}
 
 
 def _guard_filter(name: str, func: Callable[..., Any], check: Callable[[dict[str, Any]], None] | None) -> Callable[..., Any]:
@@ -317,6 +336,10 @@ def _guard_filter(name: str, func: Callable[..., Any], check: Callable[[dict[str
             except TypeError:
                 pass  # a wrong call fails in the filter itself, with its own message
             else:
+                if name in _MATERIALIZE:
+                    key = _MATERIALIZE[name]
+                    bound.arguments[key] = bounded_list(bound.arguments[key], f"the {name} filter")
+                    args, kwargs = (*args[:skip], *bound.args), bound.kwargs
                 bound.apply_defaults()
                 check(dict(bound.arguments))
         _charge()
@@ -396,7 +419,7 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's signature
-        _check_call(__obj, args, kwargs)
+        args = _check_call(__obj, args, kwargs)
         _charge()
         return check_result(super().call(__context, __obj, *args, **kwargs), "this call")
 
