@@ -62,6 +62,7 @@ AT_REGISTRATION = [
     ("{{ ([text]*100000)|join }}", "repeating a value"),
     ("{{ range(100000)|join(text) }}", "join would build"),
     ("{{ text.join(range(100000)|map('string')) }}", "join would build|operations|time budget"),
+    ("{{ range(100000)|map('center', 999999)|list|length }}", "characters of values in all"),
     ("{% set ns = namespace(s=text) %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}", "~ operator"),
     (
         "{% set ns = namespace(s=[1]) %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",

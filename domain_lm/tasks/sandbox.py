@@ -11,7 +11,8 @@ was built, and loops had no limit. Here:
 * every intercepted operation checks the size of what it would build *before* building it: no
   string or list over ``MAX_VALUE`` characters / items, no integer over ``MAX_INT_BITS`` bits;
 * every loop iteration, call, filter and intercepted operator is charged to the active
-  ``RenderBudget`` (``MAX_OPS`` per render) and checks its wall-clock deadline;
+  ``RenderBudget`` (``MAX_OPS`` per render), so is the size of every value built (``MAX_BUILT`` in
+  all, so many values under the limit cannot add up), and each checks the wall-clock deadline;
 * the output is measured chunk by chunk while it is produced (``MAX_RENDER_CHARS``).
 
 A violation raises ``RenderLimitError``; ``TaskTemplate`` turns it into a ``TemplateError`` that
@@ -47,6 +48,9 @@ MAX_ITEMS = 100_000
 MAX_INT_BITS = 100_000
 #: Loop iterations + calls + filters + intercepted operators one render may spend.
 MAX_OPS = 100_000
+#: Characters (weight) of all the values one render may build, kept or not: many values each under
+#: ``MAX_VALUE`` (``range(100000)|map('center', 999999)|list``) must not add up to gigabytes.
+MAX_BUILT = 20 * MAX_VALUE
 #: Wall-clock limit of one render (all messages of one request), seconds.
 RENDER_SECONDS = 0.1
 #: Budget of all renders that checking one template does (every example x variant), ops and seconds.
@@ -67,19 +71,23 @@ class RenderLimitError(Exception):
 
 @dataclass
 class RenderBudget:
-    """Operations left and a deadline, shared by everything one render (or one check) does."""
+    """Operations, characters to build and a deadline, shared by everything one render (or one check) does."""
 
     ops: int
     deadline: float
     scope: str  # "one render" / "checking the template": named in errors
+    chars: int = MAX_BUILT
 
-    def charge(self, n: int = 1) -> None:
+    def charge(self, n: int = 1, size: int = 0) -> None:
         self.ops -= n
+        self.chars -= size
         if self.ops < 0:
             raise RenderLimitError(
                 f"{self.scope} would take more than its budget of operations (loop iterations, calls, filters; "
                 f"at most {MAX_OPS} per render)"
             )
+        if self.chars < 0:
+            raise RenderLimitError(f"{self.scope} would build more than {MAX_BUILT:,} characters of values in all")
         if time.monotonic() > self.deadline:
             raise RenderLimitError(f"{self.scope} took longer than its time budget")
 
@@ -91,24 +99,24 @@ _ACTIVE: contextvars.ContextVar[RenderBudget | None] = contextvars.ContextVar("d
 def render_budget(ops: int = MAX_OPS, seconds: float = RENDER_SECONDS, scope: str = "one render") -> Iterator[RenderBudget]:
     """Run renders under a budget; nested inside another budget it also spends (and is capped by) the outer one."""
     outer = _ACTIVE.get()
-    deadline = time.monotonic() + seconds
-    if outer is not None and (outer.ops < ops or outer.deadline < deadline):
-        ops, deadline, scope = min(ops, outer.ops), min(deadline, outer.deadline), outer.scope
-    budget = RenderBudget(ops, deadline, scope)
+    deadline, chars = time.monotonic() + seconds, MAX_BUILT
+    if outer is not None and (outer.ops < ops or outer.deadline < deadline or outer.chars < chars):
+        ops, deadline, chars, scope = min(ops, outer.ops), min(deadline, outer.deadline), min(chars, outer.chars), outer.scope
+    budget = RenderBudget(ops, deadline, scope, chars)
     token = _ACTIVE.set(budget)
-    start = budget.ops
     try:
         yield budget
     finally:
         _ACTIVE.reset(token)
         if outer is not None:
-            outer.ops -= start - budget.ops
+            outer.ops -= ops - budget.ops
+            outer.chars -= chars - budget.chars
 
 
-def _charge(n: int = 1) -> None:
+def _charge(n: int = 1, size: int = 0) -> None:
     budget = _ACTIVE.get()
     if budget is not None:  # compile-time constant folding runs with no budget: only the size checks apply
-        budget.charge(n)
+        budget.charge(n, size)
 
 
 # --------------------------------------------------------------------------- size checks
@@ -150,12 +158,18 @@ def _refuse_size(what: str, size: int | float, limit: int, unit: str = "characte
         raise RenderLimitError(f"{what} would build a value of {size:,.0f} {unit}; the limit is {limit:,}")
 
 
-def check_result(value: Any, what: str) -> Any:
-    """Refuse a value that came out too large (for operations whose size is not known beforehand)."""
+def built(value: Any, what: str) -> Any:
+    """Account for a value an operation built: refuse it if it came out too large (for operations
+    whose size is not known beforehand), and charge its size and one operation to the budget."""
+    size = 0
     if isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)):
         if not isinstance(value, (str, bytes)) and len(value) > MAX_ITEMS:
             raise RenderLimitError(f"{what} built {len(value):,} items; the limit is {MAX_ITEMS:,}")
-        _refuse_size(what, weight(value), MAX_VALUE)
+        size = weight(value)
+        _refuse_size(what, size, MAX_VALUE)
+    elif _is_int(value):
+        size = value.bit_length() // 8
+    _charge(1, size)
     return value
 
 
@@ -342,8 +356,7 @@ def _guard_filter(name: str, func: Callable[..., Any], check: Callable[[dict[str
                     args, kwargs = (*args[:skip], *bound.args), bound.kwargs
                 bound.apply_defaults()
                 check(dict(bound.arguments))
-        _charge()
-        return check_result(func(*args, **kwargs), f"the {name} filter")
+        return built(func(*args, **kwargs), f"the {name} filter")
 
     return guarded
 
@@ -361,8 +374,7 @@ def _guard_concat(parts: list[Any]) -> str:
     """``a ~ b``: Jinja's own ``str_join``, with the size checked before joining."""
     texts = [str(p) for p in parts]
     _refuse_size("the ~ operator", sum(map(len, texts)), MAX_VALUE)
-    _charge()
-    return "".join(texts)
+    return built("".join(texts), "the ~ operator")
 
 
 _ITER_FILTER = "__budget_iter"
@@ -415,13 +427,12 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
             _check_add(left, right)
         elif operator == "%":
             _check_percent_format(left, right)
-        _charge()
-        return super().call_binop(context, operator, left, right)
+        return built(super().call_binop(context, operator, left, right), f"the {operator} operator")
 
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's signature
         args = _check_call(__obj, args, kwargs)
-        _charge()
-        return check_result(super().call(__context, __obj, *args, **kwargs), "this call")
+        _charge()  # before the call too: a recursive macro must run out of budget, not of stack
+        return built(super().call(__context, __obj, *args, **kwargs), "this call")
 
     def compile_guarded(self, ast: nodes.Template) -> jinja2.Template:
         """Compile a parsed template with its loops and ``~`` routed through the budget."""
