@@ -149,6 +149,11 @@ class TaskDataset(Section):
     label_map: dict[str, str] = Field(default_factory=dict)
     lang: Literal["en", "zh"] = "en"
     max_examples: int | None = None
+    group_field: str | None = Field(
+        None,
+        description="Column naming the document (or other unit) a row comes from, e.g. FiNER-ORD `doc_idx`: rows of one group "
+        "always land on the same side of the train/eval split. None: each record is split on its own content.",
+    )
 
 
 #: The task templates that ship with the project (repository checkout / editable install).

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from domain_lm.data.sft_data import Record
+from domain_lm.data.records import TaskRecord as Record
 from domain_lm.eval import harness as H
 from domain_lm.eval.report import markdown_table, write_report
 from domain_lm.inference import create_engine
@@ -36,7 +36,10 @@ def _scripted(answers: dict[str, str]):
 
 def test_classification_with_known_predictions(registry):
     t = registry.get("sentiment")
-    recs = [Record("sentiment", "en", {"text": x}, y) for x, y in [("AAA up", "positive"), ("BBB up", "positive"), ("CCC down", "negative"), ("DDD flat", "neutral")]]
+    recs = [
+        Record("sentiment", "en", {"text": x}, y)
+        for x, y in [("AAA up", "positive"), ("BBB up", "positive"), ("CCC down", "negative"), ("DDD flat", "neutral")]
+    ]
     engine = _scripted({"AAA": "positive", "BBB": "negative", "CCC": "Negative.", "DDD": "maybe"})
     s = H.evaluate_records(engine, t, recs)
     # pos F1 2/3, neg F1 2/3, neu F1 0 (its one answer broke the contract)
@@ -51,7 +54,10 @@ def test_classification_with_known_predictions(registry):
 
 def test_chinese_labels_are_scored_on_canonical_values(registry):
     t = registry.get("sentiment")
-    recs = [Record("sentiment", "zh", {"text": "甲银行利润增长"}, "positive"), Record("sentiment", "zh", {"text": "乙银行亏损"}, "negative")]
+    recs = [
+        Record("sentiment", "zh", {"text": "甲银行利润增长"}, "positive"),
+        Record("sentiment", "zh", {"text": "乙银行亏损"}, "negative"),
+    ]
     s = H.evaluate_records(_scripted({"甲": "积极", "乙": "积极"}), t, recs)
     assert s["accuracy"] == pytest.approx(0.5) and s["invalid"] == 0
 
@@ -60,7 +66,10 @@ def test_entities_with_known_predictions(registry):
     t = registry.get("entities")
     gold1 = [{"text": "Alpha Bank", "type": "ORG"}, {"text": "Ann Lee", "type": "PER"}]
     gold2 = [{"text": "London", "type": "LOC"}]
-    recs = [Record("entities", "en", {"text": "Alpha Bank hired Ann Lee."}, gold1), Record("entities", "en", {"text": "A branch in London."}, gold2)]
+    recs = [
+        Record("entities", "en", {"text": "Alpha Bank hired Ann Lee."}, gold1),
+        Record("entities", "en", {"text": "A branch in London."}, gold2),
+    ]
     pred1 = json.dumps([{"text": "Alpha Bank", "type": "ORG"}, {"text": "Ann Lee", "type": "ORG"}])
     s = H.evaluate_records(_scripted({"Alpha": pred1, "London": "not json"}), t, recs)
     # tp 1 of 2 predicted and 3 gold: P 1/2, R 1/3, F1 0.4; the broken JSON answer is invalid
@@ -73,7 +82,12 @@ def test_extraction_numeric_tolerance(registry):
     gold = {"value": 12.5, "unit": "million dollars", "period": "2022", "evidence": "revenue of 12.5 million dollars"}
     recs = [
         Record("extraction", "en", {"text": "X revenue of 12.5 million dollars in 2022.", "field": "revenue", "period": None}, gold),
-        Record("extraction", "en", {"text": "Y revenue of 3 million dollars in 2022.", "field": "revenue", "period": None}, {**gold, "value": 3.0, "evidence": "revenue of 3 million dollars"}),
+        Record(
+            "extraction",
+            "en",
+            {"text": "Y revenue of 3 million dollars in 2022.", "field": "revenue", "period": None},
+            {**gold, "value": 3.0, "evidence": "revenue of 3 million dollars"},
+        ),
     ]
     near = json.dumps({**gold, "value": 12.6})  # within 1 %
     far = json.dumps({"value": 3.5, "unit": "million dollars", "period": "2022", "evidence": "revenue of 3 million dollars"})
@@ -85,7 +99,10 @@ def test_extraction_numeric_tolerance(registry):
 
 def test_summary_rouge(registry):
     t = registry.get("report_summary")
-    recs = [Record("report_summary", "en", {"text": "Long report one."}, "the cat sat on the mat"), Record("report_summary", "zh", {"text": "报告二"}, "营业收入增长")]
+    recs = [
+        Record("report_summary", "en", {"text": "Long report one."}, "the cat sat on the mat"),
+        Record("report_summary", "zh", {"text": "报告二"}, "营业收入增长"),
+    ]
     s = H.evaluate_records(_scripted({"one": "the cat on the mat", "报告二": "收入增长了"}), t, recs)
     assert s["rougeL"] == pytest.approx((10 / 11 + 8 / 11) / 2)  # word-level en, char-level zh
     assert s["rouge2"] == pytest.approx(2 / 3)
@@ -93,7 +110,7 @@ def test_summary_rouge(registry):
 
 def test_baseline_and_report(tmp_path, registry):
     from domain_lm.data.demo_tasks import demo_examples
-    from domain_lm.data.sft_data import split_records
+    from domain_lm.data.records import split_records
 
     t = registry.get("sentiment")
     recs = [Record("sentiment", "en", e["inputs"], e["output"]) for e in demo_examples(t, "en")]
@@ -102,7 +119,18 @@ def test_baseline_and_report(tmp_path, registry):
     assert b["n"] == len(held) and b["weighted_f1"] > 0.8  # the synthetic demo is lexically easy
     assert H.evaluate_baseline(registry.get("entities"), [], held) is None  # label tasks only
 
-    report = {"title": "t", "tasks": {"sentiment": {"metric": "classification", "systems": {"base": {"weighted_f1": 0.25, "accuracy": 0.5, "macro_f1": 0.2, "invalid": 3, "n": 8}, "baseline (tf-idf+lr)": b}}}}
+    report = {
+        "title": "t",
+        "tasks": {
+            "sentiment": {
+                "metric": "classification",
+                "systems": {
+                    "base": {"weighted_f1": 0.25, "accuracy": 0.5, "macro_f1": 0.2, "invalid": 3, "n": 8},
+                    "baseline (tf-idf+lr)": b,
+                },
+            }
+        },
+    }
     paths = write_report(report, tmp_path)
     assert json.loads(paths["json"].read_text())["tasks"]["sentiment"]["systems"]["base"]["invalid"] == 3
     md = paths["markdown"].read_text()
@@ -121,9 +149,31 @@ def test_cli_standalone_eval_on_tiny_model(tmp_path, tiny_model_dir):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = CliRunner().invoke(
         app,
-        ["eval", "--model", f"tiny={tiny_model_dir}", "--task", "sentiment", "--data", str(data), "--field", "text=sentence", "--label-field", "y",
-         "--label-map", "1=positive", "--label-map", "0=negative", "--engine", "hf", "--out", str(tmp_path / "rep"), "--templates", TEMPLATES,
-         "--baseline-train", str(data)],
+        [
+            "eval",
+            "--model",
+            f"tiny={tiny_model_dir}",
+            "--task",
+            "sentiment",
+            "--data",
+            str(data),
+            "--field",
+            "text=sentence",
+            "--label-field",
+            "y",
+            "--label-map",
+            "1=positive",
+            "--label-map",
+            "0=negative",
+            "--engine",
+            "hf",
+            "--out",
+            str(tmp_path / "rep"),
+            "--templates",
+            TEMPLATES,
+            "--baseline-train",
+            str(data),
+        ],
     )
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())

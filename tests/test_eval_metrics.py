@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from domain_lm.eval import metrics as M
+from domain_lm.tasks import metrics as M
 
 
 def test_classification_counts_invalid_as_wrong():

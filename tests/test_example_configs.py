@@ -20,6 +20,7 @@ from domain_lm.data import sft_data
 from domain_lm.data.corpus_clean import detect_lang
 from domain_lm.data.extract import iter_documents, source_files
 from domain_lm.data.preference import build_preference_data, load_preferences
+from domain_lm.data.records import load_records
 from domain_lm.tasks import TemplateRegistry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,10 @@ EXPECTED: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], Callable[[
     # FinFE: the config maps the int `label`; check it against the file's own `label_name` column.
     "bbt_fincuge/finfe/train.jsonl": (lambda row: {"text": row["text"]}, lambda row: row["label_name"]),
     "bbt_fincuge/finna/train.jsonl": (lambda row: {"text": row["text"]}, lambda row: row["summary"].strip()),
-    "finer_ord/train.jsonl": (lambda row: {"text": row["text"]}, lambda row: [{"text": e["text"], "type": e["type"]} for e in row["entities"]]),
+    "finer_ord/train.jsonl": (
+        lambda row: {"text": row["text"]},
+        lambda row: [{"text": e["text"], "type": e["type"]} for e in row["entities"]],
+    ),
     "cluener/train.jsonl": (
         lambda row: {"text": row["text"]},
         lambda row: [{"text": e["text"], "type": CLUENER[e["type"]]} for e in row["entities"] if e["type"] in CLUENER],
@@ -147,7 +151,7 @@ def test_every_referenced_file_exists(name, shared_data):
 @pytest.mark.parametrize("name", NAMES)
 def test_task_records_load_with_the_declared_mapping(name, shared_data, registry):
     cfg = _config_on(name, shared_data)
-    records = sft_data.load_task_records(cfg, registry)
+    records = load_records(cfg, registry)
     start = 0
     for ds in cfg.tasks.datasets:
         t = registry.get(ds.task)
@@ -215,4 +219,3 @@ def test_preference_pairs_load(name, shared_data, registry):
         assert counts.get("wrong_label", 0) > 0
     if "report_summary" in tasks:
         assert counts.get("unfaithful_numbers", 0) > 0
-

@@ -52,7 +52,10 @@ def test_bound_schema_adds_missing_limits_only():
 
 
 def test_worst_case_and_fit():
-    s = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 10}, "b": {"type": "array", "maxItems": 2, "items": {"type": "boolean"}}}}
+    s = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "maxLength": 10}, "b": {"type": "array", "maxItems": 2, "items": {"type": "boolean"}}},
+    }
     # {"a":"..........","b":[false,false]} -> longest compact document is 35 chars; estimate is an upper bound
     longest = json.dumps({"a": "x" * 10, "b": [False, False]}, separators=(",", ":"))
     assert len(longest) <= worst_case_chars(s) <= len(longest) + 6

@@ -7,10 +7,12 @@ import json
 import pytest
 
 from domain_lm.data import preference as pref
+from domain_lm.data.records import TaskRecord
 from domain_lm.errors import DataError
 from domain_lm.inference import GenerationResult
+from domain_lm.tasks.contracts.negatives import numbers_in, unfaithful_summary
 from domain_lm.tasks.errors import ContractError
-from tests.rlhf_fixtures import LabelTemplate, SummaryTemplate, load_real_templates
+from tests.rlhf_fixtures import label_template, load_real_templates, summary_template
 
 
 def write_jsonl(path, rows):
@@ -20,7 +22,8 @@ def write_jsonl(path, rows):
 
 def test_hh_dialogue_shared_prefix_becomes_prompt(tmp_path):
     row = {
-        "chosen": "\n\nHuman: What is APR?\n\nAssistant: The yearly rate.\n\nHuman: And APY?\n\nAssistant: The yearly yield with compounding.",
+        "chosen": "\n\nHuman: What is APR?\n\nAssistant: The yearly rate.\n\nHuman: And APY?"
+        "\n\nAssistant: The yearly yield with compounding.",
         "rejected": "\n\nHuman: What is APR?\n\nAssistant: The yearly rate.\n\nHuman: And APY?\n\nAssistant: No idea.",
     }
     bad = {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: different\n\nAssistant: c"}
@@ -59,8 +62,8 @@ def test_bad_file_names_line(tmp_path):
 
 
 def test_label_task_pairs_wrong_label_and_contract():
-    t = LabelTemplate()
-    pairs = pref.task_pairs([(t, {"text": "Profit rose 8%."}, "en", "positive")], seed=0)
+    t = label_template()
+    pairs = pref.task_pairs([TaskRecord("sentiment", "en", {"text": "Profit rose 8%."}, "positive")], {"sentiment": t}, seed=0)
     kinds = {p.kind: p for p in pairs}
     assert set(kinds) == {"wrong_label", "contract"}
     assert all(p.chosen == "positive" for p in pairs)
@@ -72,20 +75,25 @@ def test_label_task_pairs_wrong_label_and_contract():
 
 
 def test_summary_pairs_quote_numbers_not_in_source():
-    t = SummaryTemplate()
+    t = summary_template()
     src = "Revenue grew 8 percent to 1.2 billion in 2022."
-    pairs = pref.task_pairs([(t, {"text": src}, "en", "Revenue up 8% to 1.2 billion.")], seed=1)
+    pairs = pref.task_pairs(
+        [TaskRecord("report_summary", "en", {"text": src}, "Revenue up 8% to 1.2 billion.")], {"report_summary": t}, seed=1
+    )
     assert [p.kind for p in pairs] == ["unfaithful_numbers"]
     bad = pairs[0].rejected
-    assert pref.numbers_in(bad) and not (pref.numbers_in(bad) & pref.numbers_in(src))
+    assert numbers_in(bad) and not (numbers_in(bad) & numbers_in(src))
     # no numbers in the gold summary: a fabricated figure is appended
-    plain = pref.unfaithful_summary("Revenue grew.", src, "en", seed=3)
-    assert plain.startswith("Revenue grew.") and pref.numbers_in(plain) - pref.numbers_in(src)
+    plain = unfaithful_summary("Revenue grew.", src, "en", seed=3)
+    assert plain.startswith("Revenue grew.") and numbers_in(plain) - numbers_in(src)
 
 
 def test_sampled_pairs_ranked_by_metric():
-    t = LabelTemplate()
-    records = [(t, {"text": "Loss widened."}, "en", "negative"), (t, {"text": "Flat."}, "en", "neutral")]
+    t = label_template()
+    records = [
+        TaskRecord("sentiment", "en", {"text": "Loss widened."}, "negative"),
+        TaskRecord("sentiment", "en", {"text": "Flat."}, "neutral"),
+    ]
     answers = iter(["negative", "positive", "negative", "maybe?", "neutral", "neutral", "neutral", "neutral"])
 
     class Engine:
@@ -96,7 +104,7 @@ def test_sampled_pairs_ranked_by_metric():
     def scorer(template, text, gold, lang):
         return 1.0 if text == gold else 0.0
 
-    pairs = pref.sampled_pairs(records, Engine(), k=4, scorer=scorer)
+    pairs = pref.sampled_pairs(records, {"sentiment": t}, Engine(), k=4, scorer=scorer)
     # record 2 sampled only correct answers: no pair; record 1 pairs the correct with a wrong one
     assert len(pairs) == 1 and pairs[0].chosen == "negative" and pairs[0].rejected in {"positive", "maybe?"}
 
@@ -111,8 +119,8 @@ def test_split_keeps_prompts_together():
 
 def test_real_templates_give_pairs_for_every_task():
     reg, examples = load_real_templates()
-    pairs = pref.task_pairs(examples, seed=0)
-    assert {p.task for p in pairs} >= {name for name in reg.names() if any(r[0].name == name for r in examples)}
+    pairs = pref.task_pairs(examples, reg, seed=0)
+    assert {p.task for p in pairs} == set(reg.names()) == {r.task for r in examples}
     for p in pairs:
         assert p.chosen != p.rejected and p.prompt[-1]["role"] == "user"
 
@@ -122,7 +130,9 @@ def test_reward_build_cli(tmp_path):
 
     from domain_lm.cli.reward import app
 
-    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "responses": ["a", "b", "c"]}, {"prompt": "r", "chosen": "x", "rejected": "y"}])
+    src = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": "q", "responses": ["a", "b", "c"]}, {"prompt": "r", "chosen": "x", "rejected": "y"}]
+    )
     out = tmp_path / "out.jsonl"
     res = CliRunner().invoke(app, ["build", "--source", str(src), "--no-tasks", "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -132,12 +142,14 @@ def test_reward_build_cli(tmp_path):
 def test_sampled_pairs_with_the_hf_engine(tiny_model_dir):
     from domain_lm.inference import create_engine
 
-    t = LabelTemplate()
-    records = [(t, {"text": s}, "en", "positive") for s in ("Profit rose", "Deposits grew")]
+    t = label_template()
+    records = [TaskRecord("sentiment", "en", {"text": s}, "positive") for s in ("Profit rose", "Deposits grew")]
     engine = create_engine(str(tiny_model_dir), kind="hf")
     try:
         # the random tiny model never says a label, so rank its samples by length instead
-        pairs = pref.sampled_pairs(records, engine, k=3, max_tokens=8, scorer=lambda t, text, gold, lang: float(len(text)))
+        pairs = pref.sampled_pairs(
+            records, {"sentiment": t}, engine, k=3, max_tokens=8, scorer=lambda t, text, gold, lang: float(len(text))
+        )
     finally:
         engine.close()
     assert pairs and all(len(p.chosen) > len(p.rejected) and p.kind == "sampled" for p in pairs)

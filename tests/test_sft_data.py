@@ -10,6 +10,7 @@ import pytest
 
 from domain_lm.config import build_config
 from domain_lm.data import instruct_formats as IF
+from domain_lm.data import records as R
 from domain_lm.data import sft_data as S
 from domain_lm.errors import DataError
 
@@ -58,7 +59,15 @@ def _cfg(tmp_path, data_path, **sft):
             "tasks": {
                 "templates_dir": TEMPLATES,
                 "eval_fraction": 0.3,
-                "datasets": [{"task": "sentiment", "path": str(data_path), "fields": {"text": "sentence"}, "label_field": "lab", "label_map": LABEL_MAP}],
+                "datasets": [
+                    {
+                        "task": "sentiment",
+                        "path": str(data_path),
+                        "fields": {"text": "sentence"},
+                        "label_field": "lab",
+                        "label_map": LABEL_MAP,
+                    }
+                ],
             },
             "sft": {"variants_per_example": 2, "few_shot_fraction": 0.5, **sft, "train": {"max_seq_len": 2048}},
         }
@@ -73,7 +82,7 @@ def test_build_renders_exactly_what_the_service_sends(tmp_path, registry, tokeni
     t = registry.get("sentiment")
     train = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     evals = [json.loads(x) for x in (tmp_path / "out" / "eval.jsonl").read_text().splitlines()]
-    records = S.read_eval_records(tmp_path / "out" / "eval_records.jsonl")
+    records = R.read_records(tmp_path / "out" / "eval_records.jsonl")
     assert stats.train_examples["sentiment"] == len(train) > 0 and len(records) == len(evals) > 0
 
     by_text = {r["sentence"]: LABEL_MAP[r["lab"]] for r in ROWS}
@@ -89,7 +98,9 @@ def test_build_renders_exactly_what_the_service_sends(tmp_path, registry, tokeni
         prompt = ex["messages"][:-1]
         assert prompt == t.render_messages(rec.inputs, lang=rec.lang)
         # The prompt text the model is trained to continue == what the engines send.
-        assert tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) == render_prompt(tokenizer, GenerationRequest(messages=t.render_messages(rec.inputs, lang=rec.lang)))
+        assert tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) == render_prompt(
+            tokenizer, GenerationRequest(messages=t.render_messages(rec.inputs, lang=rec.lang))
+        )
         assert ex["messages"][-1]["content"] == t.target_text(rec.output, "en")
 
     # No record is in both splits.
@@ -99,15 +110,15 @@ def test_build_renders_exactly_what_the_service_sends(tmp_path, registry, tokeni
 
 def test_split_is_deterministic_and_stable_when_data_grows(registry):
     t = registry.get("sentiment")
-    recs = [S.Record("sentiment", "en", {"text": f"Bank {i} results."}, "neutral") for i in range(200)]
-    a_train, a_eval = S.split_records(recs, 0.2, seed=7)
-    b_train, b_eval = S.split_records(list(reversed(recs)), 0.2, seed=7)
+    recs = [R.TaskRecord("sentiment", "en", {"text": f"Bank {i} results."}, "neutral") for i in range(200)]
+    a_train, a_eval = R.split_records(recs, 0.2, seed=7)
+    b_train, b_eval = R.split_records(list(reversed(recs)), 0.2, seed=7)
     assert {r.key() for r in a_eval} == {r.key() for r in b_eval}
     assert 20 <= len(a_eval) <= 60  # about 20 % of 200
-    more = recs + [S.Record("sentiment", "en", {"text": f"Other {i}."}, "neutral") for i in range(100)]
-    _, c_eval = S.split_records(more, 0.2, seed=7)
+    more = recs + [R.TaskRecord("sentiment", "en", {"text": f"Other {i}."}, "neutral") for i in range(100)]
+    _, c_eval = R.split_records(more, 0.2, seed=7)
     assert {r.key() for r in a_eval} <= {r.key() for r in c_eval}  # old eval records never move
-    _, d_eval = S.split_records(recs, 0.2, seed=8)
+    _, d_eval = R.split_records(recs, 0.2, seed=8)
     assert {r.key() for r in d_eval} != {r.key() for r in a_eval}
     assert t.name == "sentiment"
 
@@ -121,10 +132,24 @@ def test_csv_mapping_dedupe_and_errors(tmp_path, registry, tokenizer):
     stats = S.build_sft_data(cfg, tokenizer, tmp_path / "out", registry=registry)
     assert sum(stats.records.values()) == len(ROWS) and stats.duplicates >= 3
 
-    bad = build_config({"tasks": {"templates_dir": TEMPLATES, "datasets": [{"task": "sentiment", "path": str(tmp_path / "s.csv"), "fields": {"text": "body"}}]}})
+    bad = build_config(
+        {
+            "tasks": {
+                "templates_dir": TEMPLATES,
+                "datasets": [{"task": "sentiment", "path": str(tmp_path / "s.csv"), "fields": {"text": "body"}}],
+            }
+        }
+    )
     with pytest.raises(DataError, match="body"):
         S.build_sft_data(bad, tokenizer, tmp_path / "bad", registry=registry)
-    unmapped = build_config({"tasks": {"templates_dir": TEMPLATES, "datasets": [{"task": "sentiment", "path": str(tmp_path / "s.csv"), "fields": {"text": "sentence"}, "label_field": "lab"}]}})
+    unmapped = build_config(
+        {
+            "tasks": {
+                "templates_dir": TEMPLATES,
+                "datasets": [{"task": "sentiment", "path": str(tmp_path / "s.csv"), "fields": {"text": "sentence"}, "label_field": "lab"}],
+            }
+        }
+    )
     with pytest.raises(DataError, match="label_map"):
         S.build_sft_data(unmapped, tokenizer, tmp_path / "bad2", registry=registry)
 
@@ -138,7 +163,9 @@ def test_token_length_filter_and_task_weights(tmp_path, registry, tokenizer):
     doubled = S.build_sft_data(cfg2, tokenizer, tmp_path / "b", registry=registry)
     assert doubled.train_examples["sentiment"] == 2 * base.train_examples["sentiment"]
 
-    lengths = sorted(S.token_length(tokenizer, json.loads(x)["messages"]) for x in (tmp_path / "a" / "train.jsonl").read_text().splitlines())
+    lengths = sorted(
+        S.token_length(tokenizer, json.loads(x)["messages"]) for x in (tmp_path / "a" / "train.jsonl").read_text().splitlines()
+    )
     limit = lengths[len(lengths) // 2]
     cfg3 = _cfg(tmp_path, data)
     cfg3.sft.train.max_seq_len = limit
@@ -159,15 +186,17 @@ def test_demo_tasks_cover_every_bundled_task_in_both_languages(registry):
             for ex in exs[:50]:
                 t.validate_inputs(ex["inputs"])
                 assert t.parse_output(t.target_text(ex["output"], lang), lang) == ex["output"]
-            if t.output.kind == "label":
+            if t.output.classes is not None:
                 counts = Counter(ex["output"] for ex in exs)
-                assert len(exs) >= 300 and set(counts) == set(t.output.labels)
+                assert len(exs) >= 300 and set(counts) == set(t.output.classes)
                 assert max(counts.values()) <= 2 * min(counts.values())  # balanced enough to learn from
     assert demo_examples(registry.get("sentiment"), "en") == demo_examples(registry.get("sentiment"), "en")  # deterministic
 
 
 def test_demo_build_mixes_tasks_and_languages(tmp_path, registry, tokenizer):
-    cfg = build_config({"tasks": {"templates_dir": TEMPLATES, "demo_tasks": ["sentiment", "entities"]}, "sft": {"train": {"max_seq_len": 2048}}})
+    cfg = build_config(
+        {"tasks": {"templates_dir": TEMPLATES, "demo_tasks": ["sentiment", "entities"]}, "sft": {"train": {"max_seq_len": 2048}}}
+    )
     stats = S.build_sft_data(cfg, tokenizer, tmp_path / "demo", registry=registry)
     train = [json.loads(x) for x in (tmp_path / "demo" / "train.jsonl").read_text().splitlines()]
     assert set(stats.train_examples) == {"sentiment", "entities"}
@@ -181,13 +210,26 @@ def test_alpaca_and_sharegpt_import(tmp_path):
         {"instruction": "Translate", "input": "贷款", "output": "loan", "system": "Be brief.", "history": [["Hi", "Hello"]]},
     ]
     (tmp_path / "a.json").write_text(json.dumps(alpaca, ensure_ascii=False))
-    share = [{"conversations": [{"from": "human", "value": "What is CET1?"}, {"from": "gpt", "value": "A capital ratio."}], "system": "You are a banker."}]
+    share = [
+        {
+            "conversations": [{"from": "human", "value": "What is CET1?"}, {"from": "gpt", "value": "A capital ratio."}],
+            "system": "You are a banker.",
+        }
+    ]
     (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in share))
     (tmp_path / "dataset_info.json").write_text(
-        json.dumps({"faq": {"file_name": "a.json"}, "chat": {"file_name": "s.jsonl", "formatting": "sharegpt", "columns": {"messages": "conversations", "system": "system"}}})
+        json.dumps(
+            {
+                "faq": {"file_name": "a.json"},
+                "chat": {"file_name": "s.jsonl", "formatting": "sharegpt", "columns": {"messages": "conversations", "system": "system"}},
+            }
+        )
     )
     got = IF.load_dataset_info(tmp_path / "dataset_info.json")
-    assert got["faq"][0]["messages"] == [{"role": "user", "content": "Define NIM."}, {"role": "assistant", "content": "Net interest margin."}]
+    assert got["faq"][0]["messages"] == [
+        {"role": "user", "content": "Define NIM."},
+        {"role": "assistant", "content": "Net interest margin."},
+    ]
     assert got["faq"][1]["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi"},
@@ -217,8 +259,24 @@ def test_cli_sft_build(tmp_path, tiny_model_dir):
     from domain_lm.cli import app
 
     data = _write_jsonl(tmp_path / "s.jsonl", ROWS)
-    args = ["sft", "build", "--out", str(tmp_path / "out"), "--task", "sentiment", "--data", str(data), "--field", "text=sentence",
-            "--label-field", "lab", "--model", str(tiny_model_dir), "-s", f"tasks.templates_dir={TEMPLATES}"]
+    args = [
+        "sft",
+        "build",
+        "--out",
+        str(tmp_path / "out"),
+        "--task",
+        "sentiment",
+        "--data",
+        str(data),
+        "--field",
+        "text=sentence",
+        "--label-field",
+        "lab",
+        "--model",
+        str(tiny_model_dir),
+        "-s",
+        f"tasks.templates_dir={TEMPLATES}",
+    ]
     args += [x for k, v in LABEL_MAP.items() for x in ("--label-map", f"{k}={v}")]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -238,9 +296,9 @@ def test_entity_gold_with_offsets_and_uncovered_types(registry):
         {"text": "Harry Potter", "type": "BOOK", "start": 20, "end": 32},
         {"text": "Paris", "type": "LOC", "start": 40, "end": 45},
     ]
-    value = S.coerce_output(t, S.map_label(raw, {"ORGANIZATION": "ORG", "BOOK": ""}))
+    value = t.coerce_output(R.map_label(raw, {"ORGANIZATION": "ORG", "BOOK": ""}))
     assert value == [{"text": "Alpha Bank", "type": "ORG"}, {"text": "Paris", "type": "LOC"}]
     assert t.parse_output(t.target_text(value), "en") == value
     # an unmapped type still breaks the contract loudly instead of being dropped silently
     with pytest.raises(Exception, match="BOOK"):
-        t.parse_output(t.target_text(S.coerce_output(t, raw)), "en")
+        t.parse_output(t.target_text(t.coerce_output(raw)), "en")

@@ -30,7 +30,10 @@ def test_validate_reports_file_and_line_and_exits_nonzero(tmp_path):
     # A real subprocess: the installed entry point, exit code and output as a user sees them.
     proc = subprocess.run(
         [sys.executable, "-m", "domain_lm", "tasks", "validate", str(d)],
-        capture_output=True, text=True, cwd=REPO, env={"COLUMNS": "400", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"COLUMNS": "400", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
@@ -44,7 +47,9 @@ def test_validate_empty_dir_fails(tmp_path):
 
 
 def test_render_json_and_input_errors():
-    r = runner.invoke(app, ["tasks", "render", "sentiment", "--dir", str(TEMPLATES), "--input", '{"text": "利润增长"}', "--lang", "zh", "--json"])
+    r = runner.invoke(
+        app, ["tasks", "render", "sentiment", "--dir", str(TEMPLATES), "--input", '{"text": "利润增长"}', "--lang", "zh", "--json"]
+    )
     assert r.exit_code == 0, r.output
     messages = json.loads(r.output)
     assert messages[-1] == {"role": "user", "content": "利润增长\n上述文字表达了积极、消极还是中性的倾向？请回答：积极、消极或中性。"}
@@ -77,7 +82,17 @@ def test_docs_example_template_is_valid(tmp_path):
 def test_parse_checks_answers_against_the_contract():
     r = runner.invoke(app, ["tasks", "parse", "sentiment", " 积极。", "--lang", "zh", "--dir", str(TEMPLATES)])
     assert r.exit_code == 0 and json.loads(r.output) == "positive"
-    r = runner.invoke(app, ["tasks", "parse", "extraction", '```json\n{"value": 1, "unit": "%", "period": null, "evidence": null}\n```', "--dir", str(TEMPLATES)])
+    r = runner.invoke(
+        app,
+        [
+            "tasks",
+            "parse",
+            "extraction",
+            '```json\n{"value": 1, "unit": "%", "period": null, "evidence": null}\n```',
+            "--dir",
+            str(TEMPLATES),
+        ],
+    )
     assert r.exit_code == 0 and json.loads(r.output) == {"value": 1, "unit": "%", "period": None, "evidence": None}
     r = runner.invoke(app, ["tasks", "parse", "extraction", '{"value": "one"}', "--dir", str(TEMPLATES)])
     assert r.exit_code == 1 and "contract broken" in r.output

@@ -24,7 +24,11 @@ def _bot(content: str) -> dict[str, str]:
 
 GOLDEN = [
     (
-        "sentiment", "zh", 2, 1, {"text": "公司将于下周召开年度股东大会。"},
+        "sentiment",
+        "zh",
+        2,
+        1,
+        {"text": "公司将于下周召开年度股东大会。"},
         [
             _sys("你是一名银行的金融分析师。只回答一个词。"),
             _user("【该行前三季度净利润同比增长百分之十二，资产质量持续改善。】，上述文字表达了褒义和贬义倾向？请回答积极、消极或中性。"),
@@ -33,34 +37,60 @@ GOLDEN = [
         ],
     ),
     (
-        "sentiment", "en", 1, 0, {"text": "The bank will publish its quarterly results on 28 April."},
+        "sentiment",
+        "en",
+        1,
+        0,
+        {"text": "The bank will publish its quarterly results on 28 April."},
         [
             _sys("You are a financial analyst at a bank. Answer with exactly one word."),
-            _user("Text: The bank will publish its quarterly results on 28 April.\n\nFrom an investor's point of view, is this text positive, negative or neutral?"),
+            _user(
+                "Text: The bank will publish its quarterly results on 28 April.\n\nFrom an investor's point of view, is this text"
+                " positive, negative or neutral?"
+            ),
         ],
     ),
     (
-        "entities", "en", 0, 1, {"text": "Quarterly fee income was broadly unchanged."},
+        "entities",
+        "en",
+        0,
+        1,
+        {"text": "Quarterly fee income was broadly unchanged."},
         [
             _sys(
                 'You extract named entities from financial texts. Answer with a JSON array only, each item {"text": ..., "type": ...} '
                 "where type is ORG (companies and other organisations), PER (people) or LOC (places). Copy each entity exactly as "
                 "written, in order of appearance. Answer [] if there are none."
             ),
-            _user("List the organisations, people and places in this text.\n\nText: Northbridge Capital said on Tuesday that Maria Lopez will lead its new office in Singapore."),
+            _user(
+                "List the organisations, people and places in this text.\n\nText: Northbridge Capital said on Tuesday that Maria Lopez"
+                " will lead its new office in Singapore."
+            ),
             _bot('[{"text":"Northbridge Capital","type":"ORG"},{"text":"Maria Lopez","type":"PER"},{"text":"Singapore","type":"LOC"}]'),
             _user("List the organisations, people and places in this text.\n\nText: Quarterly fee income was broadly unchanged."),
         ],
     ),
     (
-        "extraction", "zh", 1, 0, {"text": "截至年末，本行不良贷款率为1.32%，较上年末下降0.05个百分点。", "field": "不良贷款率"},
+        "extraction",
+        "zh",
+        1,
+        0,
+        {"text": "截至年末，本行不良贷款率为1.32%，较上年末下降0.05个百分点。", "field": "不良贷款率"},
         [
-            _sys('你负责从金融文件中抽取数据。只输出一个 JSON 对象 {"value": 数值, "unit": 单位, "period": 期间, "evidence": 原文依据}，evidence 须逐字摘自原文。若文中没有给出该数据，所有字段均填 null，不要猜测。'),
+            _sys(
+                '你负责从金融文件中抽取数据。只输出一个 JSON 对象 {"value": 数值, "unit": 单位, '
+                '"period": 期间, "evidence": 原文依据}，evidence 须逐字摘自原文。'
+                '若文中没有给出该数据，所有字段均填 null，不要猜测。'
+            ),
             _user("根据下面的文件，不良贷款率是多少？\n\n截至年末，本行不良贷款率为1.32%，较上年末下降0.05个百分点。"),
         ],
     ),
     (
-        "extraction", "en", 0, 0, {"text": "Revenue was 3 million dollars in 2021.", "field": "revenue", "period": "2021"},
+        "extraction",
+        "en",
+        0,
+        0,
+        {"text": "Revenue was 3 million dollars in 2021.", "field": "revenue", "period": "2021"},
         [
             _sys(
                 'You extract figures from financial documents. Answer with one JSON object {"value": number, "unit": string, '
@@ -71,30 +101,55 @@ GOLDEN = [
         ],
     ),
     (
-        "report_summary", "en", 2, 0, {"text": "Costs fell 3% while provisions doubled."},
+        "report_summary",
+        "en",
+        2,
+        0,
+        {"text": "Costs fell 3% while provisions doubled."},
         [
             _sys("You are a bank analyst who writes short, factual summaries. Keep the key figures; add nothing that is not in the text."),
             _user("Give a concise, factual summary of this earnings call: Costs fell 3% while provisions doubled."),
         ],
     ),
     (
-        "key_points", "zh", 0, 0, {"text": "受市场利率下行影响，净息差收窄至1.7%。"},
+        "key_points",
+        "zh",
+        0,
+        0,
+        {"text": "受市场利率下行影响，净息差收窄至1.7%。"},
         [
-            _sys('你是一名信贷分析师。只输出一个 JSON 对象 {"performance": [...], "risks": [...]}，分别列出原文中关于经营业绩和风险的要点，每条简短；没有则为 []。'),
+            _sys(
+                '你是一名信贷分析师。只输出一个 JSON 对象 {"performance": [...], "risks": [...]}，'
+                '分别列出原文中关于经营业绩和风险的要点，每条简短；没有则为 []。'
+            ),
             _user("请列出以下报告的核心业绩要点和风险要点。\n\n受市场利率下行影响，净息差收窄至1.7%。"),
         ],
     ),
     (
-        "business_line", "en", 1, 1, {"text": "What time does the branch on Main Street open on Saturdays?"},
+        "business_line",
+        "en",
+        1,
+        1,
+        {"text": "What time does the branch on Main Street open on Saturdays?"},
         [
             _sys("You route bank texts to the right business line. Answer with exactly one of credit card, loan, other."),
-            _user("Which business line does this belong to (credit card / loan / other)? I was charged an annual fee on my card even though I was promised it would be waived."),
+            _user(
+                "Which business line does this belong to (credit card / loan / other)? I was charged an annual fee on my card even"
+                " though I was promised it would be waived."
+            ),
             _bot("credit card"),
-            _user("Which business line does this belong to (credit card / loan / other)? What time does the branch on Main Street open on Saturdays?"),
+            _user(
+                "Which business line does this belong to (credit card / loan / other)? What time does the branch on Main Street open on"
+                " Saturdays?"
+            ),
         ],
     ),
     (
-        "business_line", "zh", 0, 0, {"text": "我想办理房贷。"},
+        "business_line",
+        "zh",
+        0,
+        0,
+        {"text": "我想办理房贷。"},
         [
             _sys("你负责把银行文本分派到对应的业务条线。只回答：信用卡、贷款或其他。"),
             _user("这段文字是关于信用卡还是贷款的？\n\n文本：我想办理房贷。"),

@@ -43,8 +43,11 @@ def build(
     for src in source or []:
         pairs += pref.load_preferences(src, limit=limit)
     if tasks:
-        train, _ = pref.task_records(cfg)
-        pairs += pref.task_pairs(train, seed=cfg.tasks.seed)
+        from domain_lm.data.records import load_split
+
+        split = load_split(cfg)
+        train = split.train
+        pairs += pref.task_pairs(train, split.templates, seed=cfg.tasks.seed)
         if sample_k > 0:
             if model is None:
                 raise DataError("--sample-k needs --model (the SFT model directory to sample from).")
@@ -53,7 +56,7 @@ def build(
             engine = create_engine(str(model), kind="hf")
             try:
                 sample = random.Random(cfg.tasks.seed).sample(train, min(cfg.reward.sample_records, len(train)))
-                pairs += pref.sampled_pairs(sample, engine, k=sample_k, seed=cfg.tasks.seed)
+                pairs += pref.sampled_pairs(sample, split.templates, engine, k=sample_k, seed=cfg.tasks.seed)
             finally:
                 engine.close()
     if not pairs:

@@ -19,14 +19,26 @@ DirOpt = Annotated[Path, typer.Option("--dir", "-d", help="Template directory.")
 
 
 @app.command("validate")
-def validate(directory: Annotated[Path, typer.Argument(help="Template directory, e.g. task_templates/.")] = Path("task_templates")) -> None:
+def validate(
+    directory: Annotated[Path, typer.Argument(help="Template directory, e.g. task_templates/.")] = Path("task_templates"),
+    tokenizer: Annotated[
+        Optional[Path], typer.Option("--tokenizer", help="Model or tokenizer directory: check token budgets with its exact counts.")
+    ] = None,
+) -> None:
     """Check every template: schema, Jinja, every variant rendered with the examples, contracts. Exit 1 on errors."""
     from domain_lm.tasks.validate import validate_dir
 
-    report = validate_dir(directory)
+    tok = None
+    if tokenizer is not None:
+        from domain_lm.models.loading import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    report = validate_dir(directory, tokenizer=tok)
     for s in report.templates:
         variants = ", ".join(f"{lang}: {n} variants/{s.examples[lang]} examples" for lang, n in s.variants.items())
         console.print(f"[green]ok[/] {s.name} v{s.version} ({variants}; {s.renders} renders)  {escape(s.file)}", highlight=False)
+    for w in report.warnings:
+        console.print(f"[bold yellow]warning[/] {escape(w)}", highlight=False, soft_wrap=True)
     for e in report.errors:
         console.print(f"[bold red]error[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     if not report.ok:
@@ -43,8 +55,15 @@ def list_(directory: DirOpt = Path("task_templates")) -> None:
     reg = TemplateRegistry.load(directory)
     table = Table("name", "version", "history", "languages", "output", "metric", "adapter")
     for t in reg:
-        out = t.output.kind + (f" ({'/'.join(t.output.labels)})" if t.output.labels else "")
-        table.add_row(t.name, str(t.version), ",".join(map(str, reg.versions(t.name))), ",".join(t.languages), out, t.metric, t.adapter or "-")
+        table.add_row(
+            t.name,
+            str(t.version),
+            ",".join(map(str, reg.versions(t.name))),
+            ",".join(t.languages),
+            t.output.describe(),
+            t.metric,
+            t.adapter or "-",
+        )
     console.print(table if len(reg) else f"[dim]No templates in {directory}.[/]")
 
 
@@ -66,7 +85,7 @@ def render(
     try:
         inputs = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise DomainLMError(f"--input is not valid JSON ({e.msg} at char {e.pos}); give an object such as '{{\"text\": \"...\"}}'.") from None
+        raise DomainLMError(f'--input is not valid JSON ({e.msg} at char {e.pos}); give an object such as \'{{"text": "..."}}\'.') from None
     t = TemplateRegistry.load(directory).get(name, version)
     messages = t.render_messages(inputs, lang=lang, variant=variant, few_shot=few_shot)
     if as_json:
@@ -75,12 +94,7 @@ def render(
     for m in messages:
         console.print(f"[bold cyan]── {m['role']}[/]", highlight=False)
         console.print(escape(m["content"]), highlight=False, soft_wrap=True)
-    if t.output.kind == "label":
-        console.print(f"[dim]answer must be one of: {t.choices(lang)}[/]", highlight=False)
-    elif t.output.kind == "json":
-        console.print(f"[dim]answer must be JSON matching: {json.dumps(t.json_schema(), ensure_ascii=False)}[/]", highlight=False)
-    else:
-        console.print(f"[dim]answer: text, at most {t.output.max_length} characters[/]", highlight=False)
+    console.print(f"[dim]{escape(t.output.describe_answer(lang))}[/]", highlight=False)
 
 
 @app.command("parse")

@@ -14,32 +14,82 @@ from __future__ import annotations
 import itertools
 import random
 import re
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 # --------------------------------------------------------------------------- vocabulary
 
-EN_PREFIX = ["Northgate", "Harbor", "Silverline", "Crestview", "Bluewater", "Eastbridge", "Summit", "Redwood", "Meridian", "Oakmont", "Pinecrest", "Westfield", "Ironbark", "Lakeshore", "Granite"]
+EN_PREFIX = [
+    "Northgate",
+    "Harbor",
+    "Silverline",
+    "Crestview",
+    "Bluewater",
+    "Eastbridge",
+    "Summit",
+    "Redwood",
+    "Meridian",
+    "Oakmont",
+    "Pinecrest",
+    "Westfield",
+    "Ironbark",
+    "Lakeshore",
+    "Granite",
+]
 EN_SUFFIX = ["Bank", "Financial", "Capital", "Bancorp", "Trust", "Savings Bank", "Holdings", "Credit Union"]
 ZH_PREFIX = ["华信", "招远", "恒通", "中泰", "瑞丰", "长江", "兴业达", "海岳", "金桥", "安盛", "东融", "北辰", "南粤", "汇川", "嘉德"]
 ZH_SUFFIX = ["银行", "证券", "保险", "信托", "农商行", "金融控股"]
-EN_PEOPLE = ["Sarah Lin", "David Okafor", "Maria Gonzalez", "James Whitaker", "Priya Raman", "Thomas Keller", "Elena Petrova", "Michael Chen", "Anna Schmidt", "Robert Hayes"]
+EN_PEOPLE = [
+    "Sarah Lin",
+    "David Okafor",
+    "Maria Gonzalez",
+    "James Whitaker",
+    "Priya Raman",
+    "Thomas Keller",
+    "Elena Petrova",
+    "Michael Chen",
+    "Anna Schmidt",
+    "Robert Hayes",
+]
 ZH_PEOPLE = ["王建国", "李晓梅", "张伟", "刘洋", "陈静", "杨帆", "赵磊", "周丽", "吴昊", "孙倩"]
 EN_PLACES = ["London", "Singapore", "Frankfurt", "New York", "Hong Kong", "Toronto", "Dubai", "Sydney", "Zurich", "Tokyo"]
 ZH_PLACES = ["上海", "北京", "深圳", "广州", "杭州", "成都", "武汉", "南京", "香港", "重庆"]
-EN_REGULATORS = ["the Federal Reserve", "the European Central Bank", "the Prudential Regulation Authority", "the Monetary Authority of Singapore"]
+EN_REGULATORS = [
+    "the Federal Reserve",
+    "the European Central Bank",
+    "the Prudential Regulation Authority",
+    "the Monetary Authority of Singapore",
+]
 ZH_REGULATORS = ["中国人民银行", "国家金融监督管理总局", "中国证监会", "上海证券交易所"]
 EN_ROLES = ["chief executive", "chief financial officer", "chief risk officer", "chairman"]
 ZH_ROLES = ["行长", "首席财务官", "首席风险官", "董事长"]
 
 # (metric, higher is good?)
 EN_METRICS = [
-    ("net profit", True), ("net interest income", True), ("operating revenue", True), ("fee income", True),
-    ("deposits", True), ("the loan book", True), ("return on equity", True), ("the common equity tier 1 ratio", True),
-    ("the non-performing loan ratio", False), ("loan impairment charges", False), ("operating costs", False), ("the cost-to-income ratio", False),
+    ("net profit", True),
+    ("net interest income", True),
+    ("operating revenue", True),
+    ("fee income", True),
+    ("deposits", True),
+    ("the loan book", True),
+    ("return on equity", True),
+    ("the common equity tier 1 ratio", True),
+    ("the non-performing loan ratio", False),
+    ("loan impairment charges", False),
+    ("operating costs", False),
+    ("the cost-to-income ratio", False),
 ]
 ZH_METRICS = [
-    ("净利润", True), ("营业收入", True), ("净息差", True), ("手续费收入", True), ("存款规模", True), ("贷款余额", True),
-    ("资本充足率", True), ("不良贷款率", False), ("信用减值损失", False), ("营业成本", False), ("成本收入比", False),
+    ("净利润", True),
+    ("营业收入", True),
+    ("净息差", True),
+    ("手续费收入", True),
+    ("存款规模", True),
+    ("贷款余额", True),
+    ("资本充足率", True),
+    ("不良贷款率", False),
+    ("信用减值损失", False),
+    ("营业成本", False),
+    ("成本收入比", False),
 ]
 EN_UP = ["rose", "increased", "climbed", "jumped", "grew"]
 EN_DOWN = ["fell", "declined", "dropped", "decreased", "slipped"]
@@ -47,8 +97,22 @@ ZH_UP = ["同比增长", "较上年上升", "同比大增", "环比提升"]
 ZH_DOWN = ["同比下降", "较上年下滑", "同比减少", "环比回落"]
 EN_PERIODS = ["in the first quarter", "in the second quarter", "in the third quarter", "in 2023", "in the first half of 2024", "last year"]
 ZH_PERIODS = ["一季度", "上半年", "前三季度", "2023年", "2024年上半年", "去年全年"]
-EN_PERIOD_KEY = {"in the first quarter": "Q1", "in the second quarter": "Q2", "in the third quarter": "Q3", "in 2023": "2023", "in the first half of 2024": "H1 2024", "last year": "last year"}
-ZH_PERIOD_KEY = {"一季度": "一季度", "上半年": "上半年", "前三季度": "前三季度", "2023年": "2023年", "2024年上半年": "2024年上半年", "去年全年": "去年全年"}
+EN_PERIOD_KEY = {
+    "in the first quarter": "Q1",
+    "in the second quarter": "Q2",
+    "in the third quarter": "Q3",
+    "in 2023": "2023",
+    "in the first half of 2024": "H1 2024",
+    "last year": "last year",
+}
+ZH_PERIOD_KEY = {
+    "一季度": "一季度",
+    "上半年": "上半年",
+    "前三季度": "前三季度",
+    "2023年": "2023年",
+    "2024年上半年": "2024年上半年",
+    "去年全年": "去年全年",
+}
 EN_NEUTRAL = [
     "{c} will publish its quarterly results on {d}.",
     "{c} appointed {p} as {r}, effective {d}.",
@@ -147,7 +211,11 @@ EN_LOANS = ["mortgage", "car loan", "personal loan", "business loan", "home equi
 ZH_LOANS = ["房贷", "车贷", "个人消费贷款", "经营贷款", "住房公积金贷款", "助学贷款"]
 
 # Entity kinds -> words that identify a template's type name.
-ENTITY_KEYS = {"ORG": ["org", "company", "organ", "机构", "公司", "组织"], "PER": ["per", "person", "people", "人"], "LOC": ["loc", "place", "location", "gpe", "地"]}
+ENTITY_KEYS = {
+    "ORG": ["org", "company", "organ", "机构", "公司", "组织"],
+    "PER": ["per", "person", "people", "人"],
+    "LOC": ["loc", "place", "location", "gpe", "地"],
+}
 
 
 def _companies(lang: str) -> list[str]:
@@ -171,9 +239,23 @@ def sentiment_examples(lang: str, n: int = 360, seed: int = 0) -> list[dict[str,
             c = rng.choice(comps)
             if label == "neutral":
                 if lang == "en":
-                    text = rng.choice(EN_NEUTRAL).format(c=c, d=rng.choice(EN_DATES), p=rng.choice(EN_PEOPLE), r=rng.choice(EN_ROLES), l=rng.choice(EN_PLACES), m=rng.choice(EN_METRICS)[0])
+                    text = rng.choice(EN_NEUTRAL).format(
+                        c=c,
+                        d=rng.choice(EN_DATES),
+                        p=rng.choice(EN_PEOPLE),
+                        r=rng.choice(EN_ROLES),
+                        l=rng.choice(EN_PLACES),
+                        m=rng.choice(EN_METRICS)[0],
+                    )
                 else:
-                    text = rng.choice(ZH_NEUTRAL).format(c=c, d=rng.choice(ZH_DATES), p=rng.choice(ZH_PEOPLE), r=rng.choice(ZH_ROLES), l=rng.choice(ZH_PLACES), m=rng.choice(ZH_METRICS)[0])
+                    text = rng.choice(ZH_NEUTRAL).format(
+                        c=c,
+                        d=rng.choice(ZH_DATES),
+                        p=rng.choice(ZH_PEOPLE),
+                        r=rng.choice(ZH_ROLES),
+                        l=rng.choice(ZH_PLACES),
+                        m=rng.choice(ZH_METRICS)[0],
+                    )
             else:
                 metric, good = rng.choice(EN_METRICS if lang == "en" else ZH_METRICS)
                 up = good == (label == "positive")  # a rising NPL ratio is bad news
@@ -181,7 +263,9 @@ def sentiment_examples(lang: str, n: int = 360, seed: int = 0) -> list[dict[str,
                 if lang == "en":
                     verb = rng.choice(EN_UP if up else EN_DOWN)
                     period = rng.choice(EN_PERIODS)
-                    tail = rng.choice(["", ", beating analyst estimates" if label == "positive" else ", missing analyst estimates", ", the bank said"])
+                    tail = rng.choice(
+                        ["", ", beating analyst estimates" if label == "positive" else ", missing analyst estimates", ", the bank said"]
+                    )
                     text = f"{c} said {metric} {verb} {pct} percent {period}{tail}."
                 else:
                     verb = rng.choice(ZH_UP if up else ZH_DOWN)
@@ -249,7 +333,8 @@ def entity_examples(lang: str, n: int = 200, seed: int = 0) -> list[dict[str, An
         tmpl, _ = rng.choice(en_t if lang == "en" else zh_t)
         c, c2 = rng.sample(comps, 2)
         vals = {
-            "c": c, "c2": c2,
+            "c": c,
+            "c2": c2,
             "p": rng.choice(EN_PEOPLE if lang == "en" else ZH_PEOPLE),
             "l": rng.choice(EN_PLACES if lang == "en" else ZH_PLACES),
             "r": rng.choice(EN_ROLES if lang == "en" else ZH_ROLES),
@@ -285,14 +370,16 @@ def extraction_examples(lang: str, n: int = 240, seed: int = 0) -> list[dict[str
         c = rng.choice(comps)
         ratio = rng.random() < 0.4
         metric = rng.choice((EN_RATIOS if ratio else EN_AMOUNTS) if en else (ZH_RATIOS if ratio else ZH_AMOUNTS))
-        value = rng.choice([1.32, 1.85, 2.1, 11.4, 13.05, 9.8]) if ratio else rng.choice([3.8, 12.4, 25.3, 85.6, 310.0, 742.6, 56.9, 9.75, 1.2])
+        value = (
+            rng.choice([1.32, 1.85, 2.1, 11.4, 13.05, 9.8]) if ratio else rng.choice([3.8, 12.4, 25.3, 85.6, 310.0, 742.6, 56.9, 9.75, 1.2])
+        )
         if en:
             unit = "%" if ratio else rng.choice(["million dollars", "billion dollars", "billion yuan", "million euros"])
             period = rng.choice(["2022", "2023", "the first half", "the third quarter", "the first quarter of 2024"])
             shown = f"{value}%" if ratio else f"{value} {unit}"
             evidence = f"{metric} of {shown}" if not ratio else f"{metric} stood at {shown}"
             tail = rng.choice(["", f", up {rng.choice([3, 5, 9])}% year on year", f", while {rng.choice(EN_AMOUNTS)} fell slightly"])
-            text = (f"In {period}, {c} reported {evidence}{tail}." if rng.random() < 0.5 else f"{c} said its {evidence} in {period}{tail}.")
+            text = f"In {period}, {c} reported {evidence}{tail}." if rng.random() < 0.5 else f"{c} said its {evidence} in {period}{tail}."
         else:
             unit = "%" if ratio else rng.choice(["亿元", "万元", "百万美元"])
             period = rng.choice(["2022年", "2023年", "上半年", "三季度", "2024年一季度"])
@@ -329,15 +416,31 @@ def report_examples(lang: str, n: int = 120, seed: int = 0) -> list[dict[str, An
             period = rng.choice(EN_PERIODS)
             s1 = f"{c} said {m1} {'rose' if up1 else 'fell'} {p1} percent {period}."
             s2 = f"Over the same period {m2} {'increased' if up2 else 'decreased'} {p2} percent."
-            s3 = rng.choice([f"Management expects demand in {rng.choice(EN_PLACES)} to stay firm.", "The bank kept its dividend unchanged.", f"{rng.choice(EN_PEOPLE)} will take over as {rng.choice(EN_ROLES)} next year."])
+            s3 = rng.choice(
+                [
+                    f"Management expects demand in {rng.choice(EN_PLACES)} to stay firm.",
+                    "The bank kept its dividend unchanged.",
+                    f"{rng.choice(EN_PEOPLE)} will take over as {rng.choice(EN_ROLES)} next year.",
+                ]
+            )
             text = " ".join([s1, s2, s3])
             summary = f"{c}: {m1} {'up' if up1 else 'down'} {p1}% and {m2} {'up' if up2 else 'down'} {p2}% {period}."
-            points = [f"{m1.capitalize()} {'up' if up1 else 'down'} {p1}%", f"{m2.capitalize()} {'up' if up2 else 'down'} {p2}%", s3.rstrip(".")]
+            points = [
+                f"{m1.capitalize()} {'up' if up1 else 'down'} {p1}%",
+                f"{m2.capitalize()} {'up' if up2 else 'down'} {p2}%",
+                s3.rstrip("."),
+            ]
         else:
             period = rng.choice(ZH_PERIODS)
             s1 = f"{c}{period}{m1}{'增长' if up1 else '下降'}{p1}%。"
             s2 = f"同期{m2}{'上升' if up2 else '下降'}{p2}%。"
-            s3 = rng.choice([f"管理层预计{rng.choice(ZH_PLACES)}地区需求保持稳定。", "该行维持分红方案不变。", f"{rng.choice(ZH_PEOPLE)}将于明年出任{rng.choice(ZH_ROLES)}。"])
+            s3 = rng.choice(
+                [
+                    f"管理层预计{rng.choice(ZH_PLACES)}地区需求保持稳定。",
+                    "该行维持分红方案不变。",
+                    f"{rng.choice(ZH_PEOPLE)}将于明年出任{rng.choice(ZH_ROLES)}。",
+                ]
+            )
             text = s1 + s2 + s3
             summary = f"{c}{period}{m1}{'增长' if up1 else '下降'}{p1}%，{m2}{'上升' if up2 else '下降'}{p2}%。"
             points = [f"{m1}{'增长' if up1 else '下降'}{p1}%", f"{m2}{'上升' if up2 else '下降'}{p2}%", s3.rstrip("。")]
@@ -345,10 +448,36 @@ def report_examples(lang: str, n: int = 120, seed: int = 0) -> list[dict[str, An
     return out
 
 
-EN_GOOD = ["net profit rose {p}%", "fee income grew {p}% on stronger wealth-management sales", "deposits increased {p}%", "the capital ratio improved to 1{p}.{q}%", "credit card spending hit a record", "operating costs fell {p}%"]
-EN_BAD = ["overdue consumer loans increased for a third quarter", "exposure to property developers remains concentrated", "the net interest margin narrowed to 1.{q}%", "impairment charges rose {p}%", "small business loan arrears climbed to {p}.{q}%"]
-ZH_GOOD = ["净利润同比增长{p}%", "手续费收入增长{p}%", "存款规模增长{p}%", "资本充足率提升至1{p}.{q}%", "信用卡交易额创新高", "营业成本下降{p}%"]
-ZH_BAD = ["小微企业贷款逾期率上升", "部分地方融资平台债务存在展期压力", "净息差收窄至1.{q}%", "信用减值损失增加{p}%", "房地产相关贷款不良率升至{p}.{q}%"]
+EN_GOOD = [
+    "net profit rose {p}%",
+    "fee income grew {p}% on stronger wealth-management sales",
+    "deposits increased {p}%",
+    "the capital ratio improved to 1{p}.{q}%",
+    "credit card spending hit a record",
+    "operating costs fell {p}%",
+]
+EN_BAD = [
+    "overdue consumer loans increased for a third quarter",
+    "exposure to property developers remains concentrated",
+    "the net interest margin narrowed to 1.{q}%",
+    "impairment charges rose {p}%",
+    "small business loan arrears climbed to {p}.{q}%",
+]
+ZH_GOOD = [
+    "净利润同比增长{p}%",
+    "手续费收入增长{p}%",
+    "存款规模增长{p}%",
+    "资本充足率提升至1{p}.{q}%",
+    "信用卡交易额创新高",
+    "营业成本下降{p}%",
+]
+ZH_BAD = [
+    "小微企业贷款逾期率上升",
+    "部分地方融资平台债务存在展期压力",
+    "净息差收窄至1.{q}%",
+    "信用减值损失增加{p}%",
+    "房地产相关贷款不良率升至{p}.{q}%",
+]
 
 
 def key_point_examples(lang: str, n: int = 200, seed: int = 0) -> list[dict[str, Any]]:
@@ -390,7 +519,7 @@ def _match(name: str, keys: list[str]) -> bool:
 
 def _label_for(template: Any, semantic: str, keys: list[str]) -> str | None:
     """The template label for a semantic class: exact name first, then keyword match (unique)."""
-    labels = list(template.output.labels or [])
+    labels = list(template.output.classes or [])
     if semantic in labels:
         return semantic
     hits = [lab for lab in labels if _match(lab, keys) or any(_match(d, keys) for d in _displays(template, lab))]
@@ -398,7 +527,9 @@ def _label_for(template: Any, semantic: str, keys: list[str]) -> str | None:
 
 
 def _displays(template: Any, label: str) -> list[str]:
-    return [shown.get(label, "") for shown in template.output.display.values()]
+    """What the model writes for ``label`` in each language of the template."""
+    i = template.output.classes.index(label)
+    return [template.choices(lang)[i] for lang in template.languages]
 
 
 def _text_field(template: Any) -> str:
@@ -471,7 +602,7 @@ def _key_points_value(template: Any, ex: dict[str, Any]) -> Any:
 
 
 def _summary_value(template: Any, ex: dict[str, Any]) -> Any:
-    return ex["summary"] if template.output.kind == "text" else None
+    return ex["summary"]  # demo_examples drops it if the template's contract does not take a text
 
 
 # task name -> (generator, shaper(template, semantic example) -> output value or None)
@@ -483,10 +614,6 @@ _TASKS: dict[str, tuple[Callable[[str], list[dict[str, Any]]], Callable[[Any, di
     "report_summary": (report_examples, _summary_value),
     "key_points": (key_point_examples, _key_points_value),
 }
-
-
-def demo_task_names() -> list[str]:
-    return list(_TASKS)
 
 
 def demo_examples(template: Any, lang: str) -> list[dict[str, Any]]:
@@ -519,11 +646,3 @@ def demo_examples(template: Any, lang: str) -> list[dict[str, Any]]:
             continue
         out.append({"inputs": inputs, "output": value})
     return out
-
-
-def iter_all(registry: Any, langs: list[str]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    for name in registry.names():
-        t = registry.get(name)
-        for lang in langs:
-            for ex in demo_examples(t, lang):
-                yield name, lang, ex

@@ -7,9 +7,10 @@ format (``to_trl``). Sources:
 * files (``load_preferences``): plain pairs ``{"prompt","chosen","rejected"}``, ranked lists
   ``{"prompt","responses":[best, ..., worst]}`` (every ordered pair), and Anthropic HH dialogues
   ``{"chosen","rejected"}`` (the shared dialogue prefix becomes the prompt);
-* labelled bank-task records (``task_pairs``): the gold answer is chosen; a wrong label, an answer
-  that breaks the output contract, or a summary quoting numbers that are not in the source is
-  rejected. Prompts come from ``TaskTemplate.render_messages``, the same rendering as SFT and serving;
+* labelled bank-task records (``task_pairs``, ``records.TaskRecord``): the gold answer is chosen;
+  the task's output contract supplies the rejected ones (a wrong label, an answer that breaks the
+  contract, numbers that are not in the source). Prompts come from ``TaskTemplate.render_messages``,
+  the same rendering as SFT and serving;
 * samples from a model (``sampled_pairs``): k answers per prompt ranked by the task metric.
 """
 
@@ -20,16 +21,19 @@ import random
 import re
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from domain_lm.data.records import TaskRecord, load_split
 from domain_lm.errors import DataError
+from domain_lm.tasks import TaskTemplate, metrics
 
-#: A labelled task record: (template, inputs, lang, gold typed output value).
-TaskRecord = tuple[Any, dict[str, Any], str, Any]
 
-PairKind = Literal["pair", "ranked", "hh", "wrong_label", "contract", "unfaithful_numbers", "incomplete", "sampled"]
+class Templates(Protocol):
+    """Templates by task name: a ``TemplateRegistry`` or a plain dict such as ``Split.templates``."""
+
+    def get(self, name: str, /) -> Any: ...
 
 
 class PreferencePair(BaseModel):
@@ -38,7 +42,12 @@ class PreferencePair(BaseModel):
     prompt: list[dict[str, str]] = Field(description="Chat messages before the answer (system/user/assistant turns).")
     chosen: str
     rejected: str
-    kind: PairKind = "pair"
+    kind: str = Field(
+        "pair",
+        pattern=r"^[a-z_]{1,40}$",
+        description="Where the pair comes from (pair, ranked, hh, sampled) or, for task pairs, why the rejected answer is worse "
+        "as the task's output contract says (wrong_label, contract, unfaithful_numbers, incomplete, ...).",
+    )
     task: str | None = None
     lang: str | None = None
 
@@ -105,15 +114,19 @@ def record_to_pairs(record: dict[str, Any]) -> list[PreferencePair]:
     if "responses" in record or "ranked" in record:
         ranked = [_as_answer(r) for r in record.get("responses", record.get("ranked"))]
         prompt = _as_messages(record["prompt"])
-        return [
-            PreferencePair(prompt=prompt, chosen=a, rejected=b, kind="ranked", **meta)
-            for a, b in combinations(ranked, 2)
-            if a != b
-        ]
+        return [PreferencePair(prompt=prompt, chosen=a, rejected=b, kind="ranked", **meta) for a, b in combinations(ranked, 2) if a != b]
     if "chosen" in record and "rejected" in record:
         if "prompt" in record:
             kind = record.get("kind", "pair")
-            return [PreferencePair(prompt=_as_messages(record["prompt"]), chosen=_as_answer(record["chosen"]), rejected=_as_answer(record["rejected"]), kind=kind, **meta)]
+            return [
+                PreferencePair(
+                    prompt=_as_messages(record["prompt"]),
+                    chosen=_as_answer(record["chosen"]),
+                    rejected=_as_answer(record["rejected"]),
+                    kind=kind,
+                    **meta,
+                )
+            ]
         pair = hh_pair(record)
         return [pair] if pair else []
     raise ValueError("expected keys prompt/chosen/rejected, prompt/responses (ranked), or chosen/rejected (HH dialogues)")
@@ -132,7 +145,9 @@ def _iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}). Preference files are JSON Lines, one record per line.") from None
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg}). Preference files are JSON Lines, one record per line."
+                ) from None
 
 
 def load_preferences(path: str | Path, limit: int | None = None) -> list[PreferencePair]:
@@ -180,146 +195,52 @@ def split_pairs(pairs: Sequence[PreferencePair], eval_fraction: float, seed: int
 
 # --------------------------------------------------------------------------- bank-task pairs
 
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
-
-def numbers_in(text: str) -> set[str]:
-    """Numbers written in ``text`` (thousands separators removed: 1,200 == 1200)."""
-    return {m.replace(",", "") for m in _NUMBER.findall(text)}
-
-
-def _source_text(inputs: dict[str, Any]) -> str:
-    return " ".join(str(v) for v in inputs.values())
-
-
-def _fresh_number(avoid: set[str], start: int) -> str:
-    n = start
-    while str(n) in avoid or any(str(n) in a for a in avoid):
-        n = n * 3 + 7
-    return str(n)
-
-
-def unfaithful_summary(summary: str, source: str, lang: str = "en", seed: int = 0) -> str:
-    """A summary that quotes numbers absent from ``source``: every number in ``summary`` is
-    replaced by a fresh one, or, when it has none, a fabricated figure is appended."""
-    avoid = numbers_in(source) | numbers_in(summary)
-    rng = random.Random(seed)
-    found = list(_NUMBER.finditer(summary))
-    if found:
-        out, last = [], 0
-        for m in found:
-            out += [summary[last : m.start()], _fresh_number(avoid, rng.randint(13, 97))]
-            last = m.end()
-        return "".join(out) + summary[last:]
-    pct, amount = _fresh_number(avoid, rng.randint(11, 89)), _fresh_number(avoid, rng.randint(120, 980))
-    extra = f"净利润增长{pct}%，达到{amount}亿元。" if lang == "zh" else f" Net profit rose {pct}% to {amount} million."
-    return summary.rstrip() + extra
-
-
-def _breaks_contract(template: Any, text: str, lang: str) -> bool:
-    from domain_lm.tasks.errors import ContractError
-
-    try:
-        template.parse_output(text, lang=lang)
-    except ContractError:
-        return True
-    except Exception:  # noqa: BLE001 - any parse failure is a broken contract for our purpose
-        return True
-    return False
-
-
-_BROKEN = {
-    "en": ["I am not sure, it could be several things.", "Answer: {answer} (probably)", "{half}"],
-    "zh": ["我不确定，可能有多种情况。", "答案：{answer}（大概）", "{half}"],
-}
-
-
-def contract_breaking(template: Any, chosen: str, lang: str, rng: random.Random) -> str | None:
-    """An answer that the template's output contract rejects (prose, hedged label, cut-off JSON)."""
-    options = [s.format(answer=chosen, half=chosen[: max(1, len(chosen) // 2)]) for s in _BROKEN.get(lang, _BROKEN["en"])]
-    rng.shuffle(options)
-    for text in options:
-        if text != chosen and _breaks_contract(template, text, lang):
-            return text
-    return None
-
-
-def _with_numbers_changed(value: Any, avoid: set[str], rng: random.Random) -> Any:
-    """A copy of a JSON value with every number replaced by one not in ``avoid``."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return type(value)(_fresh_number(avoid, rng.randint(13, 97)))
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        return _fresh_number(avoid, rng.randint(13, 97))
-    if isinstance(value, dict):
-        return {k: _with_numbers_changed(v, avoid, rng) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_with_numbers_changed(v, avoid, rng) for v in value]
-    return value
-
-
-def rejected_answers(template: Any, inputs: dict[str, Any], lang: str, gold: Any, rng: random.Random) -> list[tuple[PairKind, str]]:
-    """The rejected answers this record supports, each with the reason it is worse."""
+def rejected_answers(template: TaskTemplate, inputs: dict[str, Any], lang: str, gold: Any, rng: random.Random) -> list[tuple[str, str]]:
+    """The rejected answers this record supports, each with the reason it is worse (the task's output
+    contract decides which: another label, numbers not in the source, a broken answer, ...)."""
     chosen = template.target_text(gold, lang=lang)
-    kind = template.output.kind
-    out: list[tuple[PairKind, str]] = []
-    if kind == "label":
-        wrong = [lab for lab in (template.output.labels or []) if lab != gold]
-        if wrong:
-            out.append(("wrong_label", template.target_text(rng.choice(wrong), lang=lang)))
-    elif kind == "text":
-        out.append(("unfaithful_numbers", unfaithful_summary(chosen, _source_text(inputs), lang, seed=rng.randint(0, 10**6))))
-    elif kind == "json":
-        avoid = numbers_in(_source_text(inputs)) | numbers_in(chosen)
-        changed = _with_numbers_changed(gold, avoid, rng)
-        if changed != gold:
-            out.append(("unfaithful_numbers", template.target_text(changed, lang=lang)))
-        if isinstance(gold, list) and gold:
-            out.append(("incomplete", template.target_text(gold[:-1], lang=lang)))
-    if kind != "text":
-        broken = contract_breaking(template, chosen, lang, rng)
-        if broken is not None:
-            out.append(("contract", broken))
-    return [(k, r) for k, r in out if r.strip() != chosen.strip()]
+    found = template.output.rejected_answers(gold, inputs, lang, rng)
+    return [(why, text) for why, text in found if text.strip() != chosen.strip()]
 
 
-def _render(template: Any, inputs: dict[str, Any], lang: str, rng: random.Random) -> list[dict[str, str]]:
-    n = template.num_variants(lang) if hasattr(template, "num_variants") else 1
-    return template.render_messages(inputs, lang=lang, variant=rng.randrange(max(1, n)))
+def _render(template: TaskTemplate, inputs: dict[str, Any], lang: str, rng: random.Random) -> list[dict[str, str]]:
+    return template.render_messages(inputs, lang=lang, variant=rng.randrange(max(1, template.num_variants(lang))))
 
 
-def task_pairs(records: Iterable[TaskRecord], seed: int = 42, max_per_record: int | None = None) -> list[PreferencePair]:
-    """Pairs from labelled task data: gold answer chosen; wrong/contract-breaking/unfaithful rejected."""
+def task_pairs(
+    records: Iterable[TaskRecord], templates: Templates, seed: int = 42, max_per_record: int | None = None
+) -> list[PreferencePair]:
+    """Pairs from labelled task data: gold answer chosen; wrong/contract-breaking/unfaithful rejected.
+
+    ``templates`` gives each record's template by task name (a ``TemplateRegistry`` or ``Split.templates``).
+    """
     rng = random.Random(seed)
     pairs: list[PreferencePair] = []
-    for template, inputs, lang, gold in records:
-        prompt = _render(template, inputs, lang, rng)
-        chosen = template.target_text(gold, lang=lang)
-        rejected = rejected_answers(template, inputs, lang, gold, rng)
-        for kind, text in rejected[:max_per_record]:
-            pairs.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=text, kind=kind, task=template.name, lang=lang))
+    for r in records:
+        template = templates.get(r.task)
+        prompt = _render(template, r.inputs, r.lang, rng)
+        chosen = template.target_text(r.output, lang=r.lang)
+        for kind, text in rejected_answers(template, r.inputs, r.lang, r.output, rng)[:max_per_record]:
+            pairs.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=text, kind=kind, task=template.name, lang=r.lang))
     return pairs
 
 
 # --------------------------------------------------------------------------- pairs from samples
 
 
-def answer_score(template: Any, text: str, gold: Any, lang: str) -> float:
+def answer_score(template: TaskTemplate, text: str, gold: Any, lang: str) -> float:
     """How good one model answer is under the task's metric (0 when it breaks the contract)."""
-    from domain_lm.eval import metrics
-
     try:
         value = template.parse_output(text, lang=lang)
     except Exception:  # noqa: BLE001 - a contract break scores zero
         return 0.0
-    labels = getattr(template.output, "labels", None)
-    scores = metrics.score(template.metric, [gold], [value], labels=labels, lang=lang)
-    return metrics.primary(template.metric, scores)
+    return metrics.primary(template.metric, template.score([gold], [value], lang=lang))
 
 
 def sampled_pairs(
     records: Sequence[TaskRecord],
+    templates: Templates,
     engine: Any,
     k: int = 4,
     temperature: float = 1.0,
@@ -334,7 +255,7 @@ def sampled_pairs(
     from domain_lm.inference import GenerationRequest
 
     rng = random.Random(seed)
-    prompts = [_render(t, inputs, lang, rng) for t, inputs, lang, _ in records]
+    prompts = [_render(templates.get(r.task), r.inputs, r.lang, rng) for r in records]
     requests = [
         GenerationRequest(messages=msgs, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed + 1000 * i + j)
         for i, msgs in enumerate(prompts)
@@ -342,54 +263,45 @@ def sampled_pairs(
     ]
     results = engine.generate_batch(requests)
     pairs = []
-    for i, (template, _inputs, lang, gold) in enumerate(records):
-        answers = [r.text for r in results[i * k : (i + 1) * k]]
-        scored = sorted(((scorer(template, a, gold, lang), a) for a in set(answers)), key=lambda x: -x[0])
+    for i, r in enumerate(records):
+        template = templates.get(r.task)
+        answers = [res.text for res in results[i * k : (i + 1) * k]]
+        scored = sorted(((scorer(template, a, r.output, r.lang), a) for a in set(answers)), key=lambda x: -x[0])
         if len(scored) >= 2 and scored[0][0] - scored[-1][0] > min_margin:
-            pairs.append(PreferencePair(prompt=prompts[i], chosen=scored[0][1], rejected=scored[-1][1], kind="sampled", task=template.name, lang=lang))
+            pair = PreferencePair(
+                prompt=prompts[i], chosen=scored[0][1], rejected=scored[-1][1], kind="sampled", task=template.name, lang=r.lang
+            )
+            pairs.append(pair)
     return pairs
 
 
 # --------------------------------------------------------------------------- from the pipeline config
 
 
-def task_records(config: Any, registry: Any = None) -> tuple[list[TaskRecord], list[TaskRecord]]:
-    """The labelled task records as (template, inputs, lang, gold), split train/eval exactly as the
-    SFT data is (``sft_data.split_records`` with ``tasks.seed``), so PPO/DPO never train on the
-    records SFT and eval hold out."""
-    from domain_lm.data import sft_data
-
-    if registry is None:
-        from domain_lm.tasks import TemplateRegistry
-
-        registry = TemplateRegistry.load(config.tasks.templates_dir)
-    records, _ = sft_data.dedupe_records(sft_data.load_task_records(config, registry))
-    train, held = sft_data.split_records(records, config.tasks.eval_fraction, config.tasks.seed)
-
-    def as_tuples(recs: list[Any]) -> list[TaskRecord]:
-        return [(registry.get(r.task), r.inputs, r.lang, r.output) for r in recs]
-
-    return as_tuples(train), as_tuples(held)
-
-
-def build_preference_data(config: Any, engine: Any = None, registry: Any = None) -> tuple[list[PreferencePair], list[PreferencePair], dict[str, int]]:
+def build_preference_data(
+    config: Any, engine: Any = None, registry: Any = None
+) -> tuple[list[PreferencePair], list[PreferencePair], dict[str, int]]:
     """All preference pairs the config asks for, split train/eval by prompt; plus counts per kind.
 
-    Shared by the reward and DPO stages so both train on the same pairs. ``engine`` (the INFERENCE
-    API, on the upstream model) is needed only when ``reward.sample_k > 0``.
+    Shared by the reward and DPO stages so both train on the same pairs. Bank-task pairs come from
+    the train side of ``records.load_split`` (the split SFT and eval use), so RLHF never trains on a
+    held-out record. ``engine`` (the INFERENCE API, on the upstream model) is needed only when
+    ``reward.sample_k > 0``.
     """
     cfg = config.reward
     pairs: list[PreferencePair] = []
     for src in cfg.preference_sources:
         pairs += load_preferences(src, limit=cfg.max_pairs_per_source)
     if cfg.from_tasks:
-        train_recs, _ = task_records(config, registry)
-        pairs += task_pairs(train_recs, seed=config.tasks.seed)
+        split = load_split(config, registry)
+        pairs += task_pairs(split.train, split.templates, seed=config.tasks.seed)
         if cfg.sample_k > 0 and engine is not None:
-            sample = random.Random(config.tasks.seed).sample(train_recs, min(cfg.sample_records, len(train_recs)))
-            pairs += sampled_pairs(sample, engine, k=cfg.sample_k, seed=config.tasks.seed)
+            sample = random.Random(config.tasks.seed).sample(split.train, min(cfg.sample_records, len(split.train)))
+            pairs += sampled_pairs(sample, split.templates, engine, k=cfg.sample_k, seed=config.tasks.seed)
     if not pairs:
-        raise DataError("No preference pairs: set reward.preference_sources to pair/ranked/HH files, or reward.from_tasks=true with labelled task data.")
+        raise DataError(
+            "No preference pairs: set reward.preference_sources to pair/ranked/HH files, or reward.from_tasks=true with labelled task data."
+        )
     counts: dict[str, int] = {}
     for p in pairs:
         counts[p.kind] = counts.get(p.kind, 0) + 1

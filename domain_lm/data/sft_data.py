@@ -4,11 +4,10 @@ One code path with the service: the user turns come from ``TaskTemplate.render_m
 assistant turn from ``TaskTemplate.target_text``, and the length filter uses the tokenizer's chat
 template, so what the model is trained on is exactly what it is sent at inference.
 
-Pipeline (``build_sft_data``): load records per dataset (JSONL/CSV with a field mapping, or the
-built-in demo examples) -> split them train/eval by a seeded hash of the record (so duplicates
-land in the same split and adding data never moves old records) -> render each train record with
-``variants_per_example`` phrasings, a ``few_shot_fraction`` share as few-shot prompts, in its
-language -> weight/cap tasks -> dedupe -> drop examples over ``max_seq_len`` tokens -> write
+Pipeline (``build_sft_data``): ``records.load_split`` (the one load -> dedupe -> split every stage
+uses: by a seeded hash of the record or of its document, so adding data never moves old records)
+-> render each train record with ``variants_per_example`` phrasings, a ``few_shot_fraction`` share
+as few-shot prompts, in its language -> weight/cap tasks -> dedupe -> drop examples over ``max_seq_len`` tokens -> write
 ``train.jsonl`` (messages), ``eval.jsonl`` (messages) and ``eval_records.jsonl`` (inputs + gold
 output, what the eval stage scores).
 """
@@ -19,32 +18,49 @@ import hashlib
 import json
 import logging
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from domain_lm.config import InstructSource, PipelineConfig, TaskDataset
+from domain_lm.config import InstructSource, PipelineConfig
+from domain_lm.data.records import (
+    TaskRecord,
+    dedupe_records,
+    load_records,
+    load_split,
+    read_records,
+    read_table,
+    records_from_rows,
+    split_records,
+)
 from domain_lm.errors import DataError
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Record:
-    """One labelled example for one task: template inputs and the typed gold output."""
-
-    task: str
-    lang: str
-    inputs: dict[str, Any]
-    output: Any
-
-    def key(self) -> str:
-        """Content key: identical inputs of a task are one record (dedupe and split unit)."""
-        return hashlib.sha256(json.dumps([self.task, self.inputs], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"task": self.task, "lang": self.lang, "inputs": self.inputs, "output": self.output}
+# Older names, kept for callers not yet on ``domain_lm.data.records`` (eval/stage.py, cli/eval.py, bench/).
+Record = TaskRecord
+load_task_records = load_records
+read_eval_records = read_records
+__all__ = [
+    "BuildStats",
+    "Record",
+    "apply_weights",
+    "build_sft_data",
+    "data_hashes",
+    "dedupe_records",
+    "example_key",
+    "instruct_examples",
+    "load_task_records",
+    "read_eval_records",
+    "read_table",
+    "records_from_rows",
+    "render_example",
+    "render_train_examples",
+    "split_records",
+    "token_length",
+    "write_jsonl",
+]
 
 
 @dataclass
@@ -73,209 +89,10 @@ class BuildStats:
         return out
 
 
-# --------------------------------------------------------------------------- reading records
-
-
-def read_table(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL / JSON / CSV / TSV file (pandas)."""
-    import pandas as pd
-
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"Task data file {p} does not exist. Pass the path of a JSONL or CSV file with one labelled example per row.")
-    suffix = p.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".ndjson"):
-            df = pd.read_json(p, lines=True, dtype=False)
-        elif suffix == ".json":
-            df = pd.read_json(p, dtype=False)
-        elif suffix in (".csv", ".tsv"):
-            df = pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-        else:
-            raise DataError(f"Task data file {p}: unsupported extension {suffix!r}; use .jsonl, .json, .csv or .tsv.")
-    except ValueError as e:
-        raise DataError(f"Task data file {p} could not be parsed: {e}") from None
-    return df.to_dict(orient="records")
-
-
-def _clean(v: Any) -> Any:
-    """pandas/numpy scalars -> plain Python (so records are JSON-serialisable and hash stably)."""
-    if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
-        return v.item()
-    if isinstance(v, list):
-        return [_clean(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    return v
-
-
-def input_fields(template: Any) -> list[str]:
-    return list(template.inputs)
-
-
-def default_field_map(template: Any, columns: Iterable[str]) -> dict[str, str]:
-    """Template field -> column when the config gives none: same name, or ``text`` for a one-field task."""
-    cols = set(columns)
-    out = {f: f for f in input_fields(template) if f in cols}
-    required = [f for f, spec in template.inputs.items() if _required(spec)] or input_fields(template)
-    missing = [f for f in required if f not in out]
-    if len(missing) == 1 and "text" in cols and "text" not in out.values():
-        out[missing[0]] = "text"
-    return out
-
-
-def _required(spec: Any) -> bool:
-    if isinstance(spec, dict):
-        return bool(spec.get("required", True))
-    return bool(getattr(spec, "required", True))
-
-
-def map_label(value: Any, label_map: dict[str, str]) -> Any:
-    """Apply ``label_map`` to a label, or to the ``type`` of each entity in a list of entities.
-
-    An entity type mapped to "" is dropped (a dataset type the task does not cover, e.g. MISC).
-    """
-    if not label_map:
-        return value
-    if isinstance(value, list):
-        out = []
-        for e in value:
-            if isinstance(e, dict):
-                t = label_map.get(str(e.get("type")), e.get("type"))
-                if t == "":
-                    continue
-                e = {**e, "type": t}
-            out.append(e)
-        return out
-    return label_map.get(str(value), value)
-
-
-def coerce_output(template: Any, value: Any) -> Any:
-    """Shape a raw gold value into the template's output type.
-
-    Label tasks: match the canonical label case-insensitively. JSON tasks whose schema is an object
-    with a single array property (e.g. ``{"entities": [...]}``) accept a bare list. List items keep
-    only the keys the item schema declares (datasets carry offsets the contract does not ask for).
-    """
-    kind = template.output.kind
-    if kind == "label":
-        labels = list(template.output.labels or [])
-        by_lower = {str(lab).lower(): lab for lab in labels}
-        v = str(value).strip()
-        if v in labels:
-            return v
-        if v.lower() in by_lower:
-            return by_lower[v.lower()]
-        raise DataError(f"Task {template.name!r}: label {value!r} is not one of {labels}. Map it with `label_map` in the task dataset config.")
-    if kind == "json":
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        schema = template.json_schema() or {}
-        props = schema.get("properties") or {}
-        if isinstance(value, list) and schema.get("type") == "array":
-            item_props = (schema.get("items") or {}).get("properties")
-            if item_props:
-                value = [{k: e[k] for k in item_props if k in e} if isinstance(e, dict) else e for e in value]
-        elif isinstance(value, list) and len(props) == 1:
-            (name, spec), = props.items()
-            if spec.get("type") == "array":
-                item_props = (spec.get("items") or {}).get("properties")
-                if item_props:
-                    value = [{k: e[k] for k in item_props if isinstance(e, dict) and k in e} for e in value]
-                value = {name: value}
-        return value
-    if isinstance(value, str):
-        return value
-    return str(value) if isinstance(value, (int, float)) else json.dumps(value, ensure_ascii=False)
-
-
-def records_from_rows(template: Any, rows: list[dict[str, Any]], ds: TaskDataset) -> list[Record]:
-    """Records of one task from table rows, via the dataset's field mapping and label mapping."""
-    if not rows:
-        return []
-    fmap = dict(ds.fields) or default_field_map(template, rows[0].keys())
-    missing_cols = [c for c in list(fmap.values()) + [ds.label_field] if c not in rows[0]]
-    if missing_cols:
-        raise DataError(
-            f"Task {template.name!r} data {ds.path}: columns {missing_cols} are missing (columns are {sorted(rows[0])}). "
-            f"Set `fields` (template field -> column; template fields are {input_fields(template)}) and `label_field`."
-        )
-    out = []
-    for i, row in enumerate(rows):
-        inputs = {f: _clean(row[c]) for f, c in fmap.items()}
-        try:
-            inputs = template.validate_inputs(inputs)
-            output = coerce_output(template, map_label(_clean(row[ds.label_field]), ds.label_map))
-        except DataError:
-            raise
-        except Exception as e:  # InputError from the template: skip the row, but say why once
-            log.warning("task %s row %d skipped: %s", template.name, i, e)
-            continue
-        out.append(Record(template.name, ds.lang, inputs, output))
-    return out
-
-
-def load_task_records(config: PipelineConfig, registry: Any) -> list[Record]:
-    """All labelled records of the configured datasets (or the built-in demo examples)."""
-    records: list[Record] = []
-    if config.tasks.datasets:
-        for ds in config.tasks.datasets:
-            t = registry.get(ds.task)
-            if ds.path is None:
-                recs = demo_records_for(t, [ds.lang])
-            else:
-                recs = records_from_rows(t, read_table(ds.path), ds)
-            records += recs[: ds.max_examples] if ds.max_examples else recs
-        return records
-    names = config.tasks.demo_tasks or registry.names()
-    for name in names:
-        records += demo_records_for(registry.get(name), list(config.tasks.demo_langs))
-    return records
-
-
-def demo_records_for(template: Any, langs: list[str]) -> list[Record]:
-    from domain_lm.data.demo_tasks import demo_examples
-
-    out = []
-    for lang in langs:
-        if lang not in (template.languages or ["en"]):
-            continue
-        for ex in demo_examples(template, lang):
-            out.append(Record(template.name, lang, ex["inputs"], ex["output"]))
-    return out
-
-
-def dedupe_records(records: list[Record]) -> tuple[list[Record], int]:
-    seen: set[str] = set()
-    out = []
-    for r in records:
-        k = r.key()
-        if k not in seen:
-            seen.add(k)
-            out.append(r)
-    return out, len(records) - len(out)
-
-
-def split_records(records: list[Record], eval_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """Deterministic split by a seeded hash of each record's content.
-
-    A record's side depends only on its content and the seed, not on file order or on which other
-    records exist, so appending data never moves an old eval record into training.
-    """
-    train, held = [], []
-    for r in records:
-        h = int(hashlib.sha256(f"{seed}:{r.key()}".encode()).hexdigest()[:12], 16) / float(16**12)
-        (held if h < eval_fraction else train).append(r)
-    return train, held
-
-
 # --------------------------------------------------------------------------- rendering
 
 
-def render_example(template: Any, record: Record, variant: int = 0, few_shot: int = 0) -> dict[str, Any]:
+def render_example(template: Any, record: TaskRecord, variant: int = 0, few_shot: int = 0) -> dict[str, Any]:
     """The chat example for one record: the service's prompt turns + the exact target answer."""
     messages = template.render_messages(record.inputs, lang=record.lang, variant=variant, few_shot=few_shot)
     answer = template.target_text(record.output, lang=record.lang)
@@ -288,7 +105,9 @@ def render_example(template: Any, record: Record, variant: int = 0, few_shot: in
     }
 
 
-def render_train_examples(template: Any, records: list[Record], variants_per_example: int, few_shot_fraction: float, max_few_shot: int, rng: random.Random) -> list[dict[str, Any]]:
+def render_train_examples(
+    template: Any, records: list[TaskRecord], variants_per_example: int, few_shot_fraction: float, max_few_shot: int, rng: random.Random
+) -> list[dict[str, Any]]:
     """Render each record with ``variants_per_example`` distinct phrasings (seeded choice), some few-shot."""
     out = []
     for r in records:
@@ -356,29 +175,22 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
 
 def build_sft_data(config: PipelineConfig, tokenizer: Any, out_dir: str | Path, registry: Any = None) -> BuildStats:
     """Build ``train.jsonl``, ``eval.jsonl`` and ``eval_records.jsonl`` in ``out_dir``; return stats."""
-    if registry is None:
-        from domain_lm.tasks import TemplateRegistry
-
-        registry = TemplateRegistry.load(config.tasks.templates_dir)
     sft = config.sft
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats = BuildStats()
     rng = random.Random(config.tasks.seed)
 
-    records, dups = dedupe_records(load_task_records(config, registry))
-    stats.duplicates += dups
-    by_task: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        by_task[r.task].append(r)
+    split = load_split(config, registry)
+    stats.duplicates += split.duplicates
+    train_by_task, held_by_task = split.train_by_task(), split.held_by_task()
 
     train_examples: list[dict[str, Any]] = []
     eval_examples: list[dict[str, Any]] = []
-    eval_records: list[Record] = []
-    for task, recs in by_task.items():
-        t = registry.get(task)
-        train, held = split_records(recs, config.tasks.eval_fraction, config.tasks.seed)
-        stats.records[task], stats.train_records[task], stats.eval_records[task] = len(recs), len(train), len(held)
+    eval_records: list[TaskRecord] = []
+    for task, t in split.templates.items():
+        train, held = train_by_task[task], held_by_task[task]
+        stats.records[task], stats.train_records[task], stats.eval_records[task] = len(train) + len(held), len(train), len(held)
         exs = render_train_examples(t, train, sft.variants_per_example, sft.few_shot_fraction, sft.max_few_shot, rng)
         exs = apply_weights(exs, sft.task_weights.get(task, 1.0), sft.max_examples_per_task, rng)
         train_examples += exs
@@ -390,7 +202,7 @@ def build_sft_data(config: PipelineConfig, tokenizer: Any, out_dir: str | Path, 
     # Dedupe rendered examples (a repeated record with the same phrasing adds nothing), keeping
     # deliberate up-weighting: repeats introduced by ``task_weights`` > 1 are allowed.
     kept, seen = [], Counter()
-    allowed = {task: max(1, int(sft.task_weights.get(task, 1.0) + 0.999)) for task in by_task}
+    allowed = {task: max(1, int(sft.task_weights.get(task, 1.0) + 0.999)) for task in split.templates}
     for ex in train_examples:
         k = example_key(ex)
         seen[k] += 1
@@ -420,11 +232,6 @@ def build_sft_data(config: PipelineConfig, tokenizer: Any, out_dir: str | Path, 
     write_jsonl(out / "eval_records.jsonl", (r.to_json() for r in eval_records))
     (out / "stats.json").write_text(json.dumps(stats.__dict__, indent=2, ensure_ascii=False))
     return stats
-
-
-def read_eval_records(path: str | Path) -> list[Record]:
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [Record(r["task"], r["lang"], r["inputs"], r["output"]) for r in rows]
 
 
 def data_hashes(config: PipelineConfig) -> dict[str, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from domain_lm.eval.metrics import classification_scores
+from domain_lm.tasks.metrics import classification_scores
 
 
 def make_pipeline(lang: str = "en", seed: int = 42):

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from domain_lm.eval import metrics as M
-
 log = logging.getLogger(__name__)
 
 
@@ -26,27 +24,25 @@ class Prediction:
     error: str | None = None
 
 
-def gold_value(template: Any, value: Any) -> Any:
-    """The value a metric compares: entity lists unwrapped from ``{"entities": [...]}``-style objects."""
-    if isinstance(value, dict) and len(value) == 1 and template.metric in ("ner", "rouge"):
-        (inner,) = value.values()
-        if isinstance(inner, list):
-            return inner
-    return value
-
-
-def predict(engine: Any, template: Any, inputs: Sequence[dict[str, Any]], lang: str = "en", adapter: str | None = None, batch_size: int = 64, max_tokens: int | None = None) -> list[Prediction]:
+def predict(
+    engine: Any,
+    template: Any,
+    inputs: Sequence[dict[str, Any]],
+    lang: str = "en",
+    adapter: str | None = None,
+    batch_size: int = 64,
+    max_tokens: int | None = None,
+) -> list[Prediction]:
     """Answers for ``inputs`` through ``TaskRunner``; a broken contract becomes an invalid prediction.
 
-    ``max_tokens`` caps generation for json/text tasks (label tasks need only their choices); an
-    answer cut off by the cap fails its contract and counts as invalid.
+    ``max_tokens`` caps generation (never above the template's own hint, and never below what its
+    contract needs: a label task keeps room for its longest label); an answer cut off by the cap
+    fails its contract and counts as invalid.
     """
     from domain_lm.inference.tasks import TaskRunner
     from domain_lm.tasks import ContractError, InputError
 
-    cap = None
-    if max_tokens is not None and template.output.kind != "label":
-        cap = min(max_tokens, template.output.max_tokens or max_tokens)
+    cap = None if max_tokens is None else min(max_tokens, template.output.max_tokens or max_tokens)
     runner = TaskRunner(engine, max_tokens=cap)
     out: list[Prediction] = []
     for start in range(0, len(inputs), batch_size):
@@ -65,14 +61,14 @@ def predict(engine: Any, template: Any, inputs: Sequence[dict[str, Any]], lang: 
     return out
 
 
-def score_predictions(template: Any, golds: Sequence[Any], preds: Sequence[Prediction], lang: str = "en") -> dict[str, Any]:
-    g = [gold_value(template, v) for v in golds]
-    p = [None if x.output is None else gold_value(template, x.output) for x in preds]
-    labels = list(template.output.labels) if template.output.kind == "label" else None
-    return M.score(template.metric, g, p, labels=labels, lang=lang)
+def score_predictions(template: Any, golds: Sequence[Any], preds: Sequence[Prediction], lang: str | None = "en") -> dict[str, Any]:
+    """The task metric, through the template's contract (which decides what it compares)."""
+    return template.score(list(golds), [x.output for x in preds], lang=lang)
 
 
-def evaluate_records(engine: Any, template: Any, records: Sequence[Any], adapter: str | None = None, keep_examples: int = 5, max_tokens: int | None = None) -> dict[str, Any]:
+def evaluate_records(
+    engine: Any, template: Any, records: Sequence[Any], adapter: str | None = None, keep_examples: int = 5, max_tokens: int | None = None
+) -> dict[str, Any]:
     """Score ``records`` (with ``.inputs``, ``.output``, ``.lang``) for one template; languages kept apart
     in generation but scored together. Adds ``latency_ms`` per example and a few sample outputs."""
     if not records:
@@ -81,7 +77,9 @@ def evaluate_records(engine: Any, template: Any, records: Sequence[Any], adapter
     t0 = time.perf_counter()
     for lang in sorted({r.lang for r in records}):
         idx = [i for i, r in enumerate(records) if r.lang == lang]
-        for i, p in zip(idx, predict(engine, template, [records[i].inputs for i in idx], lang=lang, adapter=adapter, max_tokens=max_tokens)):
+        for i, p in zip(
+            idx, predict(engine, template, [records[i].inputs for i in idx], lang=lang, adapter=adapter, max_tokens=max_tokens)
+        ):
             preds[i] = p
     elapsed = time.perf_counter() - t0
     langs = {r.lang for r in records}
@@ -91,7 +89,9 @@ def evaluate_records(engine: Any, template: Any, records: Sequence[Any], adapter
         {"inputs": r.inputs, "gold": r.output, "pred": p.output, "raw": p.raw[:500], **({"error": p.error[:300]} if p.error else {})}
         for r, p in list(zip(records, preds))[:keep_examples]
     ]
-    scores["invalid_samples"] = [{"raw": p.raw[:300], "error": (p.error or "")[:300]} for p in preds if p is not None and p.output is None][:keep_examples]
+    scores["invalid_samples"] = [{"raw": p.raw[:300], "error": (p.error or "")[:300]} for p in preds if p is not None and p.output is None][
+        :keep_examples
+    ]
     return scores
 
 
@@ -101,10 +101,12 @@ def baseline_text(inputs: dict[str, Any]) -> str:
 
 
 def evaluate_baseline(template: Any, train: Sequence[Any], test: Sequence[Any], seed: int = 42) -> dict[str, Any] | None:
-    """TF-IDF + LR for a label task, trained on ``train`` records and scored on ``test``; None otherwise."""
+    """TF-IDF + LR for a task with a closed answer set (labels), trained on ``train`` records and
+    scored on ``test``; None otherwise."""
     from domain_lm.eval.baseline import run_baseline
 
-    if template.output.kind != "label" or not test:
+    classes = template.output.classes
+    if classes is None or not test:
         return None
     langs = {r.lang for r in test}
     return run_baseline(
@@ -112,7 +114,7 @@ def evaluate_baseline(template: Any, train: Sequence[Any], test: Sequence[Any], 
         [r.output for r in train],
         [baseline_text(r.inputs) for r in test],
         [r.output for r in test],
-        labels=list(template.output.labels),
+        labels=classes,
         lang="zh" if langs == {"zh"} else "en",
         seed=seed,
     )
@@ -120,10 +122,7 @@ def evaluate_baseline(template: Any, train: Sequence[Any], test: Sequence[Any], 
 
 def engine_options(kind: str, gpu_memory_utilization: float = 0.1, max_model_len: int = 2048) -> dict[str, Any]:
     """Options for ``create_engine``: vLLM needs a memory share and float32 / eager mode on CPU."""
-    from domain_lm.inference import vllm_available
-
-    resolved = kind if kind != "auto" else ("vllm" if vllm_available() else "hf")
-    if resolved == "vllm":
+    if resolve_kind(kind) == "vllm":
         return {"gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len}
     return {}
 

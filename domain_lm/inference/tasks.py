@@ -14,15 +14,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from domain_lm.inference.base import Engine, GenerationRequest, GenerationResult
-from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING, bound_schema, fit_schema, text_regex
+from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING, fit_schema
 from domain_lm.tasks import ContractError, TaskTemplate
 
 log = logging.getLogger(__name__)
-
-#: Generation budgets when the template gives no ``output.max_tokens`` hint.
-LABEL_MAX_TOKENS = 32
-JSON_MAX_TOKENS = 768
-TEXT_MAX_TOKENS = 512
 
 
 class Usage(BaseModel):
@@ -51,8 +46,11 @@ class TaskAnswer(BaseModel):
 class TaskRunner:
     """Turns (template, inputs) into engine requests and engine results into typed answers.
 
+    The template's output contract gives the decode-time constraint and the token budget.
     ``json_max_string`` / ``json_max_items`` bound unbounded strings and arrays of a JSON schema at
-    decode time (see ``schema_bounds``) so a JSON answer always closes inside its token budget.
+    decode time (see ``schema_bounds``) so a JSON answer always closes inside its token budget;
+    ``max_tokens`` overrides every template's budget hint, but never below what the contract
+    needs (a label task always has room for its longest label).
     """
 
     def __init__(
@@ -91,32 +89,30 @@ class TaskRunner:
         seed: int | None = None,
     ) -> GenerationRequest:
         """Validate inputs (``InputError`` names the field), render, and attach the output contract."""
-        messages = template.render_messages(template.validate_inputs(inputs), lang=lang, variant=variant, few_shot=few_shot)
-        out = template.output
-        kw: dict[str, Any] = {}
-        if out.kind == "label":
-            kw["choices"] = template.choices(lang)
-            # Room for the longest choice even at one byte per token (CJK labels are 3 bytes a character).
-            default = max(LABEL_MAX_TOKENS, 4 * max(len(c) for c in kw["choices"]) + 8)
-        elif out.kind == "json":
-            kw["json_schema"] = bound_schema(template.json_schema() or {}, self.json_max_string, self.json_max_items)
-            default = JSON_MAX_TOKENS
-        else:
-            kw["regex"] = text_regex(out.max_length or 4000)
-            default = TEXT_MAX_TOKENS
-        max_tokens = self.max_tokens or out.max_tokens or default
+        values = template.validate_inputs(inputs)
+        messages = template.render_messages(values, lang=lang, variant=variant, few_shot=few_shot)
+        constraint = template.output.constraint(lang, values, json_max_string=self.json_max_string, json_max_items=self.json_max_items)
         return GenerationRequest(
             messages=messages,
-            max_tokens=max_tokens,
+            max_tokens=template.output.token_budget(lang, self.max_tokens),
             temperature=temperature,
             seed=seed,
             adapter=self.resolve_adapter(template, adapter),
-            **kw,
+            **constraint.request_fields(),
         )
 
-    def to_answer(self, template: TaskTemplate, request: GenerationRequest, result: GenerationResult, lang: str, latency_ms: float) -> TaskAnswer:
-        """Parse and check the engine's text; ``ContractError`` (with ``.raw``) if it breaks the contract."""
-        output = template.parse_output(result.text, lang=lang)
+    def to_answer(
+        self,
+        template: TaskTemplate,
+        request: GenerationRequest,
+        result: GenerationResult,
+        lang: str,
+        latency_ms: float,
+        inputs: dict[str, Any] | None = None,
+    ) -> TaskAnswer:
+        """Parse and check the engine's text against the contract (and ``inputs``, the request's, for
+        kinds grounded in them); ``ContractError`` (with ``.raw``) if it breaks the contract."""
+        output = template.parse_output(result.text, lang=lang, inputs=inputs)
         return TaskAnswer(
             task=template.name,
             version=template.version,
@@ -155,14 +151,22 @@ class TaskRunner:
             return retry, await self.engine.generate(retry)
         return request, result
 
-    async def arun(self, template: TaskTemplate, inputs: dict[str, Any], lang: str = "en", adapter: str | None = None, **kw: Any) -> TaskAnswer:
+    async def arun(
+        self, template: TaskTemplate, inputs: dict[str, Any], lang: str = "en", adapter: str | None = None, **kw: Any
+    ) -> TaskAnswer:
         request = self.build_request(template, inputs, lang, adapter, **kw)
         t0 = time.perf_counter()
         request, result = await self.agenerate(request)
-        return self.to_answer(template, request, result, lang, (time.perf_counter() - t0) * 1000)
+        return self.to_answer(template, request, result, lang, (time.perf_counter() - t0) * 1000, inputs)
 
     async def arun_batch(
-        self, template: TaskTemplate, inputs: list[dict[str, Any]], lang: str = "en", adapter: str | None = None, return_exceptions: bool = False, **kw: Any
+        self,
+        template: TaskTemplate,
+        inputs: list[dict[str, Any]],
+        lang: str = "en",
+        adapter: str | None = None,
+        return_exceptions: bool = False,
+        **kw: Any,
     ) -> list[TaskAnswer | Exception]:
         coros = [self.arun(template, x, lang, adapter, **kw) for x in inputs]
         return list(await asyncio.gather(*coros, return_exceptions=return_exceptions))
@@ -175,7 +179,13 @@ class TaskRunner:
         return answer
 
     def run_batch(
-        self, template: TaskTemplate, inputs: list[dict[str, Any]], lang: str = "en", adapter: str | None = None, return_exceptions: bool = False, **kw: Any
+        self,
+        template: TaskTemplate,
+        inputs: list[dict[str, Any]],
+        lang: str = "en",
+        adapter: str | None = None,
+        return_exceptions: bool = False,
+        **kw: Any,
     ) -> list[TaskAnswer | Exception]:
         """Answer many inputs in one engine batch.
 
@@ -201,7 +211,7 @@ class TaskRunner:
         latency = (time.perf_counter() - t0) * 1000 / max(1, len(requests))
         for (i, req), res in zip(requests, results):
             try:
-                out[i] = self.to_answer(template, req, res, lang, latency)
+                out[i] = self.to_answer(template, req, res, lang, latency, inputs[i])
             except ContractError as e:
                 if not return_exceptions:
                     raise

@@ -1,55 +1,58 @@
 """``TaskTemplate``: a validated, immutable task template that renders prompts and checks outputs.
 
-Prompts are Jinja2 rendered in ``ImmutableSandboxedEnvironment`` with ``StrictUndefined``: a
-template written by a product owner cannot reach Python internals, mutate its inputs, or silently
-render a missing variable as "". Everything that can be checked when the file is loaded is checked
-then (Jinja syntax, variables, examples that render and satisfy the output contract), so a bad
-template fails at ``tasks validate`` / registration time with ``file:line``, not per request.
+Prompts are Jinja2 rendered in a budgeted sandbox (``sandbox.BudgetedSandbox``, ``StrictUndefined``):
+a template written by a product owner cannot reach Python internals, mutate its inputs, silently
+render a missing variable as "", or spend unbounded time or memory (see ``sandbox``). Everything
+that can be checked when the file is loaded is checked then (Jinja syntax, variables, examples that
+render and satisfy the output contract), so a bad template fails at ``tasks validate`` / registration
+time with ``file:line``, not per request. The output contract (``self.output``, one class per output
+kind) does the kind-specific work; this class adds the task's name to its errors.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jinja2
-import jsonschema
 import yaml
 from jinja2 import meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import PrivateAttr, ValidationError
 
 from domain_lm.hashing import sha256_json
+from domain_lm.tasks import sandbox
+from domain_lm.tasks.contracts import CONTRACTS
+from domain_lm.tasks.contracts.base import Tokenizer
 from domain_lm.tasks.errors import ContractError, InputError, TemplateError
+from domain_lm.tasks.sandbox import MAX_RENDER_CHARS, RenderLimitError, render_budget
 from domain_lm.tasks.spec import TemplateSpec
 from domain_lm.tasks.yamlsrc import SourceMap, load_yaml
 
-#: A rendered message longer than this aborts rendering (a loop in a template cannot eat memory).
-MAX_RENDER_CHARS = 1_000_000
+__all__ = ["MAX_RENDER_CHARS", "TaskTemplate"]
 
-_ENV = ImmutableSandboxedEnvironment(
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=False,
-)
+_ENV = sandbox.ENV
 #: Names a prompt may use besides its declared inputs.
 _EXTRA_VARS = {"lang"}
-#: Private attributes rebuilt after unpickling: compiled Jinja and the schema validator cannot be
-#: pickled, and they are derived data anyway (datasets.map workers and spawned processes rebuild them).
-_DERIVED = ("_compiled", "_label_lookup", "_validator")
-_FENCE = re.compile(r"^```[A-Za-z0-9_-]*[ \t]*\n?(.*?)\n?```$", re.DOTALL)
-_LABEL_STRIP = " \t\r\n\"'`“”‘’「」『』"
-_LABEL_TRAIL = ".。!！"
+#: Private attributes rebuilt after unpickling: compiled Jinja cannot be pickled, and it is derived
+#: data anyway (datasets.map workers and spawned processes rebuild it).
+_DERIVED = ("_compiled",)
 _PY_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "list": list}
 _JSON_TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean", "list": "array"}
+#: pydantic error types of the ``output.kind`` discriminator (the error belongs on the ``kind`` key).
+_TAG_ERRORS = ("union_tag_invalid", "union_tag_not_found")
+T = TypeVar("T")
 
 
-def _norm_label(s: str) -> str:
-    return s.strip(_LABEL_STRIP).rstrip(_LABEL_TRAIL).strip(_LABEL_STRIP).casefold()
+def _error_loc(err: dict[str, Any]) -> tuple[Any, ...]:
+    """A pydantic error location as a YAML key path: no validator names, no ``output`` union tag."""
+    loc = [x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-"))]
+    if len(loc) >= 2 and loc[0] == "output" and loc[1] in CONTRACTS:
+        del loc[1]
+    if err["type"] in _TAG_ERRORS and tuple(loc) == ("output",):
+        loc.append("kind")
+    return tuple(loc)
 
 
 class TaskTemplate(TemplateSpec):
@@ -58,8 +61,6 @@ class TaskTemplate(TemplateSpec):
     _source: SourceMap | None = PrivateAttr(None)
     _text: str | None = PrivateAttr(None)  # the YAML it was read from (comments kept when persisted)
     _compiled: dict[tuple[str, str | int], jinja2.Template] = PrivateAttr(default_factory=dict)
-    _label_lookup: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
-    _validator: Any = PrivateAttr(None)
 
     # ------------------------------------------------------------------ construction
 
@@ -80,7 +81,7 @@ class TaskTemplate(TemplateSpec):
             return cls.model_validate(data, context={"source": source})
         except ValidationError as e:
             err = e.errors(include_url=False)[0]
-            loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+            loc = _error_loc(err)
             where = ".".join(map(str, loc)) or "template"
             msg = err["msg"].removeprefix("Value error, ")
             more = f" (and {e.error_count() - 1} more problem(s))" if e.error_count() > 1 else ""
@@ -91,8 +92,8 @@ class TaskTemplate(TemplateSpec):
         self._source = self._source or SourceMap(file="<template>")
         self._check_languages()
         self._compile()
-        self._build_contract()
-        self._check_examples()
+        with render_budget(sandbox.CHECK_OPS, sandbox.CHECK_SECONDS, scope="checking the template"):
+            self._check_examples()
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -101,9 +102,8 @@ class TaskTemplate(TemplateSpec):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._compiled, self._label_lookup, self._validator = {}, {}, None
+        self._compiled = {}
         self._compile()
-        self._build_contract()
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> "TaskTemplate":
         return self  # immutable: a copy would be indistinguishable
@@ -121,10 +121,11 @@ class TaskTemplate(TemplateSpec):
             raise self._err(("languages",), "languages has duplicates")
         if set(self.prompts) != langs:
             missing, extra = sorted(langs - set(self.prompts)), sorted(set(self.prompts) - langs)
-            raise self._err(("prompts",), f"prompts must have exactly the template languages {sorted(langs)}: missing {missing}, extra {extra}")
-        for lang in self.output.display:
-            if lang not in langs:
-                raise self._err(("output", "display", lang), f"display language {lang!r} is not in languages")
+            raise self._err(
+                ("prompts",), f"prompts must have exactly the template languages {sorted(langs)}: missing {missing}, extra {extra}"
+            )
+        for path, message in self.output.check_languages(self.languages):
+            raise self._err(("output", *path), message)
         for i, ex in enumerate(self.examples):
             if ex.lang not in langs:
                 raise self._err(("examples", i, "lang"), f"example language {ex.lang!r} is not in languages {sorted(langs)}")
@@ -143,35 +144,22 @@ class TaskTemplate(TemplateSpec):
             parts: list[tuple[str | int, tuple[Any, ...], str]] = [("system", ("prompts", lang, "system"), prompt.system)]
             parts += [(i, ("prompts", lang, "variants", i), v) for i, v in enumerate(prompt.variants)]
             for key, path, src in parts:
+                where = ".".join(map(str, path))
                 try:
                     ast = _ENV.parse(src)
-                    compiled = _ENV.from_string(ast)
+                    unknown = meta.find_undeclared_variables(ast) - allowed
+                    compiled = _ENV.compile_guarded(ast)
                 except jinja2.TemplateSyntaxError as e:
-                    raise TemplateError(f"Jinja syntax error in {'.'.join(map(str, path))}: {e.message}", self.file, self._source.text_line(path, e.lineno)) from None
-                unknown = meta.find_undeclared_variables(ast) - allowed
+                    raise TemplateError(
+                        f"Jinja syntax error in {where}: {e.message}", self.file, self._source.text_line(path, e.lineno)
+                    ) from None
+                except Exception as e:  # noqa: BLE001 - nesting too deep, a literal too large: the template's fault
+                    raise self._err(path, f"{where} cannot be compiled: {type(e).__name__}: {e}") from None
                 if unknown:
-                    raise self._err(path, f"{'.'.join(map(str, path))} uses undeclared variable(s) {sorted(unknown)}; declared inputs: {sorted(self.inputs)}")
+                    raise self._err(path, f"{where} uses undeclared variable(s) {sorted(unknown)}; declared inputs: {sorted(self.inputs)}")
                 if key != "system" and not src.strip():
                     raise self._err(path, "an instruction variant cannot be empty")
                 self._compiled[(lang, key)] = compiled
-
-    def _build_contract(self) -> None:
-        out = self.output
-        if out.kind == "label":
-            for lang in self.languages:
-                lookup: dict[str, str] = {}
-                shown = out.display.get(lang, {})
-                for label in out.labels or []:
-                    accepted = [shown.get(label, label), label, *out.aliases.get(lang, {}).get(label, [])]
-                    for s in accepted:
-                        key = _norm_label(s)
-                        if not key:
-                            raise self._err(("output",), f"label {label!r} has an empty display/alias in {lang!r}")
-                        if lookup.setdefault(key, label) != label:
-                            raise self._err(("output",), f"{s!r} would mean both {lookup[key]!r} and {label!r} in {lang!r}")
-                self._label_lookup[lang] = lookup
-        elif out.kind == "json":
-            self._validator = jsonschema.Draft202012Validator(out.schema_)
 
     def _check_examples(self) -> None:
         for i, ex in enumerate(self.examples):
@@ -181,7 +169,7 @@ class TaskTemplate(TemplateSpec):
                 raise self._err(("examples", i, "inputs", e.field), f"example {i}: {e}") from None
             try:
                 text = self.target_text(ex.output, ex.lang)
-                back = self.parse_output(text, ex.lang)
+                back = self.parse_output(text, ex.lang, inputs)
             except ContractError as e:
                 raise self._err(("examples", i, "output"), f"example {i} output breaks the contract: {e.message}") from None
             if back != ex.output:
@@ -236,22 +224,18 @@ class TaskTemplate(TemplateSpec):
 
     def _render(self, lang: str, key: str | int, ctx: dict[str, Any]) -> str:
         path = ("prompts", lang, "system" if key == "system" else "variants") + (() if key == "system" else (key,))
-        chunks, size = [], 0
+        where = ".".join(map(str, path))
         try:
-            for chunk in self._compiled[(lang, key)].generate(**ctx):
-                size += len(chunk)
-                if size > MAX_RENDER_CHARS:
-                    raise self._err(path, f"rendering produced more than {MAX_RENDER_CHARS} characters")
-                chunks.append(chunk)
-        except TemplateError:
-            raise
+            return sandbox.render(self._compiled[(lang, key)], ctx).strip()
+        except RenderLimitError as e:
+            raise self._err(path, f"task {self.name!r} v{self.version}: {where} exceeds the render budget: {e}") from None
         except Exception as e:  # noqa: BLE001 - sandbox violations, undefined names, filters' own errors
-            raise self._err(path, f"task {self.name!r} v{self.version} failed to render {'.'.join(map(str, path))}: {type(e).__name__}: {e}") from None
-        return "".join(chunks).strip()
+            raise self._err(path, f"task {self.name!r} v{self.version} failed to render {where}: {type(e).__name__}: {e}") from None
 
     def _messages(self, inputs: dict[str, Any], lang: str, variant: int) -> tuple[str, str]:
         ctx = {**inputs, "lang": lang}
-        return self._render(lang, "system", ctx), self._render(lang, variant, ctx)
+        with render_budget():
+            return self._render(lang, "system", ctx), self._render(lang, variant, ctx)
 
     def render_messages(
         self,
@@ -272,39 +256,42 @@ class TaskTemplate(TemplateSpec):
         if not isinstance(variant, int) or not 0 <= variant < n:
             raise InputError("variant", f"must be in 0..{n - 1} for {self.name!r} in {lang!r}, got {variant!r}")
         values = self.validate_inputs(inputs)
-        system, user = self._messages(values, lang, variant)
-        messages = [{"role": "system", "content": system}] if system else []
-        if few_shot > 0:
-            pool = [ex for ex in self.examples if ex.lang == lang and ex.few_shot and self.validate_inputs(ex.inputs) != values]
-            if few_shot_seed is not None:
-                random.Random(few_shot_seed).shuffle(pool)
-            for ex in pool[:few_shot]:
-                _, shot = self._messages(self.validate_inputs(ex.inputs), lang, variant)
-                messages += [{"role": "user", "content": shot}, {"role": "assistant", "content": self.target_text(ex.output, lang)}]
+        with render_budget():  # one budget for every message of the request (few-shot turns included)
+            system, user = self._messages(values, lang, variant)
+            messages = [{"role": "system", "content": system}] if system else []
+            if few_shot > 0:
+                pool = [ex for ex in self.examples if ex.lang == lang and ex.few_shot and self.validate_inputs(ex.inputs) != values]
+                if few_shot_seed is not None:
+                    random.Random(few_shot_seed).shuffle(pool)
+                for ex in pool[:few_shot]:
+                    _, shot = self._messages(self.validate_inputs(ex.inputs), lang, variant)
+                    messages += [{"role": "user", "content": shot}, {"role": "assistant", "content": self.target_text(ex.output, lang)}]
         messages.append({"role": "user", "content": user})
         return messages
 
-    # ------------------------------------------------------------------ output contract
+    # ------------------------------------------------------------------ output contract (delegated)
+
+    def _contract(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call the contract; its ``ContractError`` gets this task's name."""
+        try:
+            return fn(*args)
+        except ContractError as e:
+            if e.task is not None:
+                raise
+            raise ContractError(e.message, raw=e.raw, task=self.name) from None
 
     def choices(self, lang: str = "en") -> list[str] | None:
-        """The exact strings a label task's answer must be one of (for decode-time constraints)."""
-        if self.output.kind != "label":
-            return None
+        """The exact strings the answer must be one of (decode-time constraint), for closed answer sets."""
         self._prompt(lang)
-        shown = self.output.display.get(lang, {})
-        return [shown.get(label, label) for label in self.output.labels or []]
+        return self.output.choices(lang)
 
     def json_schema(self) -> dict[str, Any] | None:
-        """The JSON schema of a json task's answer (a copy), else None."""
-        return json.loads(json.dumps(self.output.schema_)) if self.output.kind == "json" else None
+        """The JSON schema the answer must match (a copy), for JSON answers; else None."""
+        return self.output.json_schema()
 
     def output_schema(self, lang: str = "en") -> dict[str, Any]:
         """JSON schema of the typed output value, for any kind (API docs)."""
-        if self.output.kind == "label":
-            return {"type": "string", "enum": list(self.output.labels or [])}
-        if self.output.kind == "json":
-            return self.json_schema() or {}
-        return {"type": "string", "maxLength": self.output.max_length}
+        return self.output.value_schema()
 
     def input_schema(self) -> dict[str, Any]:
         """JSON schema of the inputs object (API docs and request validation by clients)."""
@@ -324,62 +311,33 @@ class TaskTemplate(TemplateSpec):
     def target_text(self, value: Any, lang: str = "en") -> str:
         """The exact assistant answer for a typed output value (SFT targets, few-shot turns)."""
         self._prompt(lang)
-        kind = self.output.kind
-        if kind == "label":
-            if value not in (self.output.labels or []):
-                raise ContractError(f"{value!r} is not one of the labels {self.output.labels}", raw=repr(value), task=self.name)
-            return self.output.display.get(lang, {}).get(value, value)
-        if kind == "json":
-            self._check_json(value, raw=repr(value))
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        if not isinstance(value, str):
-            raise ContractError(f"a text output must be a string, got {type(value).__name__}", raw=repr(value), task=self.name)
-        self._check_text(value.strip(), raw=value)
-        return value.strip()
+        return self._contract(self.output.target_text, value, lang)
 
-    def parse_output(self, text: str, lang: str = "en") -> Any:
+    def parse_output(self, text: str, lang: str = "en", inputs: dict[str, Any] | None = None) -> Any:
         """The typed value of a model answer, or ``ContractError`` (with ``.raw``) if it breaks the contract.
 
-        Labels: the display string for ``lang`` (or the canonical label, or an alias), compared
-        case-insensitively after stripping whitespace, quotes and a final full stop. JSON: the
-        answer may be wrapped in whitespace or a Markdown code fence; the JSON itself must parse
-        completely and match the schema. Text: non-empty, at most ``max_length`` characters.
+        What is accepted depends on the output kind (see ``domain_lm.tasks.contracts``): labels by
+        display string, canonical label or alias; JSON, possibly in a code fence, matching the
+        schema; text, non-empty and at most ``max_length`` characters. ``inputs`` (the request's)
+        let a kind check an answer against them (spans copied from the text).
         """
         self._prompt(lang)
         if not isinstance(text, str):
             raise ContractError(f"expected text, got {type(text).__name__}", raw=repr(text), task=self.name)
-        kind = self.output.kind
-        if kind == "label":
-            label = self._label_lookup[lang].get(_norm_label(text))
-            if label is None:
-                raise ContractError(f"answer is not one of {self.choices(lang)}", raw=text, task=self.name)
-            return label
-        if kind == "json":
-            body = text.strip()
-            fenced = _FENCE.match(body)
-            if fenced:
-                body = fenced.group(1).strip()
-            try:
-                value = json.loads(body)
-            except json.JSONDecodeError as e:
-                raise ContractError(f"answer is not valid JSON ({e.msg} at char {e.pos})", raw=text, task=self.name) from None
-            self._check_json(value, raw=text)
-            return value
-        value = text.strip()
-        self._check_text(value, raw=text)
-        return value
+        return self._contract(self.output.parse, text, lang, inputs)
 
-    def _check_json(self, value: Any, raw: str) -> None:
-        err = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
-        if err is not None:
-            where = "/".join(map(str, err.absolute_path)) or "(root)"
-            raise ContractError(f"JSON does not match the schema at {where}: {err.message}", raw=raw, task=self.name)
+    def coerce_output(self, raw: Any) -> Any:
+        """A dataset's raw gold value shaped into the output type (``ContractError`` if it cannot be)."""
+        return self._contract(self.output.coerce, raw)
 
-    def _check_text(self, value: str, raw: str) -> None:
-        if not value:
-            raise ContractError("answer is empty", raw=raw, task=self.name)
-        if self.output.max_length is not None and len(value) > self.output.max_length:
-            raise ContractError(f"answer is {len(value)} characters; the maximum is {self.output.max_length}", raw=raw, task=self.name)
+    def score(self, gold: list[Any], pred: list[Any | None], lang: str | None = None) -> dict[str, Any]:
+        """The task metric over typed values (``None`` predictions broke the contract and count as wrong)."""
+        return self.output.score(self.metric, gold, pred, lang)
+
+    def budget_warnings(self, tokenizer: Tokenizer | None = None) -> list[str]:
+        """Why ``output.max_tokens`` is too small for some language (``tasks validate`` prints these)."""
+        found = ((lang, self.output.budget_warning(lang, tokenizer)) for lang in self.languages)
+        return [f"{self.file}: task {self.name!r} v{self.version} ({lang}): {w}" for lang, w in found if w]
 
     # ------------------------------------------------------------------ identity and persistence
 

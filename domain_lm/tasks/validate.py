@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from domain_lm.tasks.contracts.base import Tokenizer
 from domain_lm.tasks.errors import TemplateError
 from domain_lm.tasks.registry import TemplateRegistry
 from domain_lm.tasks.template import TaskTemplate
@@ -25,6 +26,7 @@ class TemplateSummary:
 class ValidationReport:
     templates: list[TemplateSummary] = field(default_factory=list)
     errors: list[TemplateError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. a max_tokens too small for the longest label
 
     @property
     def ok(self) -> bool:
@@ -55,8 +57,11 @@ def check_template(t: TaskTemplate) -> TemplateSummary:
     )
 
 
-def validate_dir(directory: str | Path) -> ValidationReport:
-    """Check every template file in ``directory`` (and its version history); never raises for a bad file."""
+def validate_dir(directory: str | Path, tokenizer: Tokenizer | None = None) -> ValidationReport:
+    """Check every template file in ``directory`` (and its version history); never raises for a bad file.
+
+    Token budgets are checked with ``tokenizer``'s exact counts when given, else with an upper bound.
+    """
     report = ValidationReport()
     directory = Path(directory)
     if not directory.is_dir():
@@ -71,6 +76,7 @@ def validate_dir(directory: str | Path) -> ValidationReport:
                 report.templates.append(check_template(t))
             except TemplateError as e:
                 report.errors.append(e)
+            report.warnings.extend(t.budget_warnings(tokenizer))
     if not report.templates and not report.errors:
         report.errors.append(TemplateError(f"no templates (*.yaml) found in {directory}", str(directory)))
     return report

@@ -50,7 +50,8 @@ PLOT_KEYS = [
 class Prompt:
     messages: list[dict[str, str]]
     answer: str | None = None  # a demonstration for PPO-ptx
-    record: tuple | None = None  # (template, inputs, lang, gold) for task scores
+    record: Any = None  # the data.records.TaskRecord it was rendered from (task scores)
+    template: Any = None  # the TaskTemplate of ``record``
 
 
 def _read_prompt_file(path: str) -> list[Prompt]:
@@ -78,17 +79,17 @@ def load_prompts(config, rng: random.Random) -> tuple[list[Prompt], list[Prompt]
     train: list[Prompt] = []
     held: list[Prompt] = []
     if cfg.rollout.from_tasks:
-        from domain_lm.data.preference import task_records
+        from domain_lm.data.records import load_split
 
-        tr, ev = task_records(config)
+        split = load_split(config)
 
         def render(rec) -> Prompt:
-            t, inputs, lang, gold = rec
-            msgs = t.render_messages(inputs, lang=lang, variant=rng.randrange(max(1, t.num_variants(lang))))
-            return Prompt(msgs, answer=t.target_text(gold, lang=lang), record=rec)
+            t = split.template(rec)
+            msgs = t.render_messages(rec.inputs, lang=rec.lang, variant=rng.randrange(max(1, t.num_variants(rec.lang))))
+            return Prompt(msgs, answer=t.target_text(rec.output, lang=rec.lang), record=rec, template=t)
 
-        train += [render(r) for r in tr]
-        held += [render(r) for r in ev]
+        train += [render(r) for r in split.train]
+        held += [render(r) for r in split.held]
     extra = [p for src in cfg.rollout.prompt_sources for p in _read_prompt_file(src)]
     rng.shuffle(extra)
     n_eval = min(cfg.rollout.eval_prompts, len(extra) // 4) if not held else 0
@@ -504,8 +505,7 @@ def evaluate(state: PPOState, prompts: list[Prompt], batch_size: int = 8, use_ad
         rewards += reward_scores(state.reward_model, state.reward_tok, chunk, texts, max_len).tolist()
         for p, text in zip(chunk, texts):
             if p.record is not None:
-                t, _inputs, lang, gold = p.record
-                task_scores.append(answer_score(t, text, gold, lang))
+                task_scores.append(answer_score(p.template, text, p.record.output, p.record.lang))
     out = {"reward": sum(rewards) / len(rewards)}
     if task_scores:
         out["task_score"] = sum(task_scores) / len(task_scores)

@@ -100,7 +100,7 @@ def summary(t: TaskTemplate, registry: TemplateRegistry | None = None) -> dict[s
         "adapter": t.adapter,
         "input_schema": t.input_schema(),
         "inputs": {k: f.model_dump(mode="json") for k, f in t.inputs.items()},
-        "output": {"kind": t.output.kind, "labels": t.output.labels, "schema": t.output_schema()},
+        "output": {"kind": t.output.kind, "labels": t.output.classes, "schema": t.output_schema()},
         "variants": {lang: t.num_variants(lang) for lang in t.languages},
         "examples": [{"lang": ex.lang, "inputs": ex.inputs, "output": ex.output} for ex in t.examples],
     }
