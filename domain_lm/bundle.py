@@ -37,7 +37,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from domain_lm import atomic, signing
+from domain_lm import signing
+from domain_lm.core import atomic
 from domain_lm.errors import DomainLMError
 from domain_lm.core.hashing import sha256_file
 

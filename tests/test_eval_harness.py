@@ -185,7 +185,7 @@ def test_cli_standalone_eval_on_tiny_model(tmp_path, tiny_model_dir):
 
 def test_eval_stage_scores_base_and_baseline(tmp_path, tiny_model_dir):
     from domain_lm.config import build_config
-    from domain_lm.stages import run_stage
+    from domain_lm.pipeline.run import run_stage
 
     cfg = build_config(
         {

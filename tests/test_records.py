@@ -81,11 +81,10 @@ def test_records_round_trip_and_split_views(tmp_path, registry):
     assert sum(map(len, by_train.values())) == len(split.train) and sum(map(len, by_held.values())) == len(split.held)
 
 
-def test_every_stage_sees_the_same_split(tmp_path, registry, tiny_model_dir):
+def test_every_stage_sees_the_same_split(tmp_path, registry, tiny_model_dir, monkeypatch):
     """SFT's eval_records, the eval stage's held-out split and the preference pairs agree with load_split."""
     from domain_lm.data.preference import build_preference_data
     from domain_lm.data.sft_data import build_sft_data
-    from domain_lm.eval.stage import heldout_split
     from domain_lm.models.loading import load_tokenizer
 
     rows = _rows(40) + _rows(5)  # duplicates are dropped once, everywhere
@@ -97,8 +96,14 @@ def test_every_stage_sees_the_same_split(tmp_path, registry, tiny_model_dir):
     build_sft_data(cfg, load_tokenizer(tiny_model_dir), tmp_path / "sft", registry=registry)
     assert R.read_records(tmp_path / "sft" / "eval_records.jsonl") == split.held
 
-    train, held = heldout_split(cfg, registry)  # what the eval stage scores today; the lead moves it onto load_split
-    assert (train, held) == (split.train_by_task(), split.held_by_task())
+    from domain_lm.eval import harness
+    from domain_lm.stages import eval as eval_stage
+
+    scored = {}
+    monkeypatch.setattr(harness, "evaluate_model", lambda path, tasks, **kw: scored.update(tasks) or {})
+    cfg.eval.max_examples, cfg.eval.baseline = None, False
+    eval_stage.build_report(cfg, registry, {"base": "unused"})  # records the eval stage would score
+    assert {t: recs for t, (_, recs) in scored.items()} == split.held_by_task()
 
     cfg.reward.from_tasks, cfg.reward.eval_fraction = True, 0.0
     pairs, _, counts = build_preference_data(cfg, registry=registry)

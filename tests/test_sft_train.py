@@ -96,7 +96,7 @@ def test_resume_continues_from_checkpoint(tmp_path, tiny_model_dir, registry):
 
 def test_sft_stage_writes_adapter_model_card_and_curve(tmp_path, tiny_model_dir):
     from domain_lm.models.loading import load_causal_lm
-    from domain_lm.stages import run_stage
+    from domain_lm.pipeline.run import run_stage
 
     cfg = build_config(
         {

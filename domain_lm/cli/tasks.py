@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from domain_lm.errors import DomainLMError
-from domain_lm.progress import console
+from domain_lm.core.progress import console
 
 app = typer.Typer(no_args_is_help=True)
 

@@ -310,6 +310,6 @@ def build_preference_data(
 
 
 def data_hashes(config: Any) -> dict[str, str]:
-    from domain_lm.hashing import sha256_file
+    from domain_lm.core.hashing import sha256_file
 
     return {f"preferences:{s}": sha256_file(s) for s in config.reward.preference_sources if Path(s).is_file()}

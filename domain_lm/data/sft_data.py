@@ -166,7 +166,7 @@ def instruct_examples(sources: list[InstructSource]) -> list[dict[str, Any]]:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    from domain_lm import atomic
+    from domain_lm.core import atomic
 
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     atomic.write_text(path, "\n".join(lines) + ("\n" if lines else ""))
@@ -236,7 +236,7 @@ def build_sft_data(config: PipelineConfig, tokenizer: Any, out_dir: str | Path, 
 
 def data_hashes(config: PipelineConfig) -> dict[str, str]:
     """Content hashes of the external files SFT data is built from (for the stage fingerprint)."""
-    from domain_lm.hashing import sha256_file
+    from domain_lm.core.hashing import sha256_file
 
     out = {}
     for ds in config.tasks.datasets:

@@ -8,7 +8,6 @@ and also works when only the base model exists.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import Any
 
 from domain_lm.config import PipelineConfig
@@ -26,26 +25,15 @@ def data_hashes(config: PipelineConfig) -> dict[str, str]:
     return sft_data_hashes(config)
 
 
-def heldout_split(config: PipelineConfig, registry: Any) -> tuple[dict[str, list], dict[str, list]]:
-    """(train records, held-out records) per task, identical to the SFT build's split."""
-    from domain_lm.data.sft_data import dedupe_records, load_task_records, split_records
-
-    records, _ = dedupe_records(load_task_records(config, registry))
-    by_task: dict[str, list] = defaultdict(list)
-    for r in records:
-        by_task[r.task].append(r)
-    train, held = {}, {}
-    for task, recs in by_task.items():
-        train[task], held[task] = split_records(recs, config.tasks.eval_fraction, config.tasks.seed)
-    return train, held
-
-
 def build_report(config: PipelineConfig, registry: Any, models: dict[str, str]) -> dict[str, Any]:
     """Score each ``stage -> model dir`` on every task's held-out records; add the baseline."""
     from domain_lm.eval.harness import engine_options, evaluate_baseline, evaluate_model, resolve_kind
 
     cfg = config.eval
-    train, held = heldout_split(config, registry)
+    from domain_lm.data.records import load_split
+
+    split = load_split(config, registry)
+    train, held = split.train_by_task(), split.held_by_task()
     if cfg.max_examples is not None:
         held = {t: recs[: cfg.max_examples] for t, recs in held.items()}
     tasks = {t: (registry.get(t), recs) for t, recs in held.items() if recs}

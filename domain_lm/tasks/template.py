@@ -21,7 +21,7 @@ import yaml
 from jinja2 import meta
 from pydantic import PrivateAttr, ValidationError
 
-from domain_lm.hashing import sha256_json
+from domain_lm.core.hashing import sha256_json
 from domain_lm.tasks import sandbox
 from domain_lm.tasks.contracts import CONTRACTS
 from domain_lm.tasks.contracts.base import Tokenizer

@@ -62,7 +62,8 @@ class TaskHandler(Handler):
         out = summary(self.registry, t)
         out["input_schema"] = t.input_schema()
         out["output_schema"] = t.output_schema()
-        out["choices"] = {lang: t.choices(lang) for lang in t.languages} if t.output.kind == "label" else None
+        choices = {lang: t.choices(lang) for lang in t.languages}
+        out["choices"] = choices if any(c is not None for c in choices.values()) else None
         return out
 
     # ------------------------------------------------------------------ validation
