@@ -24,6 +24,23 @@ def _bot(content: str) -> dict[str, str]:
 
 GOLDEN = [
     (
+        "customer_intent",
+        "en",
+        1,
+        1,
+        {"text": "My card payment was declined at the supermarket."},
+        [
+            _sys(
+                "You are a bank's customer-service router. Name the intent of the customer's message in a few words, exactly as "
+                "the bank's intent list spells it (for example card arrival, lost or stolen card, transfer fee charged). "
+                "Answer with the intent only."
+            ),
+            _user("Customer message: It has been ten days since you posted my new card and it is still not here.\n\nWhich customer-service intent is this?"),
+            _bot("card arrival"),
+            _user("Customer message: My card payment was declined at the supermarket.\n\nWhich customer-service intent is this?"),
+        ],
+    ),
+    (
         "sentiment",
         "zh",
         2,

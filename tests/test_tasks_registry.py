@@ -96,7 +96,7 @@ def test_reload_picks_up_changes_and_survives_broken_files(tdir):
     path.write_text(broken, encoding="utf-8")
     _touch_later(path)
     assert reg.reload_if_changed() is True
-    assert reg.get("business_line").version == 2 and len(reg) == 7
+    assert reg.get("business_line").version == 2 and len(reg) == 8
     (err,) = reg.errors
     assert err.file == str(path) and err.line == line_of(broken, "kind: labels")
     # A file removed: the task disappears from the listing.
@@ -118,7 +118,7 @@ def test_strict_load_reports_every_broken_file(tdir):
     assert msgs[0].startswith(f"{tdir / 'mini.yaml'}:{line_of(MINI, 'kind: label')}:")
     assert msgs[1].startswith(f"{tdir / 'other.yaml'}:1: file name must be mini.yaml")
     lenient = TemplateRegistry.load(tdir, strict=False)
-    assert len(lenient) == 6 and len(lenient.errors) == 2
+    assert len(lenient) == 7 and len(lenient.errors) == 2
     with pytest.raises(TemplateError, match="does not exist"):
         TemplateRegistry.load(tdir / "missing")
 
