@@ -236,14 +236,25 @@ def test_specialised_extraction_schema_enumerates_numbers_and_evidence():
     sp = specialise(bound_schema(extraction_schema()), inputs, lang="zh")
     assert sp.fully_enforced
     props = sp.schema_["properties"]
-    assert props["value"]["anyOf"][0]["enum"] == [2022, 85.6, 7.3]
-    assert props["value"]["anyOf"][1] == {"type": "null"}  # "not stated" stays possible
+    number, null = props["value"]["anyOf"]
+    assert _admitted_numbers(number) == [2022, 85.6, 7.3]
+    assert null == {"type": "null"}  # "not stated" stays possible
     evidence = props["evidence"]["anyOf"][0]["enum"]
     assert "公司2022年实现主营业务收入85.6亿元" in evidence and all(e in ZH and len(e) <= 500 for e in evidence)
     jsonschema.validate({"value": 85.6, "unit": "亿元", "period": "2022年", "evidence": "公司2022年实现主营业务收入85.6亿元"}, sp.schema_)
     jsonschema.validate({"value": None, "unit": None, "period": None, "evidence": None}, sp.schema_)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"value": 86.5, "unit": "亿元", "period": None, "evidence": None}, sp.schema_)
+
+
+def _admitted_numbers(node: dict) -> list:
+    """The numbers a specialised number node admits (an enum of exact literals, and min == max ranges)."""
+    if "enum" in node:
+        return node["enum"]
+    out = []
+    for branch in node["anyOf"]:
+        out += branch["enum"] if "enum" in branch else [branch["minimum"]] * (branch["minimum"] == branch["maximum"])
+    return out
 
 
 def test_number_candidates_respect_the_node_bounds():
@@ -282,6 +293,16 @@ def test_no_candidate_leaves_only_the_other_alternatives():
     assert not sp.fully_enforced and "no candidate" in sp.fields[0].reason and sp.schema_ == strip(bare)
 
 
+def test_a_type_list_with_null_keeps_null():
+    schema = {"type": "object", "properties": {"s": {"type": ["string", "null"], KEYWORD: SPAN}, "n": {"type": ["number", "null"], KEYWORD: NUMBER}}}
+    sp = specialise(schema, {"text": "Rates rose 0.25 points"})
+    assert sp.schema_["properties"]["s"]["enum"][-1] is None and "Rates rose" in sp.schema_["properties"]["s"]["enum"]
+    jsonschema.validate({"s": None, "n": None}, sp.schema_)
+    jsonschema.validate({"s": "rose", "n": 0.25}, sp.schema_)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"n": 0.5}, sp.schema_)
+
+
 @pytest.mark.parametrize(("inputs", "message"), [({}, "does not give"), ({"text": 42}, "int, not text")])
 def test_a_missing_or_non_text_input_is_a_clear_error(inputs, message):
     with pytest.raises(GroundingError, match=message):
@@ -306,6 +327,12 @@ def test_xgrammar_accepts_grounded_answers_and_rejects_others(tiny_model_dir):
     assert accepts('[{"text": "Maria Lopez", "type": "PER"}]')
     assert not accepts('[{"text": "Maria Lopes", "type": "PER"}]')
     assert not accepts('[{"text": "Maria", "type": "PER"}, {"text": "Lopez will lead its new office in Singapore", "type": "LOC"}]')
+    # Numbers keep the input's literal: 85.6, not the 17-digit "85.599999999999994" of a float enum.
+    sp = specialise(extraction_schema(), {"text": ZH, "field": "收入"}, lang="zh")
+    grammar = compiler.compile_json_schema(json.dumps(sp.schema_), any_whitespace=False)
+    answer = '{"value": %s, "unit": "亿元", "period": "2022年", "evidence": "85.6亿元"}'
+    assert accepts(answer % "85.6") and accepts(answer % "2022") and accepts(answer % "null")
+    assert not accepts(answer % "85.599999999999994") and not accepts(answer % "85.5") and not accepts(answer % "2021")
 
 
 # --------------------------------------------------------------------------- verification and offsets
@@ -344,3 +371,94 @@ def test_locate_uses_the_declared_offset_keys_and_real_kpi_offsets():
     assert located["evidence_end"] == located["evidence_start"] + len(gold["evidence"])
     assert "start" not in located  # period has offsets: null
     jsonschema.validate(located, located_schema(extraction_schema()))
+
+
+# --------------------------------------------------------------------------- real engines, tiny model
+
+ENGINE_CASES = [
+    ("entities", "en", {"text": EN}),
+    ("entities", "zh", {"text": ZH}),
+    ("extraction", "en", {"text": embedded.records("kpi_edgar/extraction")[0]["text"], "field": "loss", "period": "2020"}),
+    ("extraction", "zh", {"text": ZH, "field": "主营业务收入", "period": "2022年"}),
+]
+
+
+def _must_answer(task: str) -> dict:
+    """The task's grounded schema where the answer cannot dodge: at least one entity, no nulls for
+    the grounded value and evidence (so a random model has to write grounded text)."""
+    if task == "entities":
+        schema = bound_schema(entities_schema(), max_items=3)
+        schema["minItems"] = 1
+        return schema
+    schema = bound_schema(extraction_schema())
+    for key in ("value", "evidence"):
+        node = schema["properties"][key]
+        schema["properties"][key] = {**node["anyOf"][0], KEYWORD: node[KEYWORD]}
+    return schema
+
+
+def _grounded_requests():
+    from domain_lm.inference import GenerationRequest
+    from domain_lm.inference.schema_bounds import worst_case_chars
+    from domain_lm.tasks import TemplateRegistry
+
+    registry = TemplateRegistry.load(REPO / "task_templates")
+    cases = []
+    for (task, lang, inputs), seed in itertools.product(ENGINE_CASES, (0, 1, 2)):
+        template = registry.get(task)
+        grounded = _must_answer(task)
+        sp = specialise(grounded, inputs, lang)
+        assert sp.fully_enforced, sp.fields
+        # Room for the longest answer at one token per UTF-8 byte: the JSON always closes.
+        budget = 3 * worst_case_chars(sp.schema_) + 16
+        messages = template.render_messages(template.validate_inputs(inputs), lang=lang)
+        request = GenerationRequest(messages=messages, json_schema=sp.schema_, max_tokens=budget, temperature=1.0, seed=seed)
+        cases.append((grounded, inputs, request))
+    return cases
+
+
+def _assert_grounded_answers(engine) -> None:
+    cases = _grounded_requests()
+    results = engine.generate_batch([request for _, _, request in cases])
+    spans = 0
+    for (grounded, inputs, request), result in zip(cases, results):
+        assert result.finish_reason == "stop", result
+        value = json.loads(result.text)
+        jsonschema.validate(value, request.json_schema)
+        assert ungrounded(value, grounded, inputs) == [], result.text
+        located = locate(value, grounded, inputs)
+        for obj in located if isinstance(located, list) else [located]:
+            for start, end, key in (("start", "end", "text"), ("evidence_start", "evidence_end", "evidence")):
+                if key in obj and start in obj:
+                    assert inputs["text"][obj[start] : obj[end]] == obj[key]
+                    spans += 1
+    assert spans >= len(cases)  # every answer carried at least one located span
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_model_dir):
+    from domain_lm.inference import create_engine
+
+    engine = create_engine(tiny_model_dir, kind="hf", max_batch_size=6)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.skipif(not has_module("xgrammar"), reason="xgrammar not installed")
+def test_hf_engine_answers_are_grounded(hf_engine):
+    _assert_grounded_answers(hf_engine)
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(tiny_model_dir):
+    from domain_lm.inference import create_engine
+
+    engine = create_engine(tiny_model_dir, kind="vllm", model_name="tiny", gpu_memory_utilization=0.05, max_model_len=2048)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.vllm
+@requires_vllm
+def test_vllm_engine_answers_are_grounded(vllm_engine):
+    _assert_grounded_answers(vllm_engine)

@@ -518,15 +518,39 @@ _FREE_KEYS = ("type", "minLength", "maxLength", "pattern", "format", "minimum", 
 
 
 def _constrain(node: dict[str, Any], cands: list[Any]) -> None:
-    """Replace each free string/number branch of ``node`` by an enum of the candidates it admits (in place)."""
+    """Replace each free string/number branch of ``node`` by a choice of the candidates it admits (in place)."""
     for target in _value_branches(node):
         keep = [c for c in cands if _fits(target, c)]
+        nullable = "null" in _types(target)  # {type: [string, null]} keeps its null
         for key in _FREE_KEYS:
             target.pop(key, None)
-        if keep:
-            target["enum"] = keep
+        if not keep:
+            target.update({"type": "null"} if nullable else {_EMPTY: True})
+        elif isinstance(keep[0], str):
+            target["enum"] = keep + [None] * nullable
         else:
-            target[_EMPTY] = True
+            target.update(_number_choice(keep, nullable))
+
+
+def _number_choice(values: list[int | float], nullable: bool) -> dict[str, Any]:
+    """A schema admitting exactly ``values``, written so xgrammar keeps each literal as the input has it.
+
+    xgrammar 0.2.8 prints a float ``enum`` member with 17 significant digits (85.6 becomes
+    "85.599999999999994", a literal no fine-tuned model would write), but compiles a
+    ``minimum == maximum`` range to the exact digits (its ranges keep 6 decimals, hence the limit).
+    """
+    exact = [v for v in values if isinstance(v, int) or _decimals(v) > 6]
+    ranges = [v for v in values if not (isinstance(v, int) or _decimals(v) > 6)]
+    if not ranges:
+        return {"enum": exact + [None] * nullable}
+    choices: list[dict[str, Any]] = [{"enum": exact}] if exact else []
+    choices += [{"type": "number", "minimum": v, "maximum": v} for v in ranges]
+    return {"anyOf": choices + [{"type": "null"}] * nullable}
+
+
+def _decimals(v: float) -> int:
+    text = repr(v)
+    return 99 if "e" in text else len(text.split(".")[1])
 
 
 def _prune_empty(node: Any) -> bool:
