@@ -33,7 +33,7 @@ import yaml
 
 from domain_lm.data import embedded
 from domain_lm.inference.schema_bounds import bound_schema
-from domain_lm.tasks.grounding import _TOKEN, KEYWORD, Budget, span_candidates, specialise
+from domain_lm.tasks.grounding import KEYWORD, TOKEN, Budget, span_candidates, specialise
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (50, 500, 3000, 6000)
@@ -108,7 +108,7 @@ def _ebnf(tokens: list[str]) -> str:
 
 def substring_grammar(text: str) -> str:
     """``_ebnf`` over all the input's tokens (whitespace runs included, so spans cross sentences)."""
-    return _ebnf([m.group() for m in _TOKEN.finditer(text)])
+    return _ebnf([m.group() for m in TOKEN.finditer(text)])
 
 
 # --------------------------------------------------------------------------- inputs
@@ -205,7 +205,7 @@ def coverage() -> list[dict[str, Any]]:
 
 def _aligned(span: str, text: str) -> bool:
     """``span`` is a trimmed token-aligned substring of ``text`` (what the substring grammar accepts)."""
-    toks = [m for m in _TOKEN.finditer(text) if not m.group().isspace()]
+    toks = [m for m in TOKEN.finditer(text) if not m.group().isspace()]
     starts, ends = {m.start() for m in toks}, {m.end() for m in toks}
     pos = text.find(span)
     while pos >= 0:

@@ -21,11 +21,13 @@ from domain_lm.tasks.grounding import (
     KEYWORD,
     Budget,
     GroundingError,
+    UngroundedError,
     grounded_fields,
     locate,
     located_schema,
     number_candidates,
     number_occurs,
+    require_grounded,
     span_candidates,
     specialise,
     strip,
@@ -66,7 +68,8 @@ def extraction_schema(as_bundled: bool = False) -> dict:
 UNITS = ["USD", "USD thousand", "USD million", "USD billion", "thousand", "million", "billion", "%", "元", "万元", "亿元"]
 
 
-EN = "Northbridge Capital said on Tuesday that Maria Lopez will lead its new office in Singapore. Northbridge Capital's revenue was $1,496.5 million."
+EN = ("Northbridge Capital said on Tuesday that Maria Lopez will lead its new office in Singapore. "
+      "Northbridge Capital's revenue was $1,496.5 million.")
 ZH = "华信银行董事长王建国表示，公司将在深圳设立新的科技子公司。报告期内，公司2022年实现主营业务收入85.6亿元，同比增长7.3%。"
 
 
@@ -294,7 +297,8 @@ def test_no_candidate_leaves_only_the_other_alternatives():
 
 
 def test_a_type_list_with_null_keeps_null():
-    schema = {"type": "object", "properties": {"s": {"type": ["string", "null"], KEYWORD: SPAN}, "n": {"type": ["number", "null"], KEYWORD: NUMBER}}}
+    props = {"s": {"type": ["string", "null"], KEYWORD: SPAN}, "n": {"type": ["number", "null"], KEYWORD: NUMBER}}
+    schema = {"type": "object", "properties": props}
     sp = specialise(schema, {"text": "Rates rose 0.25 points"})
     assert sp.schema_["properties"]["s"]["enum"][-1] is None and "Rates rose" in sp.schema_["properties"]["s"]["enum"]
     jsonschema.validate({"s": None, "n": None}, sp.schema_)
@@ -346,6 +350,10 @@ def test_ungrounded_names_the_paths_of_values_not_in_the_input():
     ext_bad = dict(ext, value=1496.6, period="2023", evidence=None)
     assert ungrounded(ext_bad, extraction_schema(), {"text": EN}) == ["$.value", "$.period"]
     assert ungrounded(ext, extraction_schema(), {}) == ["$.value", "$.period", "$.evidence"]
+    require_grounded(ext, extraction_schema(), {"text": EN}, raw="{}")
+    with pytest.raises(UngroundedError, match=re.escape("$.value, $.period")) as err:
+        require_grounded(ext_bad, extraction_schema(), {"text": EN}, raw=json.dumps(ext_bad), task="extraction")
+    assert err.value.paths == ["$.value", "$.period"] and err.value.raw == json.dumps(ext_bad) and err.value.task == "extraction"
 
 
 def test_locate_gives_each_mention_its_own_occurrence_in_order():

@@ -6,15 +6,15 @@ ignore ``x-`` keywords, so the schema stays valid JSON Schema)::
     text:     {type: string, x-grounded: {input: text, kind: span}}      # entity text, evidence
     value:    {type: number, x-grounded: {input: text, kind: number}}    # a copied figure
 
-Four pure functions use it:
+Pure functions use it:
 
 * ``specialise(schema, inputs, lang)``: the per-request schema an engine decodes under. Each
-  grounded string becomes an ``enum`` of candidate spans of the input, each grounded number an
-  ``enum`` of the numbers written in it, and the ``x-grounded`` keywords are removed. Candidate
-  sets are bounded (``Budget``): a field whose candidates would make the grammar slow to compile
-  is left free and reported as verification-only in the returned plan.
+  grounded string becomes an ``enum`` of candidate spans of the input, each grounded number a
+  choice of the numbers written in it, and the ``x-grounded`` keywords are removed. Candidate
+  sets are bounded (``Budget``); when the per-request grammar would be slow to compile, the
+  template's own schema is returned and the plan says the answer must be verified.
 * ``ungrounded(value, schema, inputs)``: JSON paths of grounded values that do not occur in the
-  input (verification after decoding, the eval metric).
+  input (verification after decoding, the eval metric); ``require_grounded`` raises on them.
 * ``locate(value, schema, inputs)``: the answer with character offsets added to each object that
   holds a grounded span (``start``/``end``, end exclusive).
 * ``grounded_fields(schema)``: the grounded fields, checked (for template loading).
@@ -22,10 +22,12 @@ Four pure functions use it:
 A *span* occurs in the input when it is a verbatim substring. Decode-time candidates are a subset:
 token-aligned, trimmed substrings of at most ``max_words`` tokens that do not cross a sentence,
 line or table-cell boundary, plus (``sentences: true``) whole lines, sentences and clauses. A token
-is a run of letters/digits (``1,496.5`` and ``AT&T`` are one token), one CJK character, or one
-other symbol. A *number* occurs in the input when some numeral there has the same value after
-removing thousands separators, a currency sign or a percent sign, with full-width digits read as
-ASCII; a scale word is not part of it (``$902 million`` holds 902); ``(1,234)`` holds 1234 and -1234.
+is a run of letters/digits (``1,496.5``, ``U.S`` and ``anti-money`` are one token), one CJK
+character, or one other symbol (``'`` and ``&`` too: ``Bank`` is a span of ``Bank's``).
+
+A *number* occurs in the input when some numeral there has the same value after removing
+thousands separators, a currency sign or a percent sign, with full-width digits read as ASCII;
+a scale word is not part of it (``$902 million`` holds 902); ``(1,234)`` holds 1234 and -1234.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from domain_lm.tasks.errors import ContractError
 
 KEYWORD = "x-grounded"
 
@@ -54,6 +58,14 @@ class GroundingError(ValueError):
     """An ``x-grounded`` keyword is malformed, or names an input that is missing or not text."""
 
 
+class UngroundedError(ContractError):
+    """An answer quotes text or numbers its input does not hold; ``paths`` name them."""
+
+    def __init__(self, paths: list[str], raw: str, task: str | None = None) -> None:
+        self.paths = paths
+        super().__init__(f"answer is not grounded in the input at {', '.join(paths)}", raw=raw, task=task)
+
+
 class Grounding(BaseModel):
     """The value of an ``x-grounded`` keyword."""
 
@@ -61,9 +73,9 @@ class Grounding(BaseModel):
 
     input: str = Field(min_length=1, description="The input field the value is copied from.")
     kind: Literal["span", "number"] = Field(description="span: a verbatim substring; number: a numeral of the input.")
-    max_words: int | None = Field(None, ge=1, le=64, description="span: longest n-gram (tokens) offered at decode time; default by language.")
+    max_words: int | None = Field(None, ge=1, le=64, description="span: longest n-gram (tokens) offered at decode time.")
     sentences: bool = Field(False, description="span: also offer whole lines, sentences and clauses (evidence).")
-    offsets: tuple[str, str] | None = Field(("start", "end"), description="span: keys ``locate`` adds to the enclosing object; null for none.")
+    offsets: tuple[str, str] | None = Field(("start", "end"), description="span: keys ``locate`` adds to the enclosing object.")
 
     @field_validator("offsets")
     @classmethod
@@ -195,7 +207,8 @@ def _checked_sites(schema: dict[str, Any], input_names: set[str] | None = None) 
             for key in g.offsets:
                 other = offsets.setdefault((id(site.parent), key), site.path)
                 if other != site.path:
-                    raise GroundingError(f"{site.path} and {other} both put offset key {key!r} on one object; give one of them other `offsets`")
+                    raise GroundingError(f"{site.path} and {other} both put offset key {key!r} on one object; "
+                                         "give one of them other `offsets`")
         out.append((GroundedField(path=site.path, grounding=g, parent_key=site.parent_key), site))
     return out
 
@@ -262,10 +275,12 @@ _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 # apostrophe or "&" is a token of its own, so "Bank" is a span of "Bank's" and "AT&T" a 3-token span.
 _LETTERS = rf"(?:(?![{_CJK}])[^\W_])+"
 _WORD = rf"{_LETTERS}(?:[.,-]{_LETTERS})*"
-_TOKEN = re.compile(rf"(?P<space>\s+)|(?P<cjk>[{_CJK}])|(?P<word>{_WORD})|(?P<sym>\S)")
+#: Tokens: whitespace runs, single CJK characters, words, single other symbols (in that order of trial).
+TOKEN = re.compile(rf"(?P<space>\s+)|(?P<cjk>[{_CJK}])|(?P<word>{_WORD})|(?P<sym>\S)")
 #: Tokens that end a sentence (kept at the end of the left segment).
 _TERMINATORS = frozenset(".!?;。！？；")
-_ABBREVIATIONS = frozenset("mr mrs ms dr prof st jr sr inc corp co ltd llc plc no vs etc jan feb mar apr jun jul aug sep sept oct nov dec".split())
+_ABBREVIATIONS = frozenset("mr mrs ms dr prof st jr sr inc corp co ltd llc plc no vs etc "
+                           "jan feb mar apr jun jul aug sep sept oct nov dec".split())
 #: Tokens that separate segments and belong to neither side (table cells, Chinese clause marks).
 _SEPARATORS = frozenset("|，、：")
 #: Clause marks inside a sentence (for ``sentences: true`` units).
@@ -287,7 +302,7 @@ class _Token:
 def _segments(text: str) -> list[list[_Token]]:
     """Non-space tokens of ``text`` grouped into runs no n-gram crosses."""
     segments: list[list[_Token]] = [[]]
-    tokens = [_Token(m.start(), m.end(), m.group(), m.lastgroup or "sym") for m in _TOKEN.finditer(text)]
+    tokens = [_Token(m.start(), m.end(), m.group(), m.lastgroup or "sym") for m in TOKEN.finditer(text)]
     for i, tok in enumerate(tokens):
         if tok.kind == "space":
             if "\n" in tok.text and segments[-1]:
@@ -629,6 +644,13 @@ def ungrounded(value: Any, schema: dict[str, Any], inputs: dict[str, Any]) -> li
         elif g.kind == "span" and not (v and v in text) or g.kind == "number" and not number_occurs(v, text):
             bad.append(path)
     return bad
+
+
+def require_grounded(value: Any, schema: dict[str, Any], inputs: dict[str, Any], raw: str, task: str | None = None) -> None:
+    """``UngroundedError`` (a ``ContractError`` carrying ``raw``) when ``ungrounded`` finds anything."""
+    bad = ungrounded(value, schema, inputs)
+    if bad:
+        raise UngroundedError(bad, raw=raw, task=task)
 
 
 def locate(value: Any, schema: dict[str, Any], inputs: dict[str, Any]) -> Any:
