@@ -115,7 +115,7 @@ def substring_grammar(text: str) -> str:
 
 
 def joined(texts: list[str], size: int) -> str:
-    """Texts joined by newlines until ``size`` characters, cut at a space."""
+    """Texts joined by newlines until ``size`` characters, cut at a space near the end if there is one."""
     out = ""
     for t in texts:
         if len(out) >= size:
@@ -123,7 +123,7 @@ def joined(texts: list[str], size: int) -> str:
         out = f"{out}\n{t}" if out else t
     if len(out) > size:
         cut = out.rfind(" ", 0, size)
-        out = out[: cut if cut > size // 2 else size]
+        out = out[: cut if cut > size - 40 else size]
     return out
 
 
@@ -226,6 +226,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokenizer", type=Path, default=None, help="tokenizer directory (default: imported SmolLM2, else the tiny model)")
     ap.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--lang", choices=["en", "zh"], default=None, help="only inputs of this language")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
     tok_dir = args.tokenizer
@@ -249,15 +250,16 @@ def main() -> None:
     if zh:
         sources += [("FinNA zh", "entities", "zh", zh), ("FinNA zh", "extraction", "zh", zh)]
     rows = []
-    for label, task, lang, texts in sources:
+    for label, task, lang, texts in [s for s in sources if args.lang in (None, s[2])]:
         for size in SIZES:
             text = joined(texts, size)
             inputs = {"text": text, "field": "revenue"}
             rows.append({"task": task, **measure(f"{label} {size}", schemas[task], text, lang, compiler, inputs)})
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     print("\n" + table(rows))
-    cov = coverage()
-    print("\n" + table(cov))
+    cov = coverage() if args.lang in (None, "en") else []
+    if cov:
+        print("\n" + table(cov))
     typical = [r["enum_compile_ms"] for r in rows if r["enforced"]]
     if typical:
         print(f"\nenforced requests: enum compile median {statistics.median(typical):.0f} ms, max {max(typical):.0f} ms")

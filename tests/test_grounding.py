@@ -22,7 +22,9 @@ from domain_lm.tasks.grounding import (
     Budget,
     GroundingError,
     UngroundedError,
+    covering_candidate,
     grounded_fields,
+    grounding_counts,
     locate,
     located_schema,
     number_candidates,
@@ -180,6 +182,19 @@ def test_gold_evidence_of_real_tatqa_tables_is_a_candidate():
     records = embedded.records("tatqa/extraction")
     pairs = [(_answer(r)["evidence"], r["text"]) for r in records if _answer(r)["evidence"]]
     assert all(ev in set(span_candidates(t, 6, sentences=True)) for ev, t in pairs)
+
+
+def test_covering_candidate_snaps_real_kpi_evidence_to_an_offered_span():
+    records = [r for r in embedded.records("kpi_edgar/extraction") if _answer(r)["evidence"]][:200]
+    snapped = 0
+    for r in records:
+        evidence, text = _answer(r)["evidence"], r["text"]
+        cover = covering_candidate(evidence, text, 6)
+        assert cover is not None and evidence in cover and cover in set(span_candidates(text, 6, sentences=True))
+        snapped += cover != evidence
+    assert snapped > len(records) // 2  # most KPI-EDGAR evidence is cut mid-clause
+    assert covering_candidate("Maria Lopez", EN, 6) == "Maria Lopez"
+    assert covering_candidate("Goldman", EN, 6) is None
 
 
 # --------------------------------------------------------------------------- the keyword
@@ -356,6 +371,19 @@ def test_ungrounded_names_the_paths_of_values_not_in_the_input():
     assert err.value.paths == ["$.value", "$.period"] and err.value.raw == json.dumps(ext_bad) and err.value.task == "extraction"
 
 
+def test_grounding_counts_for_an_eval_report():
+    schema = entities_schema()
+    answers = [
+        ([{"text": "Maria Lopez", "type": "PER"}], {"text": EN}),
+        ([{"text": "Maria Lopez", "type": "PER"}, {"text": "Goldman Sachs", "type": "ORG"}, {"text": "JPM", "type": "ORG"}], {"text": EN}),
+        (None, {"text": EN}),
+        ([], {"text": EN}),
+    ]
+    assert grounding_counts(schema, answers) == {
+        "answers": 4, "invalid": 1, "ungrounded_answers": 1, "grounded_values": 2, "ungrounded_values": 2,
+    }
+
+
 def test_locate_gives_each_mention_its_own_occurrence_in_order():
     text = "Bank A lent to Borrower. Borrower repaid Bank A. Borrower's auditor, KPMG, agreed."
     answer = [{"text": "Bank A", "type": "ORG"}, {"text": "Borrower", "type": "ORG"}, {"text": "Borrower", "type": "ORG"},
@@ -433,6 +461,8 @@ def _assert_grounded_answers(engine) -> None:
         assert result.finish_reason == "stop", result
         value = json.loads(result.text)
         jsonschema.validate(value, request.json_schema)
+        # a copied figure is written as the input writes it, not as a 17-digit float
+        assert all(len(d) <= 6 for d in re.findall(r'"value": ?-?\d+\.(\d+)', result.text)), result.text
         assert ungrounded(value, grounded, inputs) == [], result.text
         located = locate(value, grounded, inputs)
         for obj in located if isinstance(located, list) else [located]:

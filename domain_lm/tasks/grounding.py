@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -363,6 +363,18 @@ def span_candidates(text: str, max_words: int, sentences: bool = False, max_leng
                 yield unit
 
 
+def covering_candidate(span: str, text: str, max_words: int, sentences: bool = True) -> str | None:
+    """The shortest decode-time candidate of ``text`` that contains ``span``, else None.
+
+    For SFT targets: a gold evidence string cut mid-clause (KPI-EDGAR's are) is not among the
+    candidates an enforced request offers, so the target should be the candidate that covers it.
+    """
+    if not span or span not in text:
+        return None
+    covering = [c for c in span_candidates(text, max_words, sentences) if span in c]
+    return min(covering, key=len, default=None)
+
+
 def _units(text: str) -> Iterator[str]:
     """Lines, the sentences of each line and the clauses of each sentence, trimmed."""
     for line in text.splitlines():
@@ -644,6 +656,26 @@ def ungrounded(value: Any, schema: dict[str, Any], inputs: dict[str, Any]) -> li
         elif g.kind == "span" and not (v and v in text) or g.kind == "number" and not number_occurs(v, text):
             bad.append(path)
     return bad
+
+
+def grounding_counts(schema: dict[str, Any], answers: Iterable[tuple[Any | None, dict[str, Any]]]) -> dict[str, int]:
+    """Counts for an eval report over ``(value, inputs)`` pairs (``value`` None: no valid answer).
+
+    ``ungrounded_answers`` counts answers with at least one ungrounded value; ``grounded_values``
+    and ``ungrounded_values`` count the grounded fields' values (nulls are not counted).
+    """
+    counts = {"answers": 0, "invalid": 0, "ungrounded_answers": 0, "grounded_values": 0, "ungrounded_values": 0}
+    for value, inputs in answers:
+        counts["answers"] += 1
+        if value is None:
+            counts["invalid"] += 1
+            continue
+        total = len(_grounded_values(value, schema))
+        bad = len(ungrounded(value, schema, inputs))
+        counts["ungrounded_answers"] += bad > 0
+        counts["ungrounded_values"] += bad
+        counts["grounded_values"] += total - bad
+    return counts
 
 
 def require_grounded(value: Any, schema: dict[str, Any], inputs: dict[str, Any], raw: str, task: str | None = None) -> None:
