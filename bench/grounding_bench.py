@@ -9,7 +9,8 @@ holds it) it prints, per input:
 * ``enum``: xgrammar compile time of that schema (forced past the budget when it fell back, to show
   what the budget avoids);
 * ``sam``: compile time of the alternative, an EBNF grammar accepting exactly the token-aligned
-  substrings of the input (a suffix automaton over tokens, one rule per state);
+  substrings of the input (``grounding.substring_rules``: a suffix automaton over tokens, one rule
+  per state), for one span alone;
 * gold coverage: the share of gold entities / evidence strings each approach can produce.
 
     PYTHONPATH=. python bench/grounding_bench.py [--tokenizer DIR] [--shared-data ../shared/data]
@@ -33,7 +34,7 @@ import yaml
 
 from domain_lm.data import embedded
 from domain_lm.inference.schema_bounds import bound_schema
-from domain_lm.tasks.grounding import KEYWORD, TOKEN, Budget, span_candidates, specialise
+from domain_lm.tasks.grounding import KEYWORD, TOKEN, Budget, span_candidates, specialise, substring_rules
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (50, 500, 3000, 6000)
@@ -58,57 +59,9 @@ def grounded_schemas() -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------- the alternative: a substring grammar
 
 
-def suffix_automaton(tokens: list[str]) -> list[dict[str, int]]:
-    """Transitions of the suffix automaton of a token sequence (state 0 is the start)."""
-    nxt: list[dict[str, int]] = [{}]
-    link, length, last = [-1], [0], 0
-    for tok in tokens:
-        cur = len(nxt)
-        nxt.append({})
-        link.append(-1)
-        length.append(length[last] + 1)
-        p = last
-        while p != -1 and tok not in nxt[p]:
-            nxt[p][tok] = cur
-            p = link[p]
-        if p == -1:
-            link[cur] = 0
-        else:
-            q = nxt[p][tok]
-            if length[p] + 1 == length[q]:
-                link[cur] = q
-            else:
-                clone = len(nxt)
-                nxt.append(dict(nxt[q]))
-                link.append(link[q])
-                length.append(length[p] + 1)
-                while p != -1 and nxt[p].get(tok) == q:
-                    nxt[p][tok] = clone
-                    p = link[p]
-                link[q] = link[cur] = clone
-        last = cur
-    return nxt
-
-
-def _ebnf(tokens: list[str]) -> str:
-    nxt = suffix_automaton(tokens)
-    last_token: dict[int, str] = {}
-    for d in nxt:
-        for tok, target in d.items():
-            last_token[target] = tok  # every string of a state ends with the same token
-    lit = lambda s: json.dumps(json.dumps(s, ensure_ascii=False)[1:-1], ensure_ascii=False)  # noqa: E731
-    lines = ['root ::= "\\"" s0 "\\""']
-    for state, d in enumerate(nxt):
-        alts = [f"{lit(tok)} s{target}" for tok, target in d.items() if state or not tok.isspace()]
-        if state and not last_token[state].isspace():
-            alts.append('""')
-        lines.append(f"s{state} ::= " + (" | ".join(alts) or '""'))
-    return "\n".join(lines)
-
-
 def substring_grammar(text: str) -> str:
-    """``_ebnf`` over all the input's tokens (whitespace runs included, so spans cross sentences)."""
-    return _ebnf([m.group() for m in TOKEN.finditer(text)])
+    """A JSON string holding any trimmed, token-aligned substring of ``text`` (suffix automaton rules)."""
+    return "root ::= span\n" + substring_rules("span", text)
 
 
 # --------------------------------------------------------------------------- inputs

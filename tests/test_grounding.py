@@ -24,6 +24,7 @@ from domain_lm.tasks.grounding import (
     UngroundedError,
     covering_candidate,
     grounded_fields,
+    grounded_grammar,
     grounding_counts,
     locate,
     located_schema,
@@ -352,6 +353,72 @@ def test_xgrammar_accepts_grounded_answers_and_rejects_others(tiny_model_dir):
     answer = '{"value": %s, "unit": "亿元", "period": "2022年", "evidence": "85.6亿元"}'
     assert accepts(answer % "85.6") and accepts(answer % "2022") and accepts(answer % "null")
     assert not accepts(answer % "85.599999999999994") and not accepts(answer % "85.5") and not accepts(answer % "2021")
+
+
+# --------------------------------------------------------------------------- the grammar alternative
+
+
+@pytest.fixture(scope="module")
+def tiny_compiler(tiny_model_dir):
+    xgr = pytest.importorskip("xgrammar")
+    from domain_lm.models.loading import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    return tok, xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(tok, stop_token_ids=[tok.eos_token_id]))
+
+
+def _acceptor(tok, compiled):
+    import xgrammar as xgr
+
+    def accepts(answer: str) -> bool:
+        matcher = xgr.GrammarMatcher(compiled)
+        return matcher.accept_string(answer) and matcher.accept_token(tok.eos_token_id)
+
+    return accepts
+
+
+def test_grounded_grammar_accepts_every_token_aligned_span_and_nothing_else(tiny_compiler):
+    tok, compiler = tiny_compiler
+    text = 'Total sales | $1,496.5 | $1,202.9\nThe "core" unit of Acme Inc. grew 9% in the year; 公司收入85.6亿元，同比增长7.3%。'
+    ebnf = grounded_grammar(extraction_schema(), {"text": text, "field": "sales"})
+    accepts = _acceptor(tok, compiler.compile_grammar(ebnf))
+    answer = '{"value":%s,"unit":null,"period":null,"evidence":%s}'
+    for span in ["Total sales | $1,496.5 | $1,202.9\nThe \"core\" unit of Acme Inc. grew 9% in the year", "$1,202.9",
+                 "公司收入85.6亿元，同比增长7.3%", "Acme Inc."]:
+        assert accepts(answer % ("1496.5", json.dumps(span, ensure_ascii=False))), span
+    assert accepts(answer % ("null", "null")) and accepts(answer % ("85.6", '"9%"'))
+    for span in ["Total sales $1,496.5", "otal sales", " Total", "sales ", "| $1,496.5", "Acme Inc. grew 10%", ""]:
+        assert not accepts(answer % ("null", json.dumps(span, ensure_ascii=False))), span
+    assert not accepts(answer % ("1496.6", "null"))
+
+
+def test_grounded_grammar_cannot_be_built_around_a_free_bounded_string():
+    assert grounded_grammar(extraction_schema(as_bundled=True), {"text": EN}) is None
+
+
+@pytest.mark.skipif(not has_module("xgrammar"), reason="xgrammar not installed")
+def test_tiny_model_decodes_grounded_entities_under_the_grammar(tiny_model_dir, tiny_compiler):
+    import torch
+    import xgrammar as xgr
+
+    from domain_lm.inference import GenerationRequest, encode_prompt
+    from domain_lm.models.loading import load_causal_lm
+
+    tok, compiler = tiny_compiler
+    model = load_causal_lm(tiny_model_dir)
+    schema = bound_schema(entities_schema(), max_items=3)
+    schema["minItems"] = 1
+    for text, seed in itertools.product((EN, ZH), (0, 1)):
+        compiled = compiler.compile_grammar(grounded_grammar(schema, {"text": text}, separators=(", ", ": ")))
+        prompt = encode_prompt(tok, GenerationRequest(messages=[{"role": "user", "content": f"Entities in: {text}"}]))
+        torch.manual_seed(seed)
+        processor = xgr.contrib.hf.LogitsProcessor(compiled)
+        out = model.generate(torch.tensor([prompt]), do_sample=True, max_new_tokens=400, logits_processor=[processor],
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        answer = tok.decode(out[0, len(prompt) :], skip_special_tokens=True)
+        value = json.loads(answer)
+        assert value and ungrounded(value, schema, {"text": text}) == [], answer
+        assert all(text[e["start"] : e["end"]] == e["text"] for e in locate(value, schema, {"text": text}))
 
 
 # --------------------------------------------------------------------------- verification and offsets
