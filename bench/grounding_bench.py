@@ -8,9 +8,9 @@ holds it) it prints, per input:
   candidates and their characters;
 * ``enum``: xgrammar compile time of that schema (forced past the budget when it fell back, to show
   what the budget avoids);
-* ``sam``: compile time of the alternative, an EBNF grammar accepting exactly the token-aligned
-  substrings of the input (``grounding.substring_rules``: a suffix automaton over tokens, one rule
-  per state), for one span alone;
+* ``grammar``: compile time of the alternative, ``grounding.grounded_grammar``: xgrammar's JSON
+  grammar for the schema where each grounded span accepts exactly the input's token-aligned
+  substrings (a suffix automaton over tokens, one rule per state);
 * gold coverage: the share of gold entities / evidence strings each approach can produce.
 
     PYTHONPATH=. python bench/grounding_bench.py [--tokenizer DIR] [--shared-data ../shared/data]
@@ -34,7 +34,7 @@ import yaml
 
 from domain_lm.data import embedded
 from domain_lm.inference.schema_bounds import bound_schema
-from domain_lm.tasks.grounding import KEYWORD, TOKEN, Budget, span_candidates, specialise, substring_rules
+from domain_lm.tasks.grounding import KEYWORD, TOKEN, Budget, grounded_grammar, span_candidates, specialise
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (50, 500, 3000, 6000)
@@ -54,14 +54,6 @@ def grounded_schemas() -> dict[str, dict[str, Any]]:
     props["evidence"][KEYWORD] = {"input": "text", "kind": "span", "sentences": True, "offsets": ["evidence_start", "evidence_end"]}
     props["unit"]["anyOf"][0] = {"type": "string", "enum": UNITS}
     return {"entities": ent, "extraction": ext}
-
-
-# --------------------------------------------------------------------------- the alternative: a substring grammar
-
-
-def substring_grammar(text: str) -> str:
-    """A JSON string holding any trimmed, token-aligned substring of ``text`` (suffix automaton rules)."""
-    return "root ::= span\n" + substring_rules("span", text)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -117,8 +109,8 @@ def measure(name: str, schema: dict[str, Any], text: str, lang: str, compiler, i
     sp, spec_ms = timed(lambda: specialise(bounded, inputs, lang))
     forced = sp if sp.fully_enforced else specialise(bounded, inputs, lang, Budget(max_chars=10**9, max_candidates=10**9))
     _, enum_ms = timed(lambda: compiler().compile_json_schema(json.dumps(forced.schema_), any_whitespace=False))
-    grammar, sam_build_ms = timed(lambda: substring_grammar(text))
-    _, sam_ms = timed(lambda: compiler().compile_grammar(grammar))
+    grammar, grammar_build_ms = timed(lambda: grounded_grammar(bounded, inputs, separators=(",", ":")))
+    _, grammar_ms = timed(lambda: compiler().compile_grammar(grammar))
     why = next((f.reason for f in sp.fields if f.reason), "")
     return {
         "input": name,
@@ -129,9 +121,9 @@ def measure(name: str, schema: dict[str, Any], text: str, lang: str, compiler, i
         "enum_chars": sum(f.chars for f in forced.fields),
         "specialise_ms": round(spec_ms, 1),
         "enum_compile_ms": round(enum_ms, 1),
-        "sam_rules": grammar.count("\n"),
-        "sam_build_ms": round(sam_build_ms, 1),
-        "sam_compile_ms": round(sam_ms, 1),
+        "grammar_rules": grammar.count("\n"),
+        "grammar_build_ms": round(grammar_build_ms, 1),
+        "grammar_compile_ms": round(grammar_ms, 1),
     }
 
 
@@ -145,14 +137,14 @@ def coverage() -> list[dict[str, Any]]:
         ("NLU++ evidence", "nlupp_banking/extraction", lambda r: [answer(r)["evidence"]] if answer(r)["evidence"] else [], 6, True),
     ]
     for label, ds, gold, words, sentences in sets:
-        n = enum_ok = sam_ok = 0
+        n = enum_ok = grammar_ok = 0
         for r in embedded.records(ds):
             cands = set(span_candidates(r["text"], words, sentences))
             for g in gold(r):
                 n += 1
                 enum_ok += g in cands
-                sam_ok += _aligned(g, r["text"])
-        rows.append({"gold": label, "n": n, "enum": round(enum_ok / n, 3), "sam": round(sam_ok / n, 3)})
+                grammar_ok += _aligned(g, r["text"])
+        rows.append({"gold": label, "n": n, "enum": round(enum_ok / n, 3), "grammar": round(grammar_ok / n, 3)})
     return rows
 
 

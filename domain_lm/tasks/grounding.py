@@ -624,23 +624,22 @@ def grounded_grammar(schema: dict[str, Any], inputs: dict[str, Any], separators:
     import xgrammar as xgr
 
     out = copy.deepcopy(schema)
-    spans: list[tuple[str, str]] = []  # (rule, input text)
+    rules: dict[str, str] = {}  # input name -> rule; fields grounded in one input share its automaton
     for f, site in _checked_sites(out):
         g, text = f.grounding, _input_text(inputs, f)
         if g.kind == "number":
             _constrain(site.node, [v for v in number_candidates(text) if any(_fits(b, v) for b in _value_branches(site.node))])
             continue
-        rule = f"grounded_{len(spans)}"
+        rule = rules.setdefault(g.input, f"grounded_{len(rules)}")
         _constrain(site.node, [_placeholder(rule)] if any(t.strip() for t in _tokens(text)) else [])
-        spans.append((rule, text))
     if _prune_empty(out) or _free_bounded_strings(out, 0):
         return None
     _strip(out)
     ebnf = str(xgr.Grammar.from_json_schema(json.dumps(out), any_whitespace=False, separators=separators))
-    for rule, text in spans:
+    for name, rule in rules.items():
         literal = json.dumps(json.dumps(_placeholder(rule)))  # how xgrammar prints the placeholder string
         if literal in ebnf:  # absent when the span had no candidate and its branch was dropped
-            ebnf = ebnf.replace(literal, rule) + "\n" + substring_rules(rule, text)
+            ebnf = ebnf.replace(literal, rule) + "\n" + substring_rules(rule, inputs[name])
     if "__grounded_" in ebnf:
         raise RuntimeError("xgrammar printed a grounded placeholder in an unexpected form; grounded_grammar needs updating")
     return ebnf
