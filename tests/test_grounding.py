@@ -392,8 +392,10 @@ def test_grounded_grammar_accepts_every_token_aligned_span_and_nothing_else(tiny
     assert not accepts(answer % ("1496.6", "null"))
 
 
-def test_grounded_grammar_cannot_be_built_around_a_free_bounded_string():
-    assert grounded_grammar(extraction_schema(as_bundled=True), {"text": EN}) is None
+def test_grounded_grammar_gives_way_to_verification_when_too_costly():
+    assert grounded_grammar(extraction_schema(as_bundled=True), {"text": EN}) is None  # a free bounded string
+    assert grounded_grammar(entities_schema(), {"text": EN}, max_input_tokens=10) is None
+    assert grounded_grammar(entities_schema(), {"text": EN}) is not None
 
 
 @pytest.mark.skipif(not has_module("xgrammar"), reason="xgrammar not installed")

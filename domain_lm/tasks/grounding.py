@@ -609,9 +609,13 @@ def _prune_empty(node: Any) -> bool:
 # --------------------------------------------------------------------------- a grammar instead of enums
 
 
-def grounded_grammar(schema: dict[str, Any], inputs: dict[str, Any], separators: tuple[str, str] = (",", ":")) -> str | None:
+def grounded_grammar(
+    schema: dict[str, Any], inputs: dict[str, Any], separators: tuple[str, str] = (",", ":"), max_input_tokens: int = 2000
+) -> str | None:
     """xgrammar EBNF for the answer, each grounded span accepting exactly the input's trimmed,
-    token-aligned substrings of any length, or None when the schema keeps a free bounded string.
+    token-aligned substrings of any length; None (verify after decoding) when the schema keeps a
+    free bounded string or an input passes ``max_input_tokens`` tokens (whitespace runs count; 2,000
+    are about 6,000 English or 2,000 Chinese characters, ~0.2 s to compile on 2 cores).
 
     The alternative to ``specialise`` for engines that take a grammar (vLLM's
     ``StructuredOutputsParams(grammar=...)``): its size grows with the input's length, not with
@@ -630,8 +634,11 @@ def grounded_grammar(schema: dict[str, Any], inputs: dict[str, Any], separators:
         if g.kind == "number":
             _constrain(site.node, [v for v in number_candidates(text) if any(_fits(b, v) for b in _value_branches(site.node))])
             continue
+        tokens = _tokens(text)
+        if len(tokens) > max_input_tokens:
+            return None
         rule = rules.setdefault(g.input, f"grounded_{len(rules)}")
-        _constrain(site.node, [_placeholder(rule)] if any(t.strip() for t in _tokens(text)) else [])
+        _constrain(site.node, [_placeholder(rule)] if any(t.strip() for t in tokens) else [])
     if _prune_empty(out) or _free_bounded_strings(out, 0):
         return None
     _strip(out)
