@@ -446,8 +446,9 @@ def specialise(schema: dict[str, Any], inputs: dict[str, Any], lang: str = "en",
         g = f.grounding
         cands = _field_candidates(g, site.node, _input_text(inputs, f), lang, budget.max_candidates, left)
         if cands is None:
-            reason = reason or f"{f.path}: candidates exceed the budget ({budget.max_candidates} per field, {left} characters left)"
-            plans[i] = FieldPlan(path=f.path, input=g.input, kind=g.kind, enforced=False, candidates=0, chars=0, reason=reason)
+            why = f"{f.path}: candidates exceed the budget ({budget.max_candidates} per field, {left} characters left)"
+            reason = reason or why
+            plans[i] = FieldPlan(path=f.path, input=g.input, kind=g.kind, enforced=False, candidates=0, chars=0, reason=why)
             continue
         chars = sum(len(_json_literal(c)) for c in cands)
         left -= chars
