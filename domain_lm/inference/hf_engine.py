@@ -135,7 +135,11 @@ class HFEngine:
         return not self._closed and self._worker.is_alive()
 
     def _check(self, request: GenerationRequest) -> None:
-        """Refuse what the model cannot do before generating: an unknown adapter, a prompt too long."""
+        """Refuse what the model cannot do before generating: an unknown adapter, a prompt too long.
+
+        A prompt that leaves room for its answer is accepted; ``max_tokens`` is an upper bound that
+        generation caps at the context left (as vLLM does), so only a label whose choices cannot fit,
+        or a prompt that fills the context, is refused."""
         check_adapter(self, request.adapter)
         if self.context_length is None:
             return
@@ -145,11 +149,11 @@ class HFEngine:
             if request.choices
             else 0
         )
-        need = n + (longest if request.choices is not None else request.max_tokens)
+        need = n + (longest if request.choices is not None else 1)
         if need > self.context_length:
             raise EngineError(
-                f"This model's context is {self.context_length} tokens; the prompt has {n} and the answer may need "
-                f"{need - n} more. Shorten the input (or lower max_tokens)."
+                f"This model's context is {self.context_length} tokens; the prompt has {n} and the answer needs at least "
+                f"{need - n} more. Shorten the input."
             )
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
@@ -323,6 +327,10 @@ class HFEngine:
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         enc = self._encode(requests)
+        width = enc["input_ids"].shape[1]
+        budget = max(r.max_tokens for r in requests)
+        if self.context_length is not None:
+            budget = max(1, min(budget, self.context_length - width))  # max_tokens is a bound, not a promise
         r0 = requests[0]
         grammars = [self._grammar(r) for r in requests]
         processors = LogitsProcessorList()
@@ -333,17 +341,16 @@ class HFEngine:
         sample = r0.temperature > 0
         out = self.model.generate(
             **enc,
-            max_new_tokens=max(r.max_tokens for r in requests),
+            max_new_tokens=budget,
             do_sample=sample,
             temperature=r0.temperature if sample else None,
             top_p=r0.top_p if sample else None,
             top_k=None,
             logits_processor=processors,
-            stopping_criteria=StoppingCriteriaList([_PerRowBudget(enc["input_ids"].shape[1], [r.max_tokens for r in requests])]),
+            stopping_criteria=StoppingCriteriaList([_PerRowBudget(width, [min(r.max_tokens, budget) for r in requests])]),
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.eos_id,
         )
-        width = enc["input_ids"].shape[1]
         results = []
         for row, r in enumerate(requests):
             new = out[row, width:].tolist()
