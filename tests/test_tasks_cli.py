@@ -18,7 +18,7 @@ runner = CliRunner()
 def test_validate_bundled_templates_ok():
     r = runner.invoke(app, ["tasks", "validate", str(TEMPLATES)])
     assert r.exit_code == 0, r.output
-    assert "6 template version(s) valid" in r.output
+    assert "7 template version(s) valid" in r.output
     assert "ok sentiment v1" in r.output
 
 

@@ -133,19 +133,17 @@ def test_ordinary_numbers_are_left_alone(text):
         ),
     ],
 )
-def test_mask_is_linear_and_fast(name, text):
+def test_mask_is_linear(name, text):
+    """Four times the text costs about four times the time (quadratic would be sixteen).
+
+    Timing goals (100,000 characters under 50 ms) are measured by bench/pii_bench.py; here the
+    bounds only catch a super-linear pattern, with room for a loaded machine."""
     mask(text[:1000])  # warm the regex caches
-    once = min(_time(mask, text) for _ in range(3))  # best of three: the machine is shared
-    assert once < 0.05 * 3, f"{name}: {once * 1000:.0f} ms"  # the goal is 50 ms (see below); 3x slack for a loaded CI box
-    twice = min(_time(mask, text * 2) for _ in range(3))
-    assert twice < 3 * max(once, 0.005), f"{name}: twice the text took {twice / once:.1f}x the time"
-
-
-def test_the_issue_case_is_under_50ms():
-    text = "a" * 100_000  # was ~4 s with the unanchored e-mail pattern
-    mask(text)
-    best = min(_time(mask, text) for _ in range(3))
-    assert best < 0.05, f"{best * 1000:.0f} ms"
+    quarter = text[: len(text) // 4]
+    small = min(_time(mask, quarter) for _ in range(3))  # best of three: the machine is shared
+    full = min(_time(mask, text) for _ in range(3))
+    assert full < 1.0, f"{name}: {full * 1000:.0f} ms"  # the unanchored e-mail pattern took ~4 s on 100,000 'a's
+    assert full < 8 * max(small, 0.002), f"{name}: 4x the text took {full / small:.1f}x the time"
 
 
 def _time(fn, *args) -> float:
@@ -209,11 +207,13 @@ def test_unauthenticated_15kb_url_costs_little(templates, keys_file):
     # Time spent inside the app (middleware to response), from its own latency histogram.
     total = float(re.search(r'domain_lm_request_latency_seconds_sum\{endpoint="/v1/tasks/\{name\}",task=""\} (\S+)', metrics).group(1))
     count = float(re.search(r'domain_lm_request_latency_seconds_count\{endpoint="/v1/tasks/\{name\}",task=""\} (\S+)', metrics).group(1))
-    assert count == 20 and total / count < 0.005, f"{total / count * 1000:.2f} ms per unauthenticated call"
-    # The URL is never logged (the audit line has the route); were it masked, a 15 KB line costs under 5 ms.
+    # bench/pii_bench.py measures the 5 ms goal on a quiet machine; this bound catches a return of
+    # the quadratic masking (~200 ms per call) with room for a loaded one.
+    assert count == 20 and total / count < 0.03, f"{total / count * 1000:.2f} ms per unauthenticated call"
+    # The URL is never logged (the audit line has the route); were it masked, a 15 KB line is cheap.
     line = "POST " + url + " HTTP/1.1"
     mask(line)
-    assert min(_time(mask, line) for _ in range(5)) < 0.005
+    assert min(_time(mask, line) for _ in range(5)) < 0.03
 
 
 def test_masking_runs_on_the_listener_thread_not_the_caller(tmp_path):
