@@ -1,0 +1,111 @@
+"""CPU runtime settings for training: intra-op threads, and the memory allocator.
+
+Threads: one per CPU this process may really use. PyTorch counts the cores it sees, which in a
+container can be far more than the CPU quota it is given (64 visible cores, 2 allowed: 64 threads
+thrashing). An explicit ``OMP_NUM_THREADS`` (or ``DOMAIN_LM_THREADS``) wins.
+
+Allocator: a malloc with per-thread caches and no ``mmap`` per large block (jemalloc, tcmalloc)
+avoids the page faults glibc takes when activations of a few MB are freed and reallocated every
+step. It has to be loaded before the interpreter starts, so it is chosen by ``LD_PRELOAD``:
+:func:`allocator_preload` gives the value for a library installed from the Debian packages
+(``libjemalloc2``, ``libtcmalloc-minimal4``), and :func:`active_allocator` says which is in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+THREADS_ENV = "DOMAIN_LM_THREADS"
+#: Allocator name -> shared library file names (Debian/Ubuntu packages), first found wins.
+ALLOCATORS: dict[str, tuple[str, ...]] = {
+    "jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
+    "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"),
+}
+_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup (v2 ``cpu.max`` or v1 CFS quota); None when unlimited or unknown."""
+    try:
+        v2 = root / "cpu.max"
+        if v2.is_file():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        q, p = root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us"
+        if q.is_file() and p.is_file():
+            quota_us = int(q.read_text())
+            return None if quota_us <= 0 else quota_us / int(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def available_cpus() -> int:
+    """CPUs this process can use: its affinity mask, capped by the cgroup quota (at least 1)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, int(quota)))
+    return max(1, n)
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set PyTorch's intra-op threads; returns the number in use.
+
+    ``threads`` if given, else ``DOMAIN_LM_THREADS``, else, unless ``OMP_NUM_THREADS`` already chose
+    (PyTorch honours it), :func:`available_cpus`.
+    """
+    import torch
+
+    env = os.environ.get(THREADS_ENV)
+    if threads is None and env:
+        try:
+            threads = int(env)
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV}={env!r} is not a whole number of threads") from None
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    want = max(1, threads or available_cpus())
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
+    return torch.get_num_threads()
+
+
+def allocator_library(name: str, lib_dirs: tuple[str, ...] = _LIB_DIRS) -> Path | None:
+    """The installed shared library of allocator ``name`` (a key of :data:`ALLOCATORS`), or None."""
+    if name not in ALLOCATORS:
+        raise ValueError(f"unknown allocator {name!r}; choose one of {', '.join(ALLOCATORS)}")
+    for d in lib_dirs:
+        for f in ALLOCATORS[name]:
+            p = Path(d) / f
+            if p.is_file():
+                return p
+    return None
+
+
+def allocator_preload(name: str, current: str | None = None) -> str | None:
+    """The ``LD_PRELOAD`` value that adds allocator ``name`` to ``current``; None when it is not installed."""
+    lib = allocator_library(name)
+    if lib is None:
+        return None
+    rest = [p for p in (current or "").split(":") if p and Path(p).name != lib.name]
+    return ":".join([str(lib), *rest])
+
+
+def active_allocator() -> str:
+    """Which allocator this process runs with: a key of :data:`ALLOCATORS`, or ``glibc``."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        maps = os.environ.get("LD_PRELOAD", "")
+    for name, files in ALLOCATORS.items():
+        if any(f in maps for f in files):
+            return name
+    return "glibc"
