@@ -8,13 +8,19 @@ compacts to the labelled ones only on Triton devices) and also computes entropy 
 
 from __future__ import annotations
 
+import logging
+import os
 import time
-from typing import Any
+from typing import Any, Callable
 
+import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from domain_lm.train.answer_loss import answer_loss
+from domain_lm.train.runtime import THREADS_ENV, ThreadTuner, available_cpus, machine_busy
+
+log = logging.getLogger(__name__)
 
 
 class ThroughputMeter(TrainerCallback):
@@ -22,6 +28,7 @@ class ThroughputMeter(TrainerCallback):
 
     def __init__(self) -> None:
         self.samples_total = self.tokens_total = 0
+        self.threads = torch.get_num_threads()
         self.loop_s = 0.0
         self._loop_t0: float | None = None
         self.reset()
@@ -42,6 +49,7 @@ class ThroughputMeter(TrainerCallback):
             self._loop_t0 = None
 
     def add(self, samples: int, tokens: int, scored: int, correct: int, entropy: float) -> None:
+        self.threads = torch.get_num_threads()  # what the step computes with (the tuner may change it after)
         self.samples += samples
         self.tokens += tokens
         self.scored += scored
@@ -53,7 +61,7 @@ class ThroughputMeter(TrainerCallback):
     def flush(self, world_size: int) -> dict[str, float]:
         """The log fields since the last flush (the counts are this process's, scaled to all ranks)."""
         dt = max(time.perf_counter() - self.t0, 1e-9)
-        out = {"num_tokens": float(self.tokens_total * world_size)}
+        out = {"num_tokens": float(self.tokens_total * world_size), "threads": float(self.threads)}
         if self.scored:
             out["entropy"] = self.entropy / self.scored
             out["mean_token_accuracy"] = self.correct / self.scored
@@ -62,6 +70,32 @@ class ThroughputMeter(TrainerCallback):
             out["tokens_per_s"] = round(self.tokens * world_size / dt, 1)
         self.reset()
         return out
+
+
+class ThreadTuning(TrainerCallback):
+    """Times every optimizer step and lets a :class:`ThreadTuner` set PyTorch's thread count."""
+
+    def __init__(self, tuner: ThreadTuner, tokens: Callable[[], int]) -> None:
+        self.tuner, self.tokens = tuner, tokens
+        self._t0, self._tok0 = 0.0, 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0, self._tok0 = time.perf_counter(), self.tokens()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        current = torch.get_num_threads()
+        threads = self.tuner.observe(current, time.perf_counter() - self._t0, self.tokens() - self._tok0)
+        if threads != current:
+            log.info("step %d: %d -> %d torch threads", state.global_step, current, threads)
+            torch.set_num_threads(threads)
+
+
+def thread_tuning(tokens: Callable[[], int], world_size: int) -> ThreadTuning | None:
+    """Thread tuning for CPU training in one process, unless the thread count was set explicitly."""
+    cpus = available_cpus()
+    if torch.cuda.is_available() or world_size > 1 or cpus < 2 or os.environ.get(THREADS_ENV) or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return ThreadTuning(ThreadTuner((cpus, max(1, cpus // 2), 1), probe_first=machine_busy(cpus)), tokens)
 
 
 def batch_size_of(inputs: dict[str, Any]) -> tuple[int, int]:
@@ -81,13 +115,17 @@ class AnswerSFTTrainer(SFTTrainer):
 
     Logs, with every loss: answer-token ``entropy`` and ``mean_token_accuracy`` (TRL's names, now over
     the answer tokens only), cumulative ``num_tokens``, and ``samples_per_s`` / ``tokens_per_s`` since
-    the previous log. ``meter`` holds the totals of this process and the training loop's wall time.
+    the previous log, and the ``threads`` the step used. ``meter`` holds the totals of this process and
+    the training loop's wall time. On a CPU, a :class:`ThreadTuner` picks the thread count per step.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.meter = ThroughputMeter()
         self.add_callback(self.meter)
+        tuning = thread_tuning(lambda: self.meter.tokens_total, self.args.world_size)
+        if tuning is not None:
+            self.add_callback(tuning)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:  # evaluation that wants the logits: TRL's full path
