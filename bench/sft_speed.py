@@ -45,7 +45,7 @@ SIDES = ("domain-lm", "LlamaFactory")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "fpb" / "train.jsonl", help="FPB train.jsonl (text, label).")
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "fpb" / "train.jsonl", help="FPB train.jsonl.")
     p.add_argument("--model", default="smollm2-135m", help="Model store name or a model directory.")
     p.add_argument("--examples", type=int, default=400)
     p.add_argument("--steps", type=int, default=10)
@@ -82,7 +82,8 @@ def write_peer_dataset(examples: list[dict[str, Any]], root: Path) -> str:
     root.mkdir(parents=True, exist_ok=True)
     (root / "fpb_sentiment.json").write_text(json.dumps([{"messages": e["messages"]} for e in examples], ensure_ascii=False))
     tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant", "system_tag": "system"}
-    info = {"fpb_sentiment": {"file_name": "fpb_sentiment.json", "formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": tags}}
+    info = {"fpb_sentiment": {"file_name": "fpb_sentiment.json", "formatting": "sharegpt", "columns": {"messages": "messages"},
+                              "tags": tags}}
     (root / "dataset_info.json").write_text(json.dumps(info, indent=1))
     return "fpb_sentiment"
 
@@ -137,7 +138,7 @@ def run_ours_worker(spec: dict[str, Any]) -> dict[str, Any]:
     )
     examples = [json.loads(line) for line in Path(spec["examples"]).read_text(encoding="utf-8").splitlines()]
     res = train_sft(spec["model"], examples, section, work / "work", work / "adapter", description="sft speed")
-    runtime = next(r["train_runtime"] for r in read_jsonl(work / "work" / "log.jsonl") if "train_runtime" in r)
+    runtime = next(r["train_runtime"] for r in read_jsonl(work / "work" / "log.jsonl") if "train_loss" in r)  # the run's summary row
     return {
         "runtime_s": float(runtime),
         "samples": res.steps * spec["batch_size"],
@@ -249,7 +250,7 @@ def run_peer(cli: Path, spec: dict[str, Any], root: Path) -> dict[str, Any]:
     if proc.returncode != 0 or not state_file.is_file():
         raise RuntimeError(f"LlamaFactory failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
     log = json.loads(state_file.read_text())["log_history"]
-    final = next(r for r in log if "train_runtime" in r)
+    final = next(r for r in log if "train_loss" in r)  # the run's summary row (every row has a running train_runtime)
     return {
         "runtime_s": float(final["train_runtime"]),
         "samples": spec["steps"] * spec["batch_size"],
@@ -264,7 +265,8 @@ def run_peer(cli: Path, spec: dict[str, Any], root: Path) -> dict[str, Any]:
 def summarise(run: dict[str, Any], flops_per_token: float, gflops: float) -> dict[str, float]:
     s = run["runtime_s"]
     tps = run["tokens"] / s
-    return {"samples_per_s": run["samples"] / s, "tokens_per_s": tps, "train_s": s, "tokens": run["tokens"], "compute_fraction": tps * flops_per_token / (gflops * 1e9)}
+    fraction = tps * flops_per_token / (gflops * 1e9)
+    return {"samples_per_s": run["samples"] / s, "tokens_per_s": tps, "train_s": s, "tokens": run["tokens"], "compute_fraction": fraction}
 
 
 def print_report(rounds: list[dict[str, dict[str, Any]]], flops_per_token: float, gflops: float, header: str) -> list[dict[str, Any]]:
@@ -277,7 +279,8 @@ def print_report(rounds: list[dict[str, dict[str, Any]]], flops_per_token: float
             if side in r:
                 m = summarise(r[side], flops_per_token, gflops)
                 row[side] = m
-                print(f"{i:>5}  {side:<13} {m['samples_per_s']:>9.2f} {m['tokens_per_s']:>9.1f} {m['train_s']:>8.1f} {m['tokens']:>7d} {m['compute_fraction']:>16.1%}")
+                print(f"{i:>5}  {side:<13} {m['samples_per_s']:>9.2f} {m['tokens_per_s']:>9.1f} {m['train_s']:>8.1f} {m['tokens']:>7d}"
+                      f" {m['compute_fraction']:>16.1%}")
         if all(s in row for s in SIDES):
             row["ratio_samples"] = row[SIDES[0]]["samples_per_s"] / row[SIDES[1]]["samples_per_s"]
             row["ratio_tokens"] = row[SIDES[0]]["tokens_per_s"] / row[SIDES[1]]["tokens_per_s"]
@@ -308,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     examples = render_examples(args.data, args.examples)
     (root / "examples.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
-    spec = {"model": str(model_dir), "examples": str(root / "examples.jsonl"), "work": str(root / "ours"), "steps": args.steps, "batch_size": args.batch_size,
-            "max_len": args.max_len, "lr": args.lr, "rank": args.rank, "seed": args.seed,
+    spec = {"model": str(model_dir), "examples": str(root / "examples.jsonl"), "work": str(root / "ours"), "steps": args.steps,
+            "batch_size": args.batch_size, "max_len": args.max_len, "lr": args.lr, "rank": args.rank, "seed": args.seed,
             "peer_dataset": write_peer_dataset(examples, root / "peer_data"), "peer_dataset_dir": str(root / "peer_data")}
     spec_path = root / "spec.json"
     spec_path.write_text(json.dumps(spec))

@@ -24,7 +24,8 @@ def registry():
 
 
 def _section(**train) -> SftSection:
-    base = {"batch_size": 4, "max_seq_len": 512, "logging_steps": 1, "save_steps": 1000, "learning_rate": 3e-3, "warmup_ratio": 0.0, "lr_scheduler": "constant"}
+    base = {"batch_size": 4, "max_seq_len": 512, "logging_steps": 1, "save_steps": 1000, "learning_rate": 3e-3, "warmup_ratio": 0.0,
+            "lr_scheduler": "constant"}
     return SftSection(lora={"r": 8, "alpha": 16, "dropout": 0.0}, train={**base, **train})
 
 
@@ -132,7 +133,8 @@ def test_trl_packing_trains_with_segment_attention(tmp_path, tiny_model_dir, reg
     from domain_lm.train.packing import SEGMENT_ATTENTION
 
     _, examples, _ = _sentiment_examples(registry, 8)
-    section = SftSection(packing=True, lora={"r": 4, "alpha": 8}, train={"max_steps": 2, "batch_size": 2, "max_seq_len": 512, "logging_steps": 1, "save_steps": 1000})
+    train = {"max_steps": 2, "batch_size": 2, "max_seq_len": 512, "logging_steps": 1, "save_steps": 1000}
+    section = SftSection(packing=True, lora={"r": 4, "alpha": 8}, train=train)
     trainer = T.build_trainer(tiny_model_dir, examples, section, tmp_path / "w")
     assert trainer.model.get_base_model().config._attn_implementation == SEGMENT_ATTENTION
     batch = next(iter(trainer.get_train_dataloader()))
@@ -178,7 +180,8 @@ def test_adapter_serves_through_vllm(tmp_path, tiny_model_dir, registry):
 
     t, examples, raw = _sentiment_examples(registry, 8)
     T.train_sft(tiny_model_dir, examples, _section(max_steps=2), tmp_path / "w", tmp_path / "adapter")
-    engine = create_engine(tiny_model_dir, kind="vllm", adapters={"sft": str(tmp_path / "adapter")}, gpu_memory_utilization=0.05, max_lora_rank=8)
+    adapters = {"sft": str(tmp_path / "adapter")}
+    engine = create_engine(tiny_model_dir, kind="vllm", adapters=adapters, gpu_memory_utilization=0.05, max_lora_rank=8)
     try:
         answers = TaskRunner(engine).run_batch(t, [e["inputs"] for e in raw[:4]], lang="en", adapter="sft")
     finally:

@@ -20,8 +20,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
+
+import torch
+from transformers import TrainerCallback
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,6 @@ def configure_threads(threads: int | None = None) -> int:
     ``threads`` if given, else ``DOMAIN_LM_THREADS``, else, unless ``OMP_NUM_THREADS`` already chose
     (PyTorch honours it), :func:`available_cpus`.
     """
-    import torch
-
     env = os.environ.get(THREADS_ENV)
     if threads is None and env:
         try:
@@ -102,7 +104,15 @@ class ThreadTuner:
     A probe's measurement replaces the alternative's stale average instead of blending with it.
     """
 
-    def __init__(self, options: Sequence[int], probe_every: int = 50, slow_factor: float = 1.5, alpha: float = 0.5, warmup: int = 1, probe_first: bool = False):
+    def __init__(
+        self,
+        options: Sequence[int],
+        probe_every: int = 50,
+        slow_factor: float = 1.5,
+        alpha: float = 0.5,
+        warmup: int = 1,
+        probe_first: bool = False,
+    ):
         self.options = sorted({max(1, int(o)) for o in options}, reverse=True)
         self.probe_every, self.slow_factor, self.alpha, self.warmup = probe_every, slow_factor, alpha, warmup
         self.avg: dict[int, float] = {}
@@ -135,6 +145,33 @@ class ThreadTuner:
         self.since_probe = 0
         self.avg.pop(threads, None)
         return threads
+
+
+class ThreadTuning(TrainerCallback):
+    """Times every optimizer step and lets a :class:`ThreadTuner` set PyTorch's thread count."""
+
+    def __init__(self, tuner: ThreadTuner, tokens: Callable[[], int]) -> None:
+        self.tuner, self.tokens = tuner, tokens
+        self._t0, self._tok0 = 0.0, 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0, self._tok0 = time.perf_counter(), self.tokens()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        current = torch.get_num_threads()
+        threads = self.tuner.observe(current, time.perf_counter() - self._t0, self.tokens() - self._tok0)
+        if threads != current:
+            log.info("step %d: %d -> %d torch threads", state.global_step, current, threads)
+            torch.set_num_threads(threads)
+
+
+def thread_tuning(tokens: Callable[[], int], world_size: int) -> ThreadTuning | None:
+    """A callback tuning the threads of CPU training in one process (None on a GPU, with several
+    ranks, one CPU, or a thread count set explicitly). ``tokens()``: tokens trained so far."""
+    cpus = available_cpus()
+    if torch.cuda.is_available() or world_size > 1 or cpus < 2 or os.environ.get(THREADS_ENV) or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return ThreadTuning(ThreadTuner((cpus, max(1, cpus // 2), 1), probe_first=machine_busy(cpus)), tokens)
 
 
 def allocator_library(name: str, lib_dirs: tuple[str, ...] = _LIB_DIRS) -> Path | None:

@@ -70,7 +70,12 @@ def qlora_available() -> bool:
 
 
 def build_trainer(
-    model_path: str | Path, examples: list[dict[str, Any]], section: SftSection, output_dir: str | Path, callbacks: list | None = None, padding_free: bool | None = None
+    model_path: str | Path,
+    examples: list[dict[str, Any]],
+    section: SftSection,
+    output_dir: str | Path,
+    callbacks: list | None = None,
+    padding_free: bool | None = None,
 ):
     """An SFTTrainer over ``examples`` for the model at ``model_path`` (LoRA unless method=full).
 
@@ -90,7 +95,10 @@ def build_trainer(
     if not getattr(tokenizer, "chat_template", None):
         from domain_lm.errors import DomainLMError
 
-        raise DomainLMError(f"Model {model_path} has no chat template; SFT renders prompts with it (as the service does). Use an instruct model or add a chat template to its tokenizer_config.json.")
+        raise DomainLMError(
+            f"Model {model_path} has no chat template; SFT renders prompts with it (as the service does). "
+            "Use an instruct model or add a chat template to its tokenizer_config.json."
+        )
     if section.qlora and section.method == "lora" and qlora_available():
         model = _load_4bit(model_path)
     else:
@@ -118,7 +126,13 @@ def build_trainer(
     )
     collator = padding_free_collator(tokenizer.pad_token_id) if padding_free else None
     trainer = AnswerSFTTrainer(
-        model=model, args=args, data_collator=collator, train_dataset=make_dataset(examples), processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks or []
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=make_dataset(examples),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks or [],
     )
     return quiet_trainer(trainer)
 
@@ -129,7 +143,9 @@ def _load_4bit(model_path: str | Path):
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    q = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
+    )
     model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=q, device_map="auto")
     return prepare_model_for_kbit_training(model)
 

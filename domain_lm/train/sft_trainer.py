@@ -8,19 +8,15 @@ compacts to the labelled ones only on Triton devices) and also computes entropy 
 
 from __future__ import annotations
 
-import logging
-import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from domain_lm.train.answer_loss import answer_loss
-from domain_lm.train.runtime import THREADS_ENV, ThreadTuner, available_cpus, machine_busy
-
-log = logging.getLogger(__name__)
+from domain_lm.train.runtime import thread_tuning
 
 
 class ThroughputMeter(TrainerCallback):
@@ -70,32 +66,6 @@ class ThroughputMeter(TrainerCallback):
             out["tokens_per_s"] = round(self.tokens * world_size / dt, 1)
         self.reset()
         return out
-
-
-class ThreadTuning(TrainerCallback):
-    """Times every optimizer step and lets a :class:`ThreadTuner` set PyTorch's thread count."""
-
-    def __init__(self, tuner: ThreadTuner, tokens: Callable[[], int]) -> None:
-        self.tuner, self.tokens = tuner, tokens
-        self._t0, self._tok0 = 0.0, 0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._t0, self._tok0 = time.perf_counter(), self.tokens()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        current = torch.get_num_threads()
-        threads = self.tuner.observe(current, time.perf_counter() - self._t0, self.tokens() - self._tok0)
-        if threads != current:
-            log.info("step %d: %d -> %d torch threads", state.global_step, current, threads)
-            torch.set_num_threads(threads)
-
-
-def thread_tuning(tokens: Callable[[], int], world_size: int) -> ThreadTuning | None:
-    """Thread tuning for CPU training in one process, unless the thread count was set explicitly."""
-    cpus = available_cpus()
-    if torch.cuda.is_available() or world_size > 1 or cpus < 2 or os.environ.get(THREADS_ENV) or os.environ.get("OMP_NUM_THREADS"):
-        return None
-    return ThreadTuning(ThreadTuner((cpus, max(1, cpus // 2), 1), probe_first=machine_busy(cpus)), tokens)
 
 
 def batch_size_of(inputs: dict[str, Any]) -> tuple[int, int]:
