@@ -104,3 +104,41 @@ def test_allocator_preload_value(tmp_path):
     with pytest.raises(ValueError, match="unknown allocator"):
         R.allocator_library("hoard")
     assert R.active_allocator() in ("glibc", *R.ALLOCATORS)
+
+
+def test_uniform_dropout_has_dropout_statistics_and_gradient():
+    from domain_lm.train.dropout import UniformDropout
+
+    torch.manual_seed(0)
+    drop = UniformDropout(0.2)
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(0.8, abs=0.005)
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.8))  # inverted scaling: same expectation
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # gradient flows through the kept elements, scaled
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    with pytest.raises(ValueError):
+        UniformDropout(1.0)
+
+
+def test_lora_dropouts_are_swapped_and_the_eval_model_is_unchanged():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from domain_lm.train.dropout import UniformDropout, use_uniform_lora_dropout
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=4, lora_dropout=0.1, target_modules="all-linear", init_lora_weights=False))
+    ids = torch.randint(0, 64, (2, 7))
+    model.eval()
+    before = model(input_ids=ids).logits
+    assert use_uniform_lora_dropout(model) == 2 * 7  # q k v o gate up down in two layers
+    assert sum(isinstance(m, UniformDropout) for m in model.modules()) == 14
+    assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    assert torch.equal(model(input_ids=ids).logits, before)
+    model.train()
+    assert not torch.equal(model(input_ids=ids).logits, before)  # dropout is live in training

@@ -10,8 +10,10 @@ the loss covers the assistant answer and its end-of-turn token. This works with 
 including those without ``{% generation %}`` markers that ``assistant_only_loss`` would need.
 
 Speed on the CPU (issue 18): no gradient checkpointing (``training_arguments``), the batch flattened
-into one padding-free row whose examples attend only to themselves (``train.packing``), and the LM
-head applied only at the answer positions (``train.answer_loss``); see bench/sft_speed.py.
+into one padding-free row whose examples attend only to themselves (``train.packing``), the LM head
+applied only at the answer positions (``train.answer_loss``), LoRA dropout masks from uniform draws
+(``train.dropout``) and the thread count tuned while training (``train.runtime``); see
+bench/sft_speed.py.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def build_trainer(
     from trl import SFTConfig
 
     from domain_lm.models.loading import load_causal_lm, load_tokenizer, lora_config
-    from domain_lm.train.common import quiet_trainer, training_arguments
+    from domain_lm.train.common import on_gpu, quiet_trainer, training_arguments
+    from domain_lm.train.dropout import use_uniform_lora_dropout
     from domain_lm.train.packing import padding_free_collator, use_segment_attention
     from domain_lm.train.sft_trainer import AnswerSFTTrainer
 
@@ -134,6 +137,8 @@ def build_trainer(
         peft_config=peft_config,
         callbacks=callbacks or [],
     )
+    if not on_gpu():
+        use_uniform_lora_dropout(trainer.model)
     return quiet_trainer(trainer)
 
 
