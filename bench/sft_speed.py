@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer-venv", type=Path, default=REPO / ".cache" / "peers" / "llamafactory")
     p.add_argument("--repeat", type=int, default=1, help="Rounds of (ours, peer), one after the other.")
     p.add_argument("--allocator", choices=["default", "jemalloc", "tcmalloc"], default="default", help="LD_PRELOAD for our side.")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both sides (ours then stops tuning its thread count).")
     p.add_argument("--out", type=Path, default=REPO / ".cache" / "sft_speed")
     p.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
@@ -144,15 +145,19 @@ def run_ours_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "samples": res.steps * spec["batch_size"],
         "tokens": int(res.history[-1]["num_tokens"]),
         "losses": [r["loss"] for r in res.history],
-        "threads": torch.get_num_threads(),
+        "threads": [int(r.get("threads", torch.get_num_threads())) for r in res.history],
         "allocator": active_allocator(),
     }
 
 
-def run_ours(spec_path: Path, allocator: str) -> dict[str, Any]:
+def thread_env(threads: int | None) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(threads)} if threads else {}
+
+
+def run_ours(spec_path: Path, allocator: str, threads: int | None) -> dict[str, Any]:
     from domain_lm.train.runtime import allocator_preload
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **thread_env(threads))
     if allocator != "default":
         preload = allocator_preload(allocator, env.get("LD_PRELOAD"))
         if preload is None:
@@ -233,7 +238,7 @@ def peer_config(spec: dict[str, Any], dataset: str, dataset_dir: Path, out_dir: 
     }
 
 
-def run_peer(cli: Path, spec: dict[str, Any], root: Path) -> dict[str, Any]:
+def run_peer(cli: Path, spec: dict[str, Any], root: Path, threads: int | None) -> dict[str, Any]:
     import yaml
 
     stub = root / "peer_stub" / "torchaudio"  # imported by its multimodal plugin; never used for text
@@ -245,6 +250,7 @@ def run_peer(cli: Path, spec: dict[str, Any], root: Path) -> dict[str, Any]:
     cfg_path.write_text(yaml.safe_dump(peer_config(spec, spec["peer_dataset"], Path(spec["peer_dataset_dir"]), out_dir)))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_PRELOAD", "VIRTUAL_ENV")}
     env.update(DISABLE_VERSION_CHECK="1", PYTHONPATH=str(stub.parent), HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", WANDB_DISABLED="true")
+    env.update(thread_env(threads))
     proc = subprocess.run([str(cli), "train", str(cfg_path)], env=env, cwd=root, capture_output=True, text=True)
     state_file = out_dir / "trainer_state.json"
     if proc.returncode != 0 or not state_file.is_file():
@@ -318,15 +324,19 @@ def main(argv: list[str] | None = None) -> int:
     spec_path.write_text(json.dumps(spec))
     cli = ensure_peer(args.peer_venv.resolve()) if args.peer else None
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # the probe measures what the runs may use
     probes = [matmul_gflops()]
     rounds: list[dict[str, dict[str, Any]]] = []
     for i in range(args.repeat):
         r: dict[str, dict[str, Any]] = {}
         print(f"[round {i + 1}] {SIDES[0]} ...", flush=True)
-        r[SIDES[0]] = run_ours(spec_path, args.allocator)
+        r[SIDES[0]] = run_ours(spec_path, args.allocator, args.threads)
         if cli is not None:
             print(f"[round {i + 1}] {SIDES[1]} ...", flush=True)
-            r[SIDES[1]] = run_peer(cli, spec, root)
+            r[SIDES[1]] = run_peer(cli, spec, root, args.threads)
         rounds.append(r)
     probes.append(matmul_gflops())
 
@@ -336,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"\nSFT throughput: {model_dir.name} fp32 ({n_params / 1e6:.1f}M parameters), {len(examples)} FPB sentences (sentiment template), "
         f"LoRA r{args.rank} all linear, batch {args.batch_size}, max length {args.max_len}, {args.steps} steps\n"
-        f"torch threads {ours['threads']}, our allocator {ours['allocator']}; matmul probe {gflops:.0f} GFLOP/s "
+        f"threads: {f'{args.threads} on both sides' if args.threads else 'ours tuned per step, peer torch default'} "
+        f"(ours per step, round 1: {','.join(map(str, ours['threads']))}); our allocator {ours['allocator']}\n"
+        f"matmul probe {gflops:.0f} GFLOP/s "
         f"(before {probes[0]:.0f}, after {probes[1]:.0f}); compute limit = tokens/s x 4N FLOPs (LoRA) / probe\n"
     )
     table = print_report(rounds, 4 * n_params, gflops, header)
