@@ -98,10 +98,7 @@ def build_trainer(
     if not getattr(tokenizer, "chat_template", None):
         from domain_lm.errors import DomainLMError
 
-        raise DomainLMError(
-            f"Model {model_path} has no chat template; SFT renders prompts with it (as the service does). "
-            "Use an instruct model or add a chat template to its tokenizer_config.json."
-        )
+        raise DomainLMError(f"Model {model_path} has no chat template; SFT renders prompts with it (as the service does). Use an instruct model or add a chat template to its tokenizer_config.json.")
     if section.qlora and section.method == "lora" and qlora_available():
         model = _load_4bit(model_path)
     else:
@@ -109,12 +106,6 @@ def build_trainer(
             log.warning("sft.qlora requested but bitsandbytes + CUDA are not available: training plain LoRA")
         model = load_causal_lm(model_path, trainable=True)
     peft_config = lora_config(section.lora, model=model, top_layers=section.lora_top_layers) if section.method == "lora" else None
-    # Packed rows (TRL's packing, or our padding-free batches) need attention that stops at example borders.
-    if padding_free is None:
-        padding_free = bool(getattr(section, "padding_free", True))
-    padding_free = padding_free and not section.packing
-    if padding_free or section.packing:
-        use_segment_attention(model)
     args = training_arguments(
         section.train,
         output_dir,
@@ -127,6 +118,12 @@ def build_trainer(
         eos_token=tokenizer.eos_token,
         train_sampling_strategy="group_by_length" if getattr(section, "group_by_length", False) else "random",
     )
+    # Packed rows (TRL's packing, or our padding-free batches) need attention that stops at example borders.
+    if padding_free is None:
+        padding_free = bool(getattr(section, "padding_free", True))
+    padding_free = padding_free and not section.packing
+    if padding_free or section.packing:
+        use_segment_attention(model)
     collator = padding_free_collator(tokenizer.pad_token_id) if padding_free else None
     trainer = AnswerSFTTrainer(
         model=model,
