@@ -27,7 +27,8 @@ class UniformDropout(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        # In place on the uniform draws: no bool mask and no dtype conversion (each a full-size pass).
+        keep = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
         return x * keep
 
     def extra_repr(self) -> str:

@@ -50,13 +50,13 @@ def segment_sdpa_attention(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
-    bounds = cu_seq_lens_q.tolist()
+    lengths = cu_seq_lens_q.diff().tolist()
+    # split, not slicing: its backward is one concatenation, where each slice's backward would
+    # write its gradient into a zero tensor of the whole row.
     parts = [
-        torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=True
-        )
-        for s, e in zip(bounds[:-1], bounds[1:])
-        if e > s
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=True)
+        for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))
+        if q.shape[2] > 0
     ]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
