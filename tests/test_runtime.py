@@ -142,3 +142,20 @@ def test_lora_dropouts_are_swapped_and_the_eval_model_is_unchanged():
     assert torch.equal(model(input_ids=ids).logits, before)
     model.train()
     assert not torch.equal(model(input_ids=ids).logits, before)  # dropout is live in training
+
+
+def test_thread_tuning_callback_switches_and_restores():
+    before = torch.get_num_threads()
+    tokens = {"n": 0}
+    cb = R.ThreadTuning(R.ThreadTuner([2, 1], warmup=0, probe_first=True), lambda: tokens["n"])
+    try:
+        torch.set_num_threads(2)
+        cb.on_train_begin(None, None, None)
+        cb.on_step_begin(None, None, None)
+        tokens["n"] += TOKENS
+        cb.on_step_end(None, type("State", (), {"global_step": 1})(), None)
+        assert torch.get_num_threads() == 1  # probe_first: the second count is measured next
+        cb.on_train_end(None, None, None)
+        assert torch.get_num_threads() == 2  # what the process had before training
+    finally:
+        torch.set_num_threads(before)

@@ -148,11 +148,19 @@ class ThreadTuner:
 
 
 class ThreadTuning(TrainerCallback):
-    """Times every optimizer step and lets a :class:`ThreadTuner` set PyTorch's thread count."""
+    """Times every optimizer step and lets a :class:`ThreadTuner` set PyTorch's thread count; the
+    count the process had is restored when training ends."""
 
     def __init__(self, tuner: ThreadTuner, tokens: Callable[[], int]) -> None:
         self.tuner, self.tokens = tuner, tokens
         self._t0, self._tok0 = 0.0, 0
+        self._initial = torch.get_num_threads()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._initial = torch.get_num_threads()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        torch.set_num_threads(self._initial)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._t0, self._tok0 = time.perf_counter(), self.tokens()
