@@ -129,6 +129,23 @@ def test_padding_free_training_learns_what_padded_training_learns(tmp_path, tiny
     assert padded[-1] != pytest.approx(padded[0], abs=1e-3)  # it trained: the comparison is not of constants
 
 
+def test_group_by_length_pads_less(tmp_path, tiny_model_dir, registry):
+    t, _, raw = _sentiment_examples(registry, 16)
+    # 64 texts of one to four sentences (the sampler sorts within groups of 4 batches, 64 // (4 * 4))
+    texts = [(" ".join([raw[i % 16]["inputs"]["text"]] * (1 + i % 4)), raw[i % 16]["output"]) for i in range(64)]
+    examples = [render_example(t, Record("sentiment", "en", {"text": text}, label)) for text, label in texts]
+
+    def padding(group: bool) -> int:
+        section = _section(max_steps=1)
+        trainer = T.build_trainer(tiny_model_dir, examples, section, tmp_path / str(group), padding_free=False, group_by_length=group)
+        batches = list(trainer.get_train_dataloader())
+        assert sum(len(b["input_ids"]) for b in batches) == len(trainer.train_dataset) == len(examples)
+        return sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+
+    grouped, shuffled = padding(True), padding(False)
+    assert grouped < shuffled / 2, (grouped, shuffled)
+
+
 def test_trl_packing_trains_with_segment_attention(tmp_path, tiny_model_dir, registry):
     from domain_lm.train.packing import SEGMENT_ATTENTION
 

@@ -78,13 +78,15 @@ def build_trainer(
     output_dir: str | Path,
     callbacks: list | None = None,
     padding_free: bool | None = None,
+    group_by_length: bool | None = None,
 ):
     """An SFTTrainer over ``examples`` for the model at ``model_path`` (LoRA unless method=full).
 
     ``padding_free`` (default: ``sft.padding_free``, on) flattens each batch into one row without
-    cross-example attention; off, batches are padded to their longest example. With ``sft.packing``
-    TRL packs examples into ``max_seq_len`` rows instead (more examples per step), also without
-    cross-example attention.
+    cross-example attention; off, batches are padded to their longest example, and
+    ``group_by_length`` (default: ``sft.group_by_length``, off) batches examples of similar length
+    (less padding, a different order). With ``sft.packing`` TRL packs examples into ``max_seq_len``
+    rows instead (more examples per step), also without cross-example attention.
     """
     from trl import SFTConfig
 
@@ -93,6 +95,12 @@ def build_trainer(
     from domain_lm.train.dropout import use_uniform_lora_dropout
     from domain_lm.train.packing import padding_free_collator, use_segment_attention
     from domain_lm.train.sft_trainer import AnswerSFTTrainer
+
+    # Until the config has these fields (issue 18), read them with their defaults.
+    if padding_free is None:
+        padding_free = bool(getattr(section, "padding_free", True))
+    if group_by_length is None:
+        group_by_length = bool(getattr(section, "group_by_length", False))
 
     tokenizer = load_tokenizer(model_path)
     if not getattr(tokenizer, "chat_template", None):
@@ -116,11 +124,9 @@ def build_trainer(
         assistant_only_loss=False,
         dataset_num_proc=None,
         eos_token=tokenizer.eos_token,
-        train_sampling_strategy="group_by_length" if getattr(section, "group_by_length", False) else "random",
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
     )
     # Packed rows (TRL's packing, or our padding-free batches) need attention that stops at example borders.
-    if padding_free is None:
-        padding_free = bool(getattr(section, "padding_free", True))
     padding_free = padding_free and not section.packing
     if padding_free or section.packing:
         use_segment_attention(model)
