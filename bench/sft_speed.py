@@ -28,6 +28,7 @@ Measured 2026-11-29 on the shared 2-core CPU, never quiet (load 2-6 from other t
 probe read 31-90 GFLOP/s where an idle core pair gives ~190), losses equal to ~0.005 per step,
 6,837 tokens on both sides (same batches, same tokenisation):
   --peer --repeat 2              ours 0.30 / 0.63 samples/s, LlamaFactory 0.18 / 0.17: 1.63x, 3.65x
+  --peer --repeat 2 (again)      ours 0.93 / 0.81 samples/s, LlamaFactory 0.20 / 0.23: 4.58x, 3.45x
                                  (ours dropped to 1 thread after step 2: the machine was busy)
   --peer --repeat 2 --threads 2  ours 0.39 / 0.45 samples/s, LlamaFactory 0.22 / 0.24: 1.76x, 1.84x
                                  (both 2 threads, no tuning: the gain of the compute path alone)
