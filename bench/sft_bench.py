@@ -38,6 +38,7 @@ import os
 import random
 import re
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +223,7 @@ def main() -> None:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    m = train_sft(model_path, examples, section, args.out / "work", args.out / "adapter", description="sft bench")
+    m = asdict(train_sft(model_path, examples, section, args.out / "work", args.out / "adapter", description="sft bench"))
     timings["train_s"] = time.time() - t0
     history = m.pop("history")
     n_tok = sum(r.get("num_tokens", 0) for r in history[-1:]) or None

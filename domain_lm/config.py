@@ -86,6 +86,7 @@ class TrainSection(Section):
     save_steps: int = Field(50, ge=1, description="Checkpoint interval for --resume.")
     seed: int = 42
     deepspeed: str | None = Field(None, description="Path of a DeepSpeed JSON config (deploy/deepspeed/).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (saves memory, costs ~25% time).")
 
 
 # --------------------------------------------------------------------------- per-stage sections
@@ -199,7 +200,9 @@ class SftSection(Section):
 
     enabled: bool = True
     peft: PeftSection = Field(default_factory=PeftSection)
-    packing: bool = False
+    packing: bool = Field(False, description="TRL packing of several examples into one row (per-example attention kept).")
+    padding_free: bool = Field(True, description="Flatten each batch into one row without padding (per-example attention).")
+    group_by_length: bool = Field(False, description="Length-grouped batches (only matters for padded batches).")
     few_shot_fraction: float = Field(0.2, ge=0, le=1)
     max_few_shot: int = Field(2, ge=1, description="Few-shot examples in a few-shot prompt (1..max).")
     variants_per_example: int = Field(1, ge=1)

@@ -24,7 +24,8 @@ def registry():
 
 
 def _section(**train) -> SftSection:
-    base = {"batch_size": 4, "max_seq_len": 512, "logging_steps": 1, "save_steps": 1000, "learning_rate": 3e-3, "warmup_ratio": 0.0, "lr_scheduler": "constant"}
+    base = {"batch_size": 4, "max_seq_len": 512, "logging_steps": 1, "save_steps": 1000, "learning_rate": 3e-3, "warmup_ratio": 0.0,
+            "lr_scheduler": "constant"}
     return SftSection(lora={"r": 8, "alpha": 16, "dropout": 0.0}, train={**base, **train})
 
 
@@ -69,8 +70,8 @@ def test_tiny_sft_lowers_loss_and_adapter_serves(tmp_path, tiny_model_dir, regis
     target = min(t.output.labels, key=before.count)
     examples = [render_example(t, Record("sentiment", "en", x, target)) for x in inputs]
     m = T.train_sft(tiny_model_dir, examples, _section(max_steps=16, learning_rate=1e-2), tmp_path / "work", tmp_path / "adapter")
-    first = sum(r["loss"] for r in m["history"][:3]) / 3
-    last = sum(r["loss"] for r in m["history"][-3:]) / 3
+    first = sum(r["loss"] for r in m.history[:3]) / 3
+    last = sum(r["loss"] for r in m.history[-3:]) / 3
     # The tiny random model's logits are bounded by its small tied embeddings (LoRA does not touch
     # them), so its loss floor is ~ln(V) - 2.6; a drop of a fifth is what learning looks like here.
     assert last < 0.8 * first, (first, last)
@@ -89,9 +90,74 @@ def test_tiny_sft_lowers_loss_and_adapter_serves(tmp_path, tiny_model_dir, regis
 def test_resume_continues_from_checkpoint(tmp_path, tiny_model_dir, registry):
     _, examples, _ = _sentiment_examples(registry, 8)
     a = T.train_sft(tiny_model_dir, examples, _section(max_steps=2, save_steps=2), tmp_path / "w", tmp_path / "a1")
-    assert a["steps"] == 2 and a["resumed_from"] is None
+    assert a.steps == 2 and a.resumed_from is None
+    assert a.samples_per_s > 0 and a.tokens_per_s > 10 * a.samples_per_s  # every example has 10+ tokens
     b = T.train_sft(tiny_model_dir, examples, _section(max_steps=4, save_steps=2), tmp_path / "w", tmp_path / "a2", resume=True)
-    assert b["resumed_from"].endswith("checkpoint-2") and b["steps"] == 4
+    assert b.resumed_from.endswith("checkpoint-2") and b.steps == 4
+    assert [r["step"] for r in b.history] == [1, 2, 3, 4]  # the resumed run continues the same curve
+
+
+def test_trainer_defaults_are_the_fast_ones(tmp_path, tiny_model_dir, registry):
+    from domain_lm.train.packing import SEGMENT_ATTENTION
+    from domain_lm.train.sft_trainer import AnswerSFTTrainer
+
+    _, examples, _ = _sentiment_examples(registry, 4)
+    trainer = T.build_trainer(tiny_model_dir, examples, _section(max_steps=1), tmp_path / "w")
+    assert isinstance(trainer, AnswerSFTTrainer)
+    assert trainer.args.gradient_checkpointing is False  # TRL's SFTConfig would turn it on
+    assert trainer.model.get_base_model().config._attn_implementation == SEGMENT_ATTENTION
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # one padding-free row
+    assert batch["input_ids"].shape[1] == sum(len(trainer.train_dataset[i]["input_ids"]) for i in range(4))
+
+
+def _losses(trainer) -> list[float]:
+    trainer.train()
+    return [r["loss"] for r in trainer.state.log_history if "loss" in r]
+
+
+def test_padding_free_training_learns_what_padded_training_learns(tmp_path, tiny_model_dir, registry):
+    """Same examples, same order, same seed: the padded and the padding-free runs log the same
+    loss curve (LoRA dropout off, so no random mask depends on the batch layout)."""
+    _, examples, _ = _sentiment_examples(registry, 12)
+    section = _section(max_steps=3, batch_size=4, learning_rate=1e-2)
+    section.lora.dropout = 0.0
+    padded = _losses(T.build_trainer(tiny_model_dir, examples, section, tmp_path / "a", padding_free=False))
+    flat = _losses(T.build_trainer(tiny_model_dir, examples, section, tmp_path / "b", padding_free=True))
+    assert len(padded) == len(flat) == 3
+    assert flat == pytest.approx(padded, abs=1e-5)
+    assert padded[-1] != pytest.approx(padded[0], abs=1e-3)  # it trained: the comparison is not of constants
+
+
+def test_group_by_length_pads_less(tmp_path, tiny_model_dir, registry):
+    t, _, raw = _sentiment_examples(registry, 16)
+    # 64 texts of one to four sentences (the sampler sorts within groups of 4 batches, 64 // (4 * 4))
+    texts = [(" ".join([raw[i % 16]["inputs"]["text"]] * (1 + i % 4)), raw[i % 16]["output"]) for i in range(64)]
+    examples = [render_example(t, Record("sentiment", "en", {"text": text}, label)) for text, label in texts]
+
+    def padding(group: bool) -> int:
+        section = _section(max_steps=1)
+        trainer = T.build_trainer(tiny_model_dir, examples, section, tmp_path / str(group), padding_free=False, group_by_length=group)
+        batches = list(trainer.get_train_dataloader())
+        assert sum(len(b["input_ids"]) for b in batches) == len(trainer.train_dataset) == len(examples)
+        return sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+
+    grouped, shuffled = padding(True), padding(False)
+    assert grouped < shuffled / 2, (grouped, shuffled)
+
+
+def test_trl_packing_trains_with_segment_attention(tmp_path, tiny_model_dir, registry):
+    from domain_lm.train.packing import SEGMENT_ATTENTION
+
+    _, examples, _ = _sentiment_examples(registry, 8)
+    train = {"max_steps": 2, "batch_size": 2, "max_seq_len": 512, "logging_steps": 1, "save_steps": 1000}
+    section = SftSection(packing=True, lora={"r": 4, "alpha": 8}, train=train)
+    trainer = T.build_trainer(tiny_model_dir, examples, section, tmp_path / "w")
+    assert trainer.model.get_base_model().config._attn_implementation == SEGMENT_ATTENTION
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["cu_seq_lens_q"].numel() - 1 > batch["input_ids"].shape[0]  # several examples per packed row
+    losses = _losses(trainer)
+    assert len(losses) == 2 and all(x > 0 for x in losses)
 
 
 def test_sft_stage_writes_adapter_model_card_and_curve(tmp_path, tiny_model_dir):
@@ -131,7 +197,8 @@ def test_adapter_serves_through_vllm(tmp_path, tiny_model_dir, registry):
 
     t, examples, raw = _sentiment_examples(registry, 8)
     T.train_sft(tiny_model_dir, examples, _section(max_steps=2), tmp_path / "w", tmp_path / "adapter")
-    engine = create_engine(tiny_model_dir, kind="vllm", adapters={"sft": str(tmp_path / "adapter")}, gpu_memory_utilization=0.05, max_lora_rank=8)
+    adapters = {"sft": str(tmp_path / "adapter")}
+    engine = create_engine(tiny_model_dir, kind="vllm", adapters=adapters, gpu_memory_utilization=0.05, max_lora_rank=8)
     try:
         answers = TaskRunner(engine).run_batch(t, [e["inputs"] for e in raw[:4]], lang="en", adapter="sft")
     finally:

@@ -13,7 +13,7 @@ from typing import Any
 from domain_lm.config import PipelineConfig
 from domain_lm.pipeline.stage import Stage, StageContext
 from domain_lm.pipeline.store import ModelCard
-from domain_lm.train.sft_result import SftTrainResult
+from domain_lm.train.sft import SftTrainResult
 
 
 def data_hashes(config: PipelineConfig) -> dict[str, str]:
@@ -47,7 +47,7 @@ def run(ctx: StageContext) -> None:
 
     # 2. the multi-task model; checkpoints go to the stage work dir (``--resume`` looks there)
     adapter_dir = ctx.out / ("adapter" if lora else "model")
-    m = SftTrainResult(**train_sft(model_path, examples, cfg.sft, ctx.work_dir, adapter_dir, resume=ctx.resume))
+    m = train_sft(model_path, examples, cfg.sft, ctx.work_dir, adapter_dir, resume=ctx.resume)
     if lora:
         save_model(adapter_dir, ctx.out / "model")
         ctx.add_artefact("adapter", "adapter")
@@ -63,7 +63,7 @@ def run(ctx: StageContext) -> None:
         for task, exs in sorted(by_task.items()):
             sub = ctx.out / "adapters" / _safe(task)
             work = ctx.work_dir / "tasks" / _safe(task)
-            tm = SftTrainResult(**train_sft(model_path, exs, cfg.sft, work, sub, resume=ctx.resume, description=f"sft {task}"))
+            tm = train_sft(model_path, exs, cfg.sft, work, sub, resume=ctx.resume, description=f"sft {task}")
             res.metrics[f"final_loss/{task}"] = tm.final_loss
         ctx.add_artefact("adapters", "adapters")
 

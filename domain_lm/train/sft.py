@@ -8,12 +8,19 @@ prompt/completion pairs: TRL renders the prompt with the tokenizer's chat templa
 ``add_generation_prompt=True`` (exactly what the inference engines send) and masks it out, so
 the loss covers the assistant answer and its end-of-turn token. This works with any chat template,
 including those without ``{% generation %}`` markers that ``assistant_only_loss`` would need.
+
+Speed on the CPU (issue 18): no gradient checkpointing (``training_arguments``), the batch flattened
+into one padding-free row whose examples attend only to themselves (``train.packing``), the LM head
+applied only at the answer positions (``train.answer_loss``), LoRA dropout masks from uniform draws
+(``train.dropout``) and the thread count tuned while training (``train.runtime``); see
+bench/sft_speed.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +61,36 @@ def qlora_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
 
 
-def build_trainer(model_path: str | Path, examples: list[dict[str, Any]], section: SftSection, output_dir: str | Path, callbacks: list | None = None):
-    """An SFTTrainer over ``examples`` for the model at ``model_path`` (LoRA unless method=full)."""
-    from trl import SFTConfig, SFTTrainer
+def build_trainer(
+    model_path: str | Path,
+    examples: list[dict[str, Any]],
+    section: SftSection,
+    output_dir: str | Path,
+    callbacks: list | None = None,
+    padding_free: bool | None = None,
+    group_by_length: bool | None = None,
+):
+    """An SFTTrainer over ``examples`` for the model at ``model_path`` (LoRA unless method=full).
+
+    ``padding_free`` (default: ``sft.padding_free``, on) flattens each batch into one row without
+    cross-example attention; off, batches are padded to their longest example, and
+    ``group_by_length`` (default: ``sft.group_by_length``, off) batches examples of similar length
+    (less padding, a different order). With ``sft.packing`` TRL packs examples into ``max_seq_len``
+    rows instead (more examples per step), also without cross-example attention.
+    """
+    from trl import SFTConfig
 
     from domain_lm.models.loading import load_causal_lm, load_tokenizer, lora_config
-    from domain_lm.train.common import quiet_trainer, training_arguments
+    from domain_lm.train.common import on_gpu, quiet_trainer, training_arguments
+    from domain_lm.train.dropout import use_uniform_lora_dropout
+    from domain_lm.train.packing import padding_free_collator, use_segment_attention
+    from domain_lm.train.sft_trainer import AnswerSFTTrainer
+
+    # Until the config has these fields (issue 18), read them with their defaults.
+    if padding_free is None:
+        padding_free = section.padding_free
+    if group_by_length is None:
+        group_by_length = section.group_by_length
 
     tokenizer = load_tokenizer(model_path)
     if not getattr(tokenizer, "chat_template", None):
@@ -83,8 +114,24 @@ def build_trainer(model_path: str | Path, examples: list[dict[str, Any]], sectio
         assistant_only_loss=False,
         dataset_num_proc=None,
         eos_token=tokenizer.eos_token,
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=make_dataset(examples), processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks or [])
+    # Packed rows (TRL's packing, or our padding-free batches) need attention that stops at example borders.
+    padding_free = padding_free and not section.packing
+    if padding_free or section.packing:
+        use_segment_attention(model)
+    collator = padding_free_collator(tokenizer.pad_token_id) if padding_free else None
+    trainer = AnswerSFTTrainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=make_dataset(examples),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks or [],
+    )
+    if not on_gpu():
+        use_uniform_lora_dropout(trainer.model)
     return quiet_trainer(trainer)
 
 
@@ -94,9 +141,29 @@ def _load_4bit(model_path: str | Path):
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    q = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
+    )
     model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=q, device_map="auto")
     return prepare_model_for_kbit_training(model)
+
+
+@dataclass
+class SftTrainResult:
+    """What one SFT run returns: losses from the Trainer's log (None when it logged none), the step
+    and example counts, the checkpoint a resumed run started from, the log rows, and the throughput
+    of this call's training loop (real tokens, no padding; 0 when it ran no step)."""
+
+    train_loss: float
+    first_loss: float | None
+    final_loss: float | None
+    min_loss: float | None
+    steps: int
+    examples: int
+    resumed_from: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    samples_per_s: float = 0.0
+    tokens_per_s: float = 0.0
 
 
 def train_sft(
@@ -107,13 +174,12 @@ def train_sft(
     out_adapter: str | Path,
     resume: bool = False,
     description: str = "sft",
-) -> dict[str, Any]:
-    """Train on ``examples``; save the adapter (LoRA) or full model to ``out_adapter``.
-
-    Returns metrics: first/final/min loss, steps, examples, and ``history`` (the log rows).
-    """
+) -> SftTrainResult:
+    """Train on ``examples``; save the adapter (LoRA) or full model to ``out_adapter``."""
     from domain_lm.train.common import last_checkpoint, make_progress_callback, read_jsonl
+    from domain_lm.train.runtime import configure_threads
 
+    configure_threads()
     work = Path(work_dir)
     log_path = work / "log.jsonl"
     ckpt = last_checkpoint(work) if resume else None
@@ -125,13 +191,18 @@ def train_sft(
     trainer.processing_class.save_pretrained(str(out_adapter))
     history = [r for r in read_jsonl(log_path) if "loss" in r]
     losses = [r["loss"] for r in history]
-    return {
-        "train_loss": float(out.training_loss),
-        "first_loss": float(losses[0]) if losses else None,
-        "final_loss": float(losses[-1]) if losses else None,
-        "min_loss": float(min(losses)) if losses else None,
-        "steps": int(trainer.state.global_step),
-        "examples": len(examples),
-        "resumed_from": ckpt,
-        "history": history,
-    }
+    meter, world = trainer.meter, trainer.args.world_size
+    loop_s = max(meter.loop_s, 1e-9)
+    return SftTrainResult(
+        train_loss=float(out.training_loss),
+        first_loss=float(losses[0]) if losses else None,
+        final_loss=float(losses[-1]) if losses else None,
+        min_loss=float(min(losses)) if losses else None,
+        steps=int(trainer.state.global_step),
+        examples=len(examples),
+        resumed_from=ckpt,
+        history=history,
+        samples_per_s=meter.samples_total * world / loop_s if meter.samples_total else 0.0,
+        tokens_per_s=meter.tokens_total * world / loop_s if meter.tokens_total else 0.0,
+    )
+

@@ -1,0 +1,172 @@
+"""Padding-free packed batches and the completion-only LM head compute exactly what the plain
+padded batch computes: per-example losses, the batch loss and the gradients (fp32, 1e-5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from domain_lm.train.answer_loss import answer_loss, scored_positions
+from domain_lm.train.packing import SEGMENT_ATTENTION, padding_free_collator, register_segment_attention, use_segment_attention
+
+PAD = 0
+LENGTHS = (9, 17, 5, 12)  # unequal, so the padded batch really pads
+ANSWER = (2, 3, 1, 2)  # scored tokens at the end of each example, as in SFT
+
+
+def _model(attn: str = "sdpa", seed: int = 0):
+    """A tiny random Llama with grouped-query attention (4 query heads share 2 KV heads)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=128, tie_word_embeddings=True, pad_token_id=PAD,
+    )
+    model = LlamaForCausalLM(cfg).float()
+    model.set_attn_implementation(attn)
+    return model
+
+
+def _features(seed: int = 1) -> list[dict[str, list[int]]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n, a in zip(LENGTHS, ANSWER):
+        ids = torch.randint(1, 97, (n,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * (n - a) + ids[n - a :]})
+    return out
+
+
+def _padded(features):
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=PAD)(features)
+
+
+def _only(features, i):
+    """The same examples with only example ``i`` scored (its loss, in the others' company)."""
+    return [f if j == i else {**f, "labels": [-100] * len(f["labels"])} for j, f in enumerate(features)]
+
+
+def _plain_loss(model, batch) -> torch.Tensor:
+    """The reference: the model's own causal-LM loss over the full (B, T, V) logits."""
+    keys = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+    return model(**{k: v for k, v in batch.items() if k in keys}, labels=batch["labels"]).loss
+
+
+def test_collator_flattens_with_positions_and_boundaries():
+    feats = _features()
+    row = padding_free_collator(PAD)(feats)
+    n = sum(LENGTHS)
+    assert row["input_ids"].shape == (1, n) and "attention_mask" not in row
+    starts = [0, 9, 26, 31, 43]
+    assert row["cu_seq_lens_q"].tolist() == starts
+    assert row["position_ids"][0].tolist() == [p for k in LENGTHS for p in range(k)]
+    # the first token of each example is never a target (it would be predicted from the previous example)
+    assert all(row["labels"][0, s] == -100 for s in starts[:-1])
+    assert row["labels"][0].ne(-100).sum() == sum(ANSWER)
+
+
+def test_scored_positions_is_the_union_of_next_token_labels():
+    labels = torch.tensor([[-100, -100, 5, 6, -100], [-100, 7, -100, -100, -100]])
+    # position t is kept when labels[:, t + 1] is scored in some row
+    assert scored_positions(labels).tolist() == [0, 1, 2]
+    assert scored_positions(torch.full((2, 4), -100)).numel() == 0
+
+
+@pytest.mark.parametrize("attn", ["sdpa", SEGMENT_ATTENTION])
+def test_packed_row_gives_each_example_its_unpacked_loss(attn):
+    """Each example's loss in a packed row equals its loss alone, under transformers' sdpa (which
+    honours position_ids by building a block-diagonal mask) and under the per-segment attention."""
+    register_segment_attention()
+    model = _model(attn).eval()
+    feats = _features()
+    pack = padding_free_collator(PAD)
+    with torch.no_grad():
+        for i, f in enumerate(feats):
+            alone = _plain_loss(model, _padded([f]))
+            in_row = answer_loss(model, pack(_only(feats, i))).loss
+            in_padded = answer_loss(model, _padded(_only(feats, i))).loss
+            assert in_row.item() == pytest.approx(alone.item(), abs=1e-5), i
+            assert in_padded.item() == pytest.approx(alone.item(), abs=1e-5), i
+
+
+def test_a_row_without_boundaries_does_leak_across_examples():
+    """The control: concatenated without restarted positions/boundaries, later examples see the
+    earlier ones and their losses change, which the checks above would catch."""
+    model = _model(SEGMENT_ATTENTION).eval()
+    feats = _features()
+    row = padding_free_collator(PAD)(_only(feats, 1))
+    leaky = {"input_ids": row["input_ids"], "labels": row["labels"]}
+    with torch.no_grad():
+        alone = _plain_loss(model, _padded([feats[1]])).item()
+        assert abs(answer_loss(model, leaky).loss.item() - alone) > 1e-3
+
+
+def _lora_grads(model, loss) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_answer_head_loss_and_grads_equal_the_full_head(packed):
+    from peft import LoraConfig, get_peft_model
+
+    base = _model()
+    use_segment_attention(base)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False))
+    model.train()
+    feats = _features()
+    batch = padding_free_collator(PAD)(feats) if packed else _padded(feats)
+    plain = _plain_loss(model, batch)
+    ref = _lora_grads(model, plain)
+    fast = answer_loss(model, batch)
+    got = _lora_grads(model, fast.loss)
+    assert fast.loss.item() == pytest.approx(plain.item(), abs=1e-5)
+    assert fast.tokens == sum(ANSWER)
+    assert ref.keys() == got.keys() and len(ref) > 0
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_packed_and_padded_training_give_the_same_gradients():
+    """A packed row and the padded batch of the same examples: same loss, same LoRA gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    base = _model()
+    use_segment_attention(base)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False))
+    feats = _features()
+    padded = answer_loss(model, _padded(feats))
+    g_padded = _lora_grads(model, padded.loss)
+    packed = answer_loss(model, padding_free_collator(PAD)(feats))
+    g_packed = _lora_grads(model, packed.loss)
+    assert packed.loss.item() == pytest.approx(padded.loss.item(), abs=1e-5)
+    for name in g_padded:
+        torch.testing.assert_close(g_packed[name], g_padded[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_num_items_in_batch_sets_the_denominator():
+    model = _model().eval()
+    batch = _padded(_features())
+    with torch.no_grad():
+        mean = answer_loss(model, batch)
+        summed = answer_loss(model, batch, num_items_in_batch=1)
+        assert summed.loss.item() == pytest.approx(mean.loss.item() * sum(ANSWER), rel=1e-6)
+        assert 0 <= mean.correct <= mean.tokens and mean.entropy_sum > 0
+
+
+def test_a_batch_without_answers_gives_a_differentiable_zero():
+    model = _model()
+    feats = [{**f, "labels": [-100] * len(f["labels"])} for f in _features()]
+    out = answer_loss(model, padding_free_collator(PAD)(feats))
+    assert out.loss.item() == 0.0 and out.tokens == 0
+    out.loss.backward()  # no error: the step just contributes nothing
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_mask_based_attention_switches_to_segments_once(attn):
+    model = _model(attn)
+    assert use_segment_attention(model) == SEGMENT_ATTENTION
+    assert use_segment_attention(model) == SEGMENT_ATTENTION  # idempotent
