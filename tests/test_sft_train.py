@@ -121,7 +121,7 @@ def test_padding_free_training_learns_what_padded_training_learns(tmp_path, tiny
     loss curve (LoRA dropout off, so no random mask depends on the batch layout)."""
     _, examples, _ = _sentiment_examples(registry, 12)
     section = _section(max_steps=3, batch_size=4, learning_rate=1e-2)
-    section.lora.dropout = 0.0
+    section.peft.lora.dropout = 0.0
     padded = _losses(T.build_trainer(tiny_model_dir, examples, section, tmp_path / "a", padding_free=False))
     flat = _losses(T.build_trainer(tiny_model_dir, examples, section, tmp_path / "b", padding_free=True))
     assert len(padded) == len(flat) == 3
