@@ -237,8 +237,19 @@ def heldout_perplexity(model, data: PretrainData, pad_id: int, when: str) -> dic
 # --------------------------------------------------------------------------- model and trainer
 
 
+def freeze_below(model, top_layers: int) -> None:
+    """Full fine-tuning of the top ``top_layers`` transformer layers and the final norm only: the
+    embeddings (tied to the LM head in small models) and lower layers stay frozen, so backward stops
+    at the lowest trained layer (cheaper on CPU) and the general-purpose lower layers are kept."""
+    n = model.config.get_text_config().num_hidden_layers
+    trained = tuple(f".layers.{i}." for i in range(max(0, n - top_layers), n))
+    for name, p in model.named_parameters():
+        p.requires_grad = any(t in name for t in trained) or (".norm." in name and ".layers." not in name)
+
+
 def build_model(section: PretrainSection, base_path: Path):
-    """The trainable model: LoRA on the base (optionally embeddings + LM head too) or the full base."""
+    """The trainable model: LoRA on the base (optionally embeddings + LM head too), or the full base
+    (only its top ``peft.top_layers`` layers when that is set)."""
     from transformers import set_seed
 
     from domain_lm.models.loading import load_causal_lm, lora_config
@@ -246,6 +257,8 @@ def build_model(section: PretrainSection, base_path: Path):
     set_seed(section.train.seed)  # LoRA init is random: same seed -> same start
     model = load_causal_lm(base_path, dtype=torch.float32, trainable=True)
     if section.peft.method == "full":
+        if section.peft.top_layers:
+            freeze_below(model, section.peft.top_layers)
         return model
     from peft import get_peft_model
 
