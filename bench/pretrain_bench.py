@@ -24,9 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
+
+from domain_lm.pipeline.store import Run
+from domain_lm.train.pretrain import BEFORE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,6 +69,24 @@ def shared_sources(data: Path) -> list[dict]:
         if (data / sub).exists():
             out.append({"path": str(data / sub), "format": "txt", "lang": "en", "max_docs": n})
     return out
+
+
+def reuse_perplexity_before(cfg, root: Path) -> Path:
+    """Perplexity before training depends only on the base model, the corpus and the held-out
+    blocks: put an earlier run's into this run's work dir (as the stage leaves it after measuring)
+    so each bench run measures only the perplexity after. Returns the shared file."""
+    from domain_lm.core.hashing import sha256_json
+    from domain_lm.pipeline.run import fingerprint, stage_inputs
+
+    run = Run.from_config(cfg)
+    inputs = stage_inputs("pretrain", run)
+    key = sha256_json([cfg.base_model.name, inputs.results["corpus"].fingerprint, cfg.pretrain.eval_max_blocks])[:16]
+    shared = root / f"perplexity-before-{key}.json"
+    if shared.is_file():
+        work = run.work_dir("pretrain")
+        (work / "FINGERPRINT").write_text(fingerprint("pretrain", cfg, inputs))
+        shutil.copy(shared, work / BEFORE_FILE)
+    return shared
 
 
 def main() -> int:
@@ -110,8 +132,11 @@ def main() -> int:
         res, _ = run_stage(stage, cfg)
     t_corpus = time.time() - t0
     sources = json.loads((res.path / "sources.json").read_text())
+    before = reuse_perplexity_before(cfg, args.out)
     t0 = time.time()
     res, _ = run_stage("pretrain", cfg, force=True)
+    if not before.is_file():
+        shutil.copy(Run.from_config(cfg).work_dir("pretrain") / BEFORE_FILE, before)
     m = res.metrics
     dom, gen = m["ppl_domain_change_pct"], m.get("ppl_general_change_pct", float("nan"))
     row = {

@@ -44,7 +44,7 @@ def run_log(config: PipelineConfig) -> Iterator[Path | None]:
         yield None
         return
     with capture_output(Run.from_config(config).root / RUN_LOG) as path:
-        sys.stderr.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} domain-lm {' '.join(sys.argv[1:])}\n")
+        os.write(2, f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} domain-lm {' '.join(sys.argv[1:])}\n".encode())
         yield path
 
 

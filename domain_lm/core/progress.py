@@ -111,7 +111,8 @@ def capture_output(log_path: str | Path) -> Iterator[Path]:
     try:
         yield path
     except Exception:
-        sys.stderr.write(traceback.format_exc())
+        sys.stderr.flush()
+        os.write(2, traceback.format_exc().encode("utf-8", "replace"))  # fd 2 is the log, whatever sys.stderr is now
         raise
     finally:
         sys.stdout.flush()
