@@ -18,6 +18,7 @@ def _config(tmp_path: Path, model_dir: Path, name: str, *overrides: str):
         {"run": {"name": name, "output_dir": str(tmp_path / "runs")}, "base_model": {"name": str(model_dir)}},
         [
             "corpus.block_size=64",
+            "corpus.max_docs=60",  # the embedded corpus, capped (the tiny tokenizer makes many short blocks)
             "pretrain.replay_samples=4",
             "pretrain.replay_max_new_tokens=24",
             "pretrain.eval_max_blocks=16",
