@@ -100,8 +100,14 @@ def test_general_text_is_measured_never_replayed(embedded_corpus, tmp_path, tiny
     (tmp_path / "held.jsonl").write_text(json.dumps({"text": measured}) + "\n")
     (tmp_path / "replay.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in [measured, "A different general text. " * 12]))
     sec = CorpusSection(min_chars=50, block_size=64)
-    r = build_corpus([CorpusSource(path=str(tmp_path / "domain.txt"))], load_tokenizer(tiny_model_dir), sec, tmp_path / "c",
-                     [CorpusSource(path=str(tmp_path / "replay.jsonl"))], [CorpusSource(path=str(tmp_path / "held.jsonl"))])
+    r = build_corpus(
+        [CorpusSource(path=str(tmp_path / "domain.txt"))],
+        load_tokenizer(tiny_model_dir),
+        sec,
+        tmp_path / "c",
+        [CorpusSource(path=str(tmp_path / "replay.jsonl"))],
+        [CorpusSource(path=str(tmp_path / "held.jsonl"))],
+    )
     assert r["general"]["duplicates_exact"] == 1 and r["general"]["docs_out"] == 1 and r["general"]["heldout_docs"] == 0
     assert r["general_heldout"]["heldout_docs"] == 1 and r["general_heldout"]["train_docs"] == 0
 
@@ -127,8 +133,10 @@ def test_doc_column_groups_rows_and_checks_them(tmp_path, tiny_model_dir):
     from domain_lm.errors import DataError
     from domain_lm.models.loading import load_tokenizer
 
-    rows = [{"id": f"d{i % 10}", "body": f"Document d{i % 10}, part {i}. " + f"Loan covenant number {i} restricts leverage. " * 6}
-            for i in range(40)]
+    rows = [
+        {"id": f"d{i % 10}", "body": f"Document d{i % 10}, part {i}. " + f"Loan covenant number {i} restricts leverage. " * 6}
+        for i in range(40)
+    ]
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     src = CorpusSource(path=str(path), text_column="body", doc_column="id")
@@ -141,7 +149,9 @@ def test_doc_column_groups_rows_and_checks_them(tmp_path, tiny_model_dir):
     assert {d["split"] for d in docs} == {"train", "heldout"}
     # A missing column or an empty id is a clear error naming the file.
     with pytest.raises(DataError, match="no column 'doc'"):
-        build_corpus([CorpusSource(path=str(path), text_column="body", doc_column="doc")], load_tokenizer(tiny_model_dir), sec, tmp_path / "x")
+        build_corpus(
+            [CorpusSource(path=str(path), text_column="body", doc_column="doc")], load_tokenizer(tiny_model_dir), sec, tmp_path / "x"
+        )
     path.write_text(json.dumps({"id": "", "body": "x" * 80}) + "\n")
     with pytest.raises(DataError, match="doc_column value is empty"):
         build_corpus([src], load_tokenizer(tiny_model_dir), sec, tmp_path / "y")

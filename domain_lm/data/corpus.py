@@ -224,9 +224,17 @@ def _write_blocks(blocks: list[list[int]], path: Path) -> None:
 
 
 def pack_shards(
-    shards: list[Path], held: set[str] | None, tokenizer, section: CorpusSection, out: Path, part: str, stats: PartStats, only: str | None = None
+    shards: list[Path],
+    held: set[str] | None,
+    tokenizer,
+    section: CorpusSection,
+    out: Path,
+    part: str,
+    stats: PartStats,
+    only: str | None = None,
 ) -> None:
-    """Chunk + tokenize + pack every doc shard; rewrites the doc shards with split and token counts."""
+    """Chunk + tokenize + pack every doc shard; rewrites the doc shards with split and token counts.
+    A document is held out when its id is in ``held``; ``only`` puts every document on that side."""
     splitter = make_splitter(tokenizer, section.chunk_tokens)
     packers = {s: Packer(section.block_size, tokenizer.eos_token_id) for s in ("train", "heldout")}
     n_written = Counter()
