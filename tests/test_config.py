@@ -79,8 +79,11 @@ def test_malformed_override():
 
 def test_peft_section_is_shared_and_ppo_is_composed():
     cfg = build_config({"sft": {"peft": {"method": "full"}}, "ppo": {"train": {"max_steps": 3}}})
-    assert cfg.sft.peft.method == "full" and cfg.pretrain.peft.method == "lora"
-    assert cfg.pretrain.peft.top_layers == PROFILES["quick"]["pretrain"]["peft"]["top_layers"]
+    assert cfg.sft.peft.method == "full" and cfg.dpo.peft.method == "lora"
+    assert cfg.sft.peft.top_layers == PROFILES["quick"]["sft"]["peft"]["top_layers"]
+    # Continued pretraining fine-tunes the full weights unless told otherwise, also when a peft key is set.
+    assert cfg.pretrain.peft.method == "full" and cfg.pretrain.peft.top_layers is None
+    assert build_config({"pretrain": {"peft": {"top_layers": 12}}}).pretrain.peft.method == "full"
     # PPO: TrainSection (with PPO's defaults where the file is silent) + rollout + tricks
     assert cfg.ppo.train.max_steps == 3 and cfg.ppo.train.learning_rate == PROFILES["quick"]["ppo"]["train"]["learning_rate"]
     assert PpoSection(train={"max_steps": 5}).train.learning_rate == 1e-5
