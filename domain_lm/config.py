@@ -500,6 +500,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pretrain": {
             "replay_samples": 8,
             "replay_fraction": 0.1,
+            "eval_max_blocks": 32,  # 8k tokens per perplexity, spread over the held-out documents (4 measurements)
             "train": {"max_steps": 32, "batch_size": 4, "max_seq_len": 256, "save_steps": 16, "learning_rate": 2e-4,
                       "warmup_ratio": 0.05},
         },
