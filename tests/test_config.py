@@ -79,8 +79,11 @@ def test_malformed_override():
 
 def test_peft_section_is_shared_and_ppo_is_composed():
     cfg = build_config({"sft": {"peft": {"method": "full"}}, "ppo": {"train": {"max_steps": 3}}})
-    assert cfg.sft.peft.method == "full" and cfg.pretrain.peft.method == "lora"
-    assert cfg.pretrain.peft.top_layers == PROFILES["quick"]["pretrain"]["peft"]["top_layers"]
+    assert cfg.sft.peft.method == "full" and cfg.dpo.peft.method == "lora"
+    assert cfg.sft.peft.top_layers == PROFILES["quick"]["sft"]["peft"]["top_layers"]
+    # Continued pretraining fine-tunes the full weights unless told otherwise, also when a peft key is set.
+    assert cfg.pretrain.peft.method == "full" and cfg.pretrain.peft.top_layers is None
+    assert build_config({"pretrain": {"peft": {"top_layers": 12}}}).pretrain.peft.method == "full"
     # PPO: TrainSection (with PPO's defaults where the file is silent) + rollout + tricks
     assert cfg.ppo.train.max_steps == 3 and cfg.ppo.train.learning_rate == PROFILES["quick"]["ppo"]["train"]["learning_rate"]
     assert PpoSection(train={"max_steps": 5}).train.learning_rate == 1e-5
@@ -146,3 +149,28 @@ def test_show_config_prints_new_keys_and_warns_once_on_stderr(tmp_path):
     shown = yaml.safe_load(proc.stdout)
     assert shown["sft"]["peft"]["top_layers"] == 8 and "lora_top_layers" not in shown["sft"]
     assert proc.stderr.count("lora_top_layers") == 1 and "sft.peft.top_layers" in proc.stderr
+
+
+def test_each_stage_keeps_its_own_training_defaults_when_some_train_keys_are_set(tmp_path):
+    """Setting one `train` key (profiles set several) must not reset the stage's other defaults to
+    the generic TrainSection's: the quick profile's DPO trains at DPO's 5e-5, not 2e-4."""
+    from domain_lm.config import DpoSection, RewardSection, TrainSection
+    from domain_lm.train.common import training_arguments
+
+    quick = build_config({})
+    assert "learning_rate" not in PROFILES["quick"]["dpo"]["train"]
+    assert quick.dpo.train.learning_rate == 5e-5 and quick.dpo.train.max_steps == PROFILES["quick"]["dpo"]["train"]["max_steps"]
+    full = build_config({"profile": "full"})
+    assert full.reward.train.learning_rate == 1e-4 and full.dpo.train.learning_rate == 5e-5
+    assert full.sft.train.learning_rate == 2e-4
+    assert DpoSection(train={"max_steps": 3}).train.learning_rate == 5e-5
+    assert RewardSection(train={"batch_size": 2}).train.learning_rate == 1e-4
+    # The file still wins over the stage default, and every stage's section is still a TrainSection.
+    assert build_config({"dpo": {"train": {"learning_rate": 1e-6}}}).dpo.train.learning_rate == 1e-6
+    for name in ("pretrain", "sft", "reward", "dpo", "ppo"):
+        assert isinstance(getattr(quick, name).train, TrainSection)
+    # What the trainers are built with: the stage's learning rate reaches TrainingArguments.
+    for name in ("pretrain", "sft", "reward", "dpo"):
+        section = getattr(quick, name).train
+        args = training_arguments(section, tmp_path / name)
+        assert args.learning_rate == section.learning_rate and args.max_steps == section.max_steps

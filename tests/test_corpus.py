@@ -42,7 +42,10 @@ def _pdf_bytes(pages: list[list[str]]) -> bytes:
         stream = "\n".join(ops).encode("latin-1")
         objs.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
         content_id = len(objs)
-        objs.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents %d 0 R /Resources << /Font << /F1 %d 0 R >> >> >>" % (content_id, 0))
+        objs.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents %d 0 R /Resources << /Font << /F1 %d 0 R >> >> >>"
+            % (content_id, 0)
+        )
         kids.append(len(objs))
     objs.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
     font_id = len(objs)
@@ -125,7 +128,10 @@ def _fix_csv_column(section: CorpusSection, d: Path) -> CorpusSection:
             "sources": [
                 CorpusSource(path=str(d), format="jsonl", text_column="body"),
                 CorpusSource(path=str(d), format="csv", text_column="text"),
-                *[CorpusSource(path=str(d / f)) for f in ("a.txt", "b.md", "a_copy.txt", "a_near.txt", "report.pdf", "memo.docx", "zh.txt")],
+                *[
+                    CorpusSource(path=str(d / f))
+                    for f in ("a.txt", "b.md", "a_copy.txt", "a_near.txt", "report.pdf", "memo.docx", "zh.txt")
+                ],
             ]
         }
     )
@@ -277,7 +283,10 @@ def test_blank_line_split_and_max_docs(tmp_path, tiny_model_dir):
     r = build_corpus(sec.sources, tok, sec, tmp_path / "out")["domain"]
     assert r["docs_in"] == 3 and r["docs_out"] == 3 and r["heldout_docs"] == 0
     # Per-source cap: 2 from the first source, all 5 from the second.
-    sec = CorpusSection(sources=[CorpusSource(path=str(f), split="blank_line", max_docs=2), CorpusSource(path=str(f), split="blank_line")], heldout_fraction=0.0)
+    sec = CorpusSection(
+        sources=[CorpusSource(path=str(f), split="blank_line", max_docs=2), CorpusSource(path=str(f), split="blank_line")],
+        heldout_fraction=0.0,
+    )
     r = build_corpus(sec.sources, tok, sec, tmp_path / "out2")["domain"]
     assert r["docs_in"] == 7 and r["duplicates_exact"] == 2
 
@@ -288,27 +297,38 @@ def test_cli_standalone_build(tmp_path, tiny_model_dir, mixed_sources):
     from domain_lm.cli import app
 
     out = tmp_path / "cli-out"
-    res = CliRunner().invoke(app, ["corpus", "build", "--source", str(mixed_sources / "a.txt"), "--source", str(mixed_sources / "zh.txt"), "--out", str(out), "-s", f"base_model.name={tiny_model_dir}"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "corpus",
+            "build",
+            "--source",
+            str(mixed_sources / "a.txt"),
+            "--source",
+            str(mixed_sources / "zh.txt"),
+            "--out",
+            str(out),
+            "-s",
+            f"base_model.name={tiny_model_dir}",
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
     assert report["domain"]["docs_out"] == 2
 
 
-def test_cache_key_follows_content_not_location(tmp_path, tiny_model_dir):
+def test_cache_key_follows_content_not_location(tmp_path, tiny_model_dir, mixed_sources, section):
+    import shutil
+
     from domain_lm.data.corpus import build_corpus_cached
-    from domain_lm.data.demo_corpus import write_demo_corpus
     from domain_lm.models.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir)
-    a, b = write_demo_corpus(tmp_path / "run1" / "demo"), write_demo_corpus(tmp_path / "run2" / "demo")
+    a, b = (shutil.copytree(mixed_sources, tmp_path / run / "sources") for run in ("run1", "run2"))
     cache = tmp_path / "cache"
-    r1, c1 = build_corpus_cached(CorpusSection(sources=[CorpusSource(path=str(a))]), tok, tmp_path / "o1", cache_dir=cache)
-    r2, c2 = build_corpus_cached(CorpusSection(sources=[CorpusSource(path=str(b))]), tok, tmp_path / "o2", cache_dir=cache)
-    assert (c1, c2) == (False, True) and r1 == r2
-    d = r1["domain"]
-    # The demo corpus shows the pipeline's work: a copy, near-duplicates, a fragment, PII, Chinese.
-    assert d["duplicates_exact"] >= 1 and d["duplicates_near"] >= 1 and d["too_short"] == 1
-    assert {"EMAIL", "PHONE", "CARD_NUMBER", "ID_NUMBER"} <= set(d["pii_hits"]) and d["docs_by_lang"]["zh"] >= 2
+    r1, c1 = build_corpus_cached(_fix_csv_column(section, a), tok, tmp_path / "o1", cache_dir=cache)
+    r2, c2 = build_corpus_cached(_fix_csv_column(section, b), tok, tmp_path / "o2", cache_dir=cache)
+    assert (c1, c2) == (False, True) and r1 == r2 and r1["domain"]["docs_out"] == 9
 
 
 def test_cli_missing_source_exits_2_and_writes_nothing(tmp_path):
@@ -316,6 +336,11 @@ def test_cli_missing_source_exits_2_and_writes_nothing(tmp_path):
     import sys
 
     out = tmp_path / "never"
-    proc = subprocess.run([sys.executable, "-m", "domain_lm", "corpus", "build", "--source", str(tmp_path / "missing_dir"), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "domain_lm", "corpus", "build", "--source", str(tmp_path / "missing_dir"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "missing_dir" in proc.stdout + proc.stderr
     assert not out.exists()

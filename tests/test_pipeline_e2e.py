@@ -20,7 +20,8 @@ def _config(tmp_path, model_dir) -> dict:
         "profile": "quick",
         "run": {"name": "e2e", "output_dir": str(tmp_path / "runs")},
         "base_model": {"name": str(model_dir)},
-        "corpus": {"block_size": 64, "chunk_tokens": 64, "min_chars": 40},
+        # The embedded corpus (no sources), capped: the tiny tokenizer makes many short blocks.
+        "corpus": {"block_size": 64, "chunk_tokens": 64, "min_chars": 40, "max_docs": 60},
         "pretrain": {
             "replay_samples": 2,
             "train": {"max_steps": 6, "batch_size": 2, "max_seq_len": 64, "save_steps": 2, "logging_steps": 1},

@@ -18,6 +18,7 @@ def _config(tmp_path: Path, model_dir: Path, name: str, *overrides: str):
         {"run": {"name": name, "output_dir": str(tmp_path / "runs")}, "base_model": {"name": str(model_dir)}},
         [
             "corpus.block_size=64",
+            "corpus.max_docs=60",  # the embedded corpus, capped (the tiny tokenizer makes many short blocks)
             "pretrain.replay_samples=4",
             "pretrain.replay_max_new_tokens=24",
             "pretrain.eval_max_blocks=16",
@@ -25,6 +26,7 @@ def _config(tmp_path: Path, model_dir: Path, name: str, *overrides: str):
             "pretrain.train.logging_steps=1",
             "pretrain.train.learning_rate=0.003",
             "pretrain.train.warmup_ratio=0.0",
+            "pretrain.peft.method=lora",  # the default is full fine-tuning (test_full_finetune_with_general_corpus)
             "pretrain.peft.lora.dropout=0.1",  # dropout consumes RNG: resume must restore it
             *overrides,
         ],
@@ -231,6 +233,30 @@ def test_lora_top_layers_limits_trainable_params(tiny_model_dir):
     from domain_lm.config import PretrainSection
     from domain_lm.train.pretrain import build_model
 
-    model = build_model(PretrainSection(peft={"top_layers": 1}), tiny_model_dir)
+    model = build_model(PretrainSection(peft={"method": "lora", "top_layers": 1}), tiny_model_dir)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".layers.1." in n for n in trainable)  # the tiny model has layers 0 and 1
+
+
+def test_full_finetune_of_top_layers_freezes_embeddings_and_lower_layers(tiny_model_dir):
+    from domain_lm.config import PretrainSection
+    from domain_lm.train.pretrain import build_model
+
+    assert PretrainSection().peft.method == "full"  # the default: full fine-tuning of every layer
+    everything = build_model(PretrainSection(), tiny_model_dir)
+    assert all(p.requires_grad for p in everything.parameters())
+    model = build_model(PretrainSection(peft={"top_layers": 1}), tiny_model_dir)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".layers.1." in n for n in trainable - {"model.norm.weight"}) and "model.norm.weight" in trainable
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "model.embed_tokens.weight" in frozen and any(".layers.0." in n for n in frozen)
+    # The gradient stops at the lowest trained layer: one step changes layer 1 only.
+    import torch
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).zero_grad()
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable and all(p.grad is None for n, p in model.named_parameters() if n in frozen)

@@ -33,7 +33,7 @@ def build(
         run_stage_command("corpus", config, items, force=force)
         return
     from domain_lm.data.corpus import build_corpus_cached
-    from domain_lm.data.demo_corpus import with_demo_sources
+    from domain_lm.data.corpus_sources import with_default_sources
     from domain_lm.models import registry
     from domain_lm.models.loading import load_tokenizer
 
@@ -45,7 +45,7 @@ def build(
     check_sources(list(cfg.corpus.sources) + list(cfg.corpus.general_sources))  # bad path: fail before writing
     tokenizer = load_tokenizer(registry.resolve(cfg.base_model.name, store=cfg.base_model.store))
     out.mkdir(parents=True, exist_ok=True)
-    section = with_demo_sources(cfg.corpus, out / ".sources")
+    section = with_default_sources(cfg.corpus, out / ".sources")
     report, cached = build_corpus_cached(section, tokenizer, out)
     d = report["domain"]
     console.print(

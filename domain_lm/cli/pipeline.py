@@ -9,7 +9,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from domain_lm.cli.common import OverrideOpt, config_from
+from domain_lm.cli.common import OverrideOpt, config_from, run_log
 from domain_lm.core.progress import console
 
 app = typer.Typer(no_args_is_help=True)
@@ -29,18 +29,22 @@ def run_cmd(
     keep_serving: Annotated[bool, typer.Option("--keep-serving", help="Keep the service running after the demo requests.")] = False,
 ) -> None:
     """Run base import -> corpus -> pretrain -> SFT -> reward -> PPO/DPO -> eval, then the report."""
-    from domain_lm.pipeline.run import final_model, run_pipeline
+    from domain_lm.pipeline.run import final_model, preflight, run_pipeline
     from domain_lm.pipeline.store import Run
 
     cfg = config_from(config, overrides)
-    run_pipeline(cfg, force=force, until=until)
-    if serve_demo or keep_serving:
-        from domain_lm.serve_demo import serve_and_answer
+    preflight(cfg)  # a bad path or model fails here, before the run directory (and its log) exists
+    with run_log(cfg) as log:
+        run_pipeline(cfg, force=force, until=until)
+        if serve_demo or keep_serving:
+            from domain_lm.serve_demo import serve_and_answer
 
-        run = Run.from_config(cfg)
-        stage, model = final_model(run)
-        console.print(f"[bold]serving[/] the {stage} model: {model}")
-        serve_and_answer(cfg, model, keep_serving=keep_serving, log_path=run.root / "serve.log")
+            run = Run.from_config(cfg)
+            stage, model = final_model(run)
+            console.print(f"[bold]serving[/] the {stage} model: {model}")
+            serve_and_answer(cfg, model, keep_serving=keep_serving, log_path=run.root / "serve.log")
+    if log is not None:
+        console.print(f"[bold]log[/]: {log} (library warnings and engine output)")
 
 
 @app.command("status")

@@ -5,7 +5,9 @@ Two streaming passes, so memory stays bounded by one shard of ``shard_docs`` doc
 1. raw documents are cleaned, filtered, scrubbed and de-duplicated, then written to
    ``docs/<part>-NNNNN.jsonl`` shards (only ids and digests stay in memory);
 2. the held-out documents are chosen by a seeded hash of their ids (so the split is by
-   *document*, deterministic, and independent of file order), then each shard is chunked with
+   *document*, deterministic, and independent of file order; a document id from a source's
+   ``doc_column`` is hashed exactly as the task data's document ids are, ``embedded.doc_is_heldout``,
+   so a held-out task document is held out here too), then each shard is chunked with
    ``langchain-text-splitters`` (token-aware, paragraph and Chinese-sentence separators) and packed
    into fixed-length blocks with EOS between documents, written to ``blocks/<part>-<split>-NNNNN.parquet``.
 
@@ -14,11 +16,15 @@ content of every input file, the corpus config and the tokenizer; ``build_corpus
 
 Layout of a corpus directory::
 
-    docs/domain-00000.jsonl        {"id", "source", "lang", "split", "tokens", "text"}
+    docs/domain-00000.jsonl        {"id", "source", "lang", "split", "tokens", "text"[, "doc"]}
     blocks/domain-train-00000.parquet   column input_ids (list of token ids, <= block_size)
     blocks/domain-heldout-00000.parquet
-    blocks/general-{train,heldout}-*.parquet   (when general_sources are given)
+    blocks/general-train-*.parquet     replay text (general_sources), every document trains
+    blocks/general-heldout-*.parquet   general text for perplexity only (general_heldout_sources)
     report.json  report.md  length_hist.png
+
+The general parts are disjoint by construction: the held-out general text is built first and a
+replay document that duplicates one of its documents (exactly or nearly) is dropped.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal
 
 from domain_lm.config import CorpusSection, CorpusSource
 from domain_lm.core import atomic
@@ -39,7 +45,7 @@ from domain_lm.data.corpus_clean import clean_document, detect_lang, effective_l
 from domain_lm.data.dedupe import Deduper, exact_key
 from domain_lm.data.extract import RawDoc, check_sources, iter_documents
 
-CORPUS_VERSION = 1  # bump when the processing changes, so old cache entries are not reused
+CORPUS_VERSION = 2  # bump when the processing changes, so old cache entries are not reused
 MIN_BLOCK_TOKENS = 16
 SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", "，", "、", ". ", "! ", "? ", "; ", " ", ""]
 
@@ -88,11 +94,18 @@ class PartStats:
         }
 
 
-def clean_stream(raw: Iterable[RawDoc], section: CorpusSection, stats: PartStats) -> Iterator[dict[str, Any]]:
-    """Clean, length-filter, scrub and de-duplicate raw documents (a generator)."""
+def make_deduper(section: CorpusSection) -> Deduper:
+    return Deduper(threshold=section.near_dup_threshold, num_perm=section.num_perm, seed=section.seed)
+
+
+def clean_stream(
+    raw: Iterable[RawDoc], section: CorpusSection, stats: PartStats, dedupe: Deduper | None = None
+) -> Iterator[dict[str, Any]]:
+    """Clean, length-filter, scrub and de-duplicate raw documents (a generator). ``dedupe`` may
+    already hold documents (of another part) whose duplicates are to be dropped too."""
     from domain_lm.pii import scrub
 
-    dedupe = Deduper(threshold=section.near_dup_threshold, num_perm=section.num_perm, seed=section.seed)
+    dedupe = dedupe or make_deduper(section)
     for doc in raw:
         if section.max_docs is not None and stats.docs_in >= section.max_docs:
             break
@@ -115,14 +128,18 @@ def clean_stream(raw: Iterable[RawDoc], section: CorpusSection, stats: PartStats
         lang = doc.lang if doc.lang != "auto" else detect_lang(text)
         stats.docs_out += 1
         stats.docs_by_lang[lang] += 1
-        yield {"id": doc_id, "source": doc.source, "lang": lang, "text": text}
+        out = {"id": doc_id, "source": doc.source, "lang": lang, "text": text}
+        yield out if doc.doc is None else {**out, "doc": doc.doc}
 
 
-def write_doc_shards(docs: Iterable[dict[str, Any]], out: Path, part: str, shard_docs: int) -> tuple[list[Path], list[str]]:
-    """Write documents to JSONL shards of ``shard_docs``; returns the shard paths and doc ids."""
+def write_doc_shards(
+    docs: Iterable[dict[str, Any]], out: Path, part: str, shard_docs: int
+) -> tuple[list[Path], dict[str, str | None]]:
+    """Write documents to JSONL shards of ``shard_docs``; returns the shard paths and, per doc id in
+    order, its source document id (``doc``, None when the source has no ``doc_column``)."""
     out.mkdir(parents=True, exist_ok=True)
     shards: list[Path] = []
-    ids: list[str] = []
+    ids: dict[str, str | None] = {}
     fh = None
     for doc in docs:
         if len(ids) % shard_docs == 0:
@@ -131,7 +148,7 @@ def write_doc_shards(docs: Iterable[dict[str, Any]], out: Path, part: str, shard
             shards.append(out / f"{part}-{len(shards):05d}.jsonl")
             fh = shards[-1].open("w", encoding="utf-8")
         fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
-        ids.append(doc["id"])
+        ids[doc["id"]] = doc.get("doc")
     if fh:
         fh.close()
     return shards, ids
@@ -146,6 +163,20 @@ def heldout_ids(ids: list[str], fraction: float, seed: int) -> set[str]:
     n = min(len(ids) - 1, max(1, round(fraction * len(ids))))
     ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
     return set(ranked[:n])
+
+
+def heldout_split(ids: dict[str, str | None], fraction: float, seed: int) -> set[str]:
+    """The held-out doc ids of one part.
+
+    A document with a source document id is held out iff ``doc_is_heldout(doc, fraction, seed)``:
+    the rule the task data is split by, so both sides agree on every shared document. The others
+    are split among themselves by ``heldout_ids``."""
+    from domain_lm.data.embedded import doc_is_heldout
+
+    if fraction <= 0:
+        return set()
+    held = {i for i, doc in ids.items() if doc is not None and doc_is_heldout(doc, fraction, seed)}
+    return held | heldout_ids([i for i, doc in ids.items() if doc is None], fraction, seed)
 
 
 # --------------------------------------------------------------------------- pass 2: chunk and pack
@@ -192,8 +223,18 @@ def _write_blocks(blocks: list[list[int]], path: Path) -> None:
     pq.write_table(table, path)
 
 
-def pack_shards(shards: list[Path], held: set[str], tokenizer, section: CorpusSection, out: Path, part: str, stats: PartStats) -> None:
-    """Chunk + tokenize + pack every doc shard; rewrites the doc shards with split and token counts."""
+def pack_shards(
+    shards: list[Path],
+    held: set[str] | None,
+    tokenizer,
+    section: CorpusSection,
+    out: Path,
+    part: str,
+    stats: PartStats,
+    only: str | None = None,
+) -> None:
+    """Chunk + tokenize + pack every doc shard; rewrites the doc shards with split and token counts.
+    A document is held out when its id is in ``held``; ``only`` puts every document on that side."""
     splitter = make_splitter(tokenizer, section.chunk_tokens)
     packers = {s: Packer(section.block_size, tokenizer.eos_token_id) for s in ("train", "heldout")}
     n_written = Counter()
@@ -210,7 +251,7 @@ def pack_shards(shards: list[Path], held: set[str], tokenizer, section: CorpusSe
         pending: dict[str, list[list[int]]] = {"train": [], "heldout": []}
         docs = [json.loads(line) for line in shard.read_text(encoding="utf-8").splitlines()]
         for doc in docs:
-            split = "heldout" if doc["id"] in held else "train"
+            split = only or ("heldout" if doc["id"] in (held or ()) else "train")
             chunks = splitter.split_text(doc["text"])
             stats.chunks += len(chunks)
             ids: list[int] = []
@@ -229,11 +270,23 @@ def pack_shards(shards: list[Path], held: set[str], tokenizer, section: CorpusSe
         emit(split, packer.flush())
 
 
-def build_part(sources: list[CorpusSource], tokenizer, section: CorpusSection, out: Path, part: str) -> PartStats:
+def build_part(
+    sources: list[CorpusSource],
+    tokenizer,
+    section: CorpusSection,
+    out: Path,
+    part: str,
+    only: Literal["train", "heldout"] | None = None,
+    dedupe: Deduper | None = None,
+    files: str | None = None,
+) -> PartStats:
+    """Build one part of the corpus: documents into ``docs/<files>-*.jsonl``, blocks into
+    ``blocks/<part>-<split>-*.parquet``; ``only`` puts every document on one side of the split."""
     stats = PartStats()
-    shards, ids = write_doc_shards(clean_stream(iter_documents(sources), section, stats), out / "docs", part, section.shard_docs)
-    held = heldout_ids(ids, section.heldout_fraction, section.seed)
-    pack_shards(shards, held, tokenizer, section, out, part, stats)
+    docs = clean_stream(iter_documents(sources), section, stats, dedupe)
+    shards, ids = write_doc_shards(docs, out / "docs", files or part, section.shard_docs)
+    held = None if only else heldout_split(ids, section.heldout_fraction, section.seed)
+    pack_shards(shards, held, tokenizer, section, out, part, stats, only)
     return stats
 
 
@@ -261,11 +314,12 @@ def _plot_lengths(parts: dict[str, PartStats], path: Path) -> None:
 
 def _markdown(report: dict[str, Any]) -> str:
     lines = ["# Corpus report", "", f"Block size {report['block_size']} tokens, chunk size {report['chunk_tokens']} tokens.", ""]
-    for part in ("domain", "general"):
+    titles = {"domain": "Domain text", "general": "General text (replay)", "general_heldout": "General text (held out, measured only)"}
+    for part, title in titles.items():
         r = report.get(part)
         if not r:
             continue
-        lines += [f"## {part.capitalize()} text", "", "| item | value |", "|---|---|"]
+        lines += [f"## {title}", "", "| item | value |", "|---|---|"]
         for k, v in r.items():
             lines.append(f"| {k} | {json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v} |")
         lines.append("")
@@ -274,16 +328,31 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 def build_corpus(
-    sources: list[CorpusSource], tokenizer, section: CorpusSection, out: str | Path, general_sources: list[CorpusSource] | None = None
+    sources: list[CorpusSource],
+    tokenizer,
+    section: CorpusSection,
+    out: str | Path,
+    general_sources: list[CorpusSource] | None = None,
+    general_heldout_sources: list[CorpusSource] | None = None,
 ) -> dict[str, Any]:
     """Build the corpus into ``out`` (which must be empty or absent); returns the report dict.
 
-    Every source is checked first, so a bad path raises DataError before anything is written."""
-    check_sources(list(sources) + list(general_sources or []))
+    ``general_sources`` become replay blocks (``general-train``), ``general_heldout_sources`` the
+    blocks general perplexity is measured on (``general-heldout``); with no held-out general text,
+    the general sources are split like the domain ones. Every source is checked first, so a bad
+    path raises DataError before anything is written."""
+    check_sources(list(sources) + list(general_sources or []) + list(general_heldout_sources or []))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     parts = {"domain": build_part(sources, tokenizer, section, out, "domain")}
-    if general_sources:
+    if general_heldout_sources:
+        seen = make_deduper(section)  # remembers the measured text, so replay never repeats it
+        parts["general_heldout"] = build_part(
+            general_heldout_sources, tokenizer, section, out, "general", only="heldout", dedupe=seen, files="general_heldout"
+        )
+        if general_sources:
+            parts["general"] = build_part(general_sources, tokenizer, section, out, "general", only="train", dedupe=seen)
+    elif general_sources:
         parts["general"] = build_part(general_sources, tokenizer, section, out, "general")
     report: dict[str, Any] = {"block_size": section.block_size, "chunk_tokens": section.chunk_tokens}
     report.update({name: st.to_dict() for name, st in parts.items()})
@@ -322,9 +391,10 @@ def cache_key(section: CorpusSection, tokenizer) -> str:
     return sha256_json(
         {
             "version": CORPUS_VERSION,
-            "section": section.model_dump(mode="json", exclude={"cache", "sources", "general_sources"}),
+            "section": section.model_dump(mode="json", exclude={"cache", "sources", "general_sources", "general_heldout_sources"}),
             "domain": _content_key(section.sources),
             "general": _content_key(section.general_sources),
+            "general_heldout": _content_key(section.general_heldout_sources),
             "tokenizer": tokenizer_hash(tokenizer),
         }
     )
@@ -354,17 +424,18 @@ def build_corpus_cached(
     """``build_corpus`` through the content-hash cache (default ``cache_root()``). Returns (report, cached)."""
     out = Path(out)
     if not section.sources:
-        raise ValueError("build_corpus_cached needs corpus.sources (the stage fills in the demo corpus when empty)")
+        raise ValueError("build_corpus_cached needs corpus.sources (the stage fills in the embedded corpus when empty)")
     key = cache_key(section, tokenizer)
     entry = Path(cache_dir or cache_root()) / key
     if section.cache and (entry / "report.json").is_file():
         _copy_tree(entry, out)
         report = json.loads((entry / "report.json").read_text(encoding="utf-8"))
         return report, True
+    parts = (section.sources, section.general_sources, section.general_heldout_sources)
     if not section.cache:
-        return build_corpus(section.sources, tokenizer, section, out, section.general_sources), False
+        return build_corpus(parts[0], tokenizer, section, out, *parts[1:]), False
     with atomic.atomic_dir(entry) as staging:
-        report = build_corpus(section.sources, tokenizer, section, staging, section.general_sources)
+        report = build_corpus(parts[0], tokenizer, section, staging, *parts[1:])
     _copy_tree(entry, out)
     return report, False
 

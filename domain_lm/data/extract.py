@@ -24,6 +24,7 @@ class RawDoc:
     source: str  # file path (plus "#row" / "#doc" for multi-document files)
     text: str
     lang: str = "auto"
+    doc: str | None = None  # the document id from the source's doc_column (decides the held-out split)
 
 
 def source_files(src: CorpusSource) -> list[Path]:
@@ -48,6 +49,8 @@ def check_sources(sources: list[CorpusSource]) -> list[tuple[CorpusSource, Path]
             fmt = file_format(src, f)
             if fmt is None:
                 raise DataError(f"Corpus file {f} has an unsupported type; use one of {', '.join(sorted(SUFFIX_FORMAT))} or set format.")
+            if src.doc_column is not None and fmt not in ("jsonl", "csv"):
+                raise DataError(f"Corpus file {f} is {fmt}, but doc_column is set: document ids are read from jsonl/csv columns only.")
             try:
                 with open(f, "rb") as fh:
                     fh.read(1)
@@ -104,14 +107,22 @@ def _table_docs(src: CorpusSource, f: Path) -> Iterator[RawDoc]:
     row = 0
     with reader as chunks:
         for chunk in chunks:
-            if src.text_column not in chunk.columns:
-                raise DataError(
-                    f"Corpus file {f} has no column {src.text_column!r} (columns: {list(chunk.columns)}). Set text_column in the source."
-                )
-            for value in chunk[src.text_column].tolist():
+            for column, key in ((src.text_column, "text_column"), (src.doc_column, "doc_column")):
+                if column is not None and column not in chunk.columns:
+                    raise DataError(f"Corpus file {f} has no column {column!r} (columns: {list(chunk.columns)}). Set {key} in the source.")
+            docs = chunk[src.doc_column].tolist() if src.doc_column else [None] * len(chunk)
+            for value, doc in zip(chunk[src.text_column].tolist(), docs):
                 if isinstance(value, str) and value.strip():
-                    yield RawDoc(f"{f}#{row}", value, src.lang)
+                    yield RawDoc(f"{f}#{row}", value, src.lang, None if src.doc_column is None else _doc_id(doc, f, row))
                 row += 1
+
+
+def _doc_id(value: object, f: Path, row: int) -> str:
+    """A row's document id as text. A row without one is an error: it could not be kept on the side
+    of the split its document is on."""
+    if value is None or (isinstance(value, float) and value != value) or not str(value).strip():  # None, NaN or blank
+        raise DataError(f"Corpus file {f}, row {row}: the doc_column value is empty. Give every row its document id.")
+    return str(value)
 
 
 def _pdf_docs(src: CorpusSource, f: Path) -> Iterator[RawDoc]:

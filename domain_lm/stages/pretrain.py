@@ -10,16 +10,30 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from domain_lm.config import PipelineConfig
 from domain_lm.core import atomic
 from domain_lm.pipeline.stage import Stage, StageContext
 from domain_lm.pipeline.store import ModelCard, Run
 
+if TYPE_CHECKING:
+    from domain_lm.train.pretrain import PretrainData
 
-def _write_report(out: Path, metrics: dict[str, Any], method: str, general_source: str) -> None:
-    lines = ["# Continued pretraining", "", f"Method: {method}; replay from {general_source}.", "", "| metric | value |", "|---|---|"]
+
+def text_notes(data: PretrainData) -> list[str]:
+    """Which text each perplexity and the replay come from."""
+    return [
+        f"domain perplexity (ppl_domain_*): {len(data.domain_heldout)} blocks of {data.domain_heldout_source}",
+        f"general perplexity (ppl_general_*): {len(data.general_heldout)} blocks of {data.general_heldout_source}",
+        f"replay: {data.n_replay} blocks of {data.general_source}",
+    ]
+
+
+def _write_report(out: Path, metrics: dict[str, Any], method: str, data: PretrainData) -> None:
+    lines = ["# Continued pretraining", "", f"Method: {method}.", ""]
+    lines += [f"- {note}" for note in text_notes(data)]
+    lines += ["", "| metric | value |", "|---|---|"]
     for k, v in metrics.items():
         lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
     lines += ["", "![training curves](curves.png)", ""]
@@ -82,7 +96,7 @@ def run(ctx: StageContext) -> None:
         }
     )
     method = section.peft.method + (" + embeddings/LM head" if lora and section.train_embeddings else "")
-    _write_report(out, {k: v for k, v in m.items() if isinstance(v, (int, float, bool))}, method, t.data.general_source)
+    _write_report(out, {k: v for k, v in m.items() if isinstance(v, (int, float, bool))}, method, t.data)
     ctx.add_artefact("report", "report.md")
     res.inputs["corpus"] = corpus.fingerprint
     ctx.set_model_card(
@@ -91,12 +105,8 @@ def run(ctx: StageContext) -> None:
             base_model=str(base_path),
             method=method,
             description="Continued causal-LM pretraining on the bank-domain corpus, with replay of general text against forgetting. "
-            "Perplexity is measured on held-out domain documents and held-out general text, before and after training.",
-            data_notes=[
-                f"domain training blocks: {t.data.n_domain} x {block_size} tokens; "
-                f"replay blocks: {t.data.n_replay} ({t.data.general_source})",
-                f"held-out perplexity blocks: domain {len(t.data.domain_heldout)}, general {len(t.data.general_heldout)}",
-            ],
+            "Perplexity is measured on held-out domain documents and on general text that is never trained on, before and after.",
+            data_notes=[f"domain training blocks: {t.data.n_domain} x {block_size} tokens", *text_notes(t.data)],
         )
     )
 

@@ -6,7 +6,9 @@ saved for the stage (``PretrainResult``).
 
 Replay against forgetting (continual-pretraining practice, e.g. Ibrahim et al. 2024,
 arXiv:2403.08763): ``replay_fraction`` of the training blocks are general text, from the
-corpus stage's general sources or, when none, text sampled from the base model before training.
+corpus stage's general replay blocks or, when none, text sampled from the base model before
+training. General perplexity is measured on the corpus stage's held-out general blocks (text
+that is never replayed), else on held-out base-model samples.
 
 Distributed: the same code runs under ``deepspeed``/``torchrun``; every rank calls ``train``
 (rank 0 through the run store, see ``domain_lm.stages.pretrain``).
@@ -30,6 +32,26 @@ from domain_lm.errors import DataError
 
 REPLAY_FILE = "replay_samples.jsonl"
 BEFORE_FILE = "perplexity_before.json"
+
+#: Openings for sampling general (non-finance) text from the base model, used for replay.
+GENERAL_PROMPTS = (
+    "The history of the printing press",
+    "Photosynthesis is the process by which",
+    "My favourite recipe for a simple vegetable soup",
+    "The rules of football are",
+    "Once upon a time, in a small village,",
+    "The water cycle describes",
+    "Learning a new language takes",
+    "The solar system consists of",
+    "A good night's sleep",
+    "The city of Rome was founded",
+    "To plant tomatoes in a garden,",
+    "Mountains are formed when",
+    "The invention of the telephone",
+    "Cats and dogs differ in",
+    "Music has been part of human culture",
+    "How to write a clear email:",
+)
 
 
 def world_rank() -> tuple[int, int]:
@@ -87,10 +109,7 @@ def mix_replay(domain: list[list[int]], general: list[list[int]], fraction: floa
 @torch.no_grad()
 def sample_general_texts(model, tokenizer, n: int, max_new_tokens: int, seed: int, batch_size: int = 8) -> list[str]:
     """General text sampled from the base model itself (open-ended prompts, no finance)."""
-    from domain_lm.data.demo_corpus import general_prompts
-
-    prompts = general_prompts()
-    prompts = [prompts[i % len(prompts)] for i in range(n)]
+    prompts = [GENERAL_PROMPTS[i % len(GENERAL_PROMPTS)] for i in range(n)]
     torch.manual_seed(seed)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
@@ -141,31 +160,59 @@ class PretrainData:
     n_domain: int
     n_replay: int
     general_source: str  # where the replay text came from
+    general_heldout_source: str = "none"  # what general perplexity is measured on
+    domain_heldout_source: str = "held-out domain documents"
+
+
+def evenly_spaced(blocks: list[list[int]], n: int) -> list[list[int]]:
+    """``n`` blocks spread evenly over ``blocks`` (all when there are fewer), so a perplexity
+    measurement covers every held-out document kind rather than the first few documents."""
+    if len(blocks) <= n:
+        return list(blocks)
+    return [blocks[(i * len(blocks)) // n] for i in range(n)]
+
+
+def _base_samples(section: PretrainSection, base_model, tokenizer, work_dir: Path) -> list[str]:
+    """Texts sampled from the base model, cached in the work dir so a resumed run trains on the very same data."""
+    cache = work_dir / REPLAY_FILE
+    if cache.is_file():
+        return [json.loads(line)["text"] for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = sample_general_texts(base_model, tokenizer, section.replay_samples, section.replay_max_new_tokens, section.train.seed)
+    atomic.write_text(cache, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
+    return texts
+
+
+def _labels(corpus_dir: Path) -> dict[str, str]:
+    """Where the corpus stage's text came from (its ``sources.json``; older corpora have none)."""
+    path = corpus_dir / "sources.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def prepare_data(section: PretrainSection, corpus_dir: Path, base_model, tokenizer, work_dir: Path, block_size: int) -> PretrainData:
-    """Domain train/held-out blocks and general (replay) train/held-out blocks.
+    """Domain train/held-out blocks, replay blocks and the general blocks perplexity is measured on.
 
-    Base-model samples are cached in the work dir so a resumed run trains on the very same data."""
+    Replay is the corpus's general replay blocks, else base-model samples; general perplexity is
+    measured on the corpus's held-out general blocks (never replayed), else on a quarter of the
+    samples held back from replay."""
     from domain_lm.data.corpus import read_blocks
 
+    labels = _labels(corpus_dir)
     domain_train = read_blocks(corpus_dir, "domain", "train")
-    domain_held = read_blocks(corpus_dir, "domain", "heldout", limit=section.eval_max_blocks)
+    domain_held = evenly_spaced(read_blocks(corpus_dir, "domain", "heldout"), section.eval_max_blocks)
     general_train = read_blocks(corpus_dir, "general", "train")
-    general_held = read_blocks(corpus_dir, "general", "heldout", limit=section.eval_max_blocks)
-    general_source = "corpus.general_sources"
-    if not general_train and section.replay_samples > 0:
-        general_source = "sampled from the base model"
-        cache = work_dir / REPLAY_FILE
-        if cache.is_file():
-            texts = [json.loads(line)["text"] for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()]
-        else:
-            texts = sample_general_texts(base_model, tokenizer, section.replay_samples, section.replay_max_new_tokens, section.train.seed)
-            atomic.write_text(cache, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
-        # Held out by sample (a quarter, at least one) so general perplexity is not measured on training text.
-        n_held = max(1, len(texts) // 4) if len(texts) > 1 else 0
-        general_held = pack_texts(texts[:n_held], tokenizer, block_size)[: section.eval_max_blocks]
-        general_train = pack_texts(texts[n_held:], tokenizer, block_size)
+    general_held = evenly_spaced(read_blocks(corpus_dir, "general", "heldout"), section.eval_max_blocks)
+    replay_source = labels.get("general_replay", "corpus.general_sources")
+    held_source = labels.get("general_heldout", "held-out general corpus documents")
+    if not general_train and section.replay_samples > 0 and (section.replay_fraction > 0 or not general_held):
+        replay_source = "text sampled from the base model"
+        texts = _base_samples(section, base_model, tokenizer, work_dir)
+        if not general_held:
+            # Held out by sample (a quarter, at least one) so general perplexity is not measured on training text.
+            n_held = max(1, len(texts) // 4) if len(texts) > 1 else 0
+            general_held = pack_texts(texts[:n_held], tokenizer, block_size)[: section.eval_max_blocks]
+            held_source = "held-out base-model samples"
+            texts = texts[n_held:]
+        general_train = pack_texts(texts, tokenizer, block_size)
     train = mix_replay(domain_train, general_train, section.replay_fraction, section.train.seed)
     return PretrainData(
         train=train,
@@ -173,7 +220,9 @@ def prepare_data(section: PretrainSection, corpus_dir: Path, base_model, tokeniz
         general_heldout=general_held,
         n_domain=len(domain_train),
         n_replay=len(train) - len(domain_train),
-        general_source=general_source if general_train else "none",
+        general_source=replay_source if len(train) > len(domain_train) else "none",
+        general_heldout_source=held_source if general_held else "none",
+        domain_heldout_source="held-out documents of " + labels.get("domain", "the domain corpus"),
     )
 
 
@@ -188,8 +237,19 @@ def heldout_perplexity(model, data: PretrainData, pad_id: int, when: str) -> dic
 # --------------------------------------------------------------------------- model and trainer
 
 
+def freeze_below(model, top_layers: int) -> None:
+    """Full fine-tuning of the top ``top_layers`` transformer layers and the final norm only: the
+    embeddings (tied to the LM head in small models) and lower layers stay frozen, so backward stops
+    at the lowest trained layer (cheaper on CPU) and the general-purpose lower layers are kept."""
+    n = model.config.get_text_config().num_hidden_layers
+    trained = tuple(f".layers.{i}." for i in range(max(0, n - top_layers), n))
+    for name, p in model.named_parameters():
+        p.requires_grad = any(t in name for t in trained) or (".norm." in name and ".layers." not in name)
+
+
 def build_model(section: PretrainSection, base_path: Path):
-    """The trainable model: LoRA on the base (optionally embeddings + LM head too) or the full base."""
+    """The trainable model: LoRA on the base (optionally embeddings + LM head too), or the full base
+    (only its top ``peft.top_layers`` layers when that is set)."""
     from transformers import set_seed
 
     from domain_lm.models.loading import load_causal_lm, lora_config
@@ -197,6 +257,8 @@ def build_model(section: PretrainSection, base_path: Path):
     set_seed(section.train.seed)  # LoRA init is random: same seed -> same start
     model = load_causal_lm(base_path, dtype=torch.float32, trainable=True)
     if section.peft.method == "full":
+        if section.peft.top_layers:
+            freeze_below(model, section.peft.top_layers)
         return model
     from peft import get_peft_model
 
