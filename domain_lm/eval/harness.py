@@ -207,19 +207,27 @@ def predict_all(
     """
     import asyncio
 
+    from domain_lm.core.progress import task as progress_task
     from domain_lm.inference.tasks import TaskRunner
 
     caps = max_tokens if isinstance(max_tokens, dict) else {name: max_tokens for name in tasks}
     runners = {name: TaskRunner(engine, max_tokens=task_cap(t, caps.get(name))) for name, (t, _) in tasks.items()}
     jobs = [(system, name, r) for system in systems for name, (_, recs) in tasks.items() for r in recs]
 
-    async def answer_all() -> list[Any]:
-        coros = [runners[name].arun(tasks[name][0], r.inputs, r.lang, systems[system]) for system, name, r in jobs]
-        return await asyncio.gather(*coros, return_exceptions=True)
+    with progress_task(f"eval: {', '.join(systems)}", total=len(jobs)) as advance:
 
-    t0 = time.perf_counter()
-    answers = asyncio.run(answer_all())
-    elapsed = time.perf_counter() - t0
+        async def one(system: str, name: str, record: Any) -> Any:
+            try:
+                return await runners[name].arun(tasks[name][0], record.inputs, record.lang, systems[system])
+            finally:
+                advance()
+
+        async def answer_all() -> list[Any]:
+            return await asyncio.gather(*(one(*job) for job in jobs), return_exceptions=True)
+
+        t0 = time.perf_counter()
+        answers = asyncio.run(answer_all())
+        elapsed = time.perf_counter() - t0
     out: Predictions = {system: {name: [] for name in tasks} for system in systems}
     for (system, name, _), answer in zip(jobs, answers):
         out[system][name].append(to_prediction(tasks[name][0], answer))

@@ -1,0 +1,169 @@
+"""The eval stage's speed: answers per second before (one engine per stage, task by task) and after
+(one engine, every stage a LoRA adapter, everything submitted at once, prefix caching), same answers.
+
+    python bench/eval_speed.py [--run runs/demo] [--examples 200] [--variants before,after] [--out bench.json]
+
+Models: the model stages of a finished run (``--run``: base, pretrain, sft, ppo/dpo as the pipeline
+wrote them), or else a demo-shaped stack built here on SmolLM2-135M: three LoRA stages, each trained
+(here: random, small) on the merged model of the one before, as the quick profile's pretrain, SFT
+and PPO are (rank 16, top 8 / 8 / 4 layers). Data: the demo's held-out split (``records.load_split``
+of the default config), ``--examples`` per task (seeded sample), the demo's four tasks.
+
+Variants (each opens its engines, answers every task x stage, closes them; one after the other):
+* ``before``: the eval stage as it was (``harness.evaluate_model`` per stage: one engine per stage,
+  task by task, batches of 64, vLLM's default CPU cache blocks of 128 tokens, which never share a
+  templated prefix shorter than a block);
+* ``after``: the eval stage now (``eval.engines.plan_engines`` + ``harness.predict_all`` with
+  ``harness.engine_options``);
+* ``merged``: as ``after`` but one engine per stage on merged weights (LoRA overhead vs engine starts);
+* ``no-prefix``: as ``after`` with prefix caching off (what the prefix cache saves).
+
+Prints answers, seconds (engine start + answering), answers/s and the ratio to ``before``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+
+#: The demo-shaped stack: stage, parent, LoRA rank, top layers adapted.
+STACK = (("pretrain", "base", 16, 8), ("sft", "pretrain", 16, 8), ("ppo", "sft", 16, 4))
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, help="A finished run directory (runs/<name>); default: a synthetic LoRA stack on --model.")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--work", type=Path, default=Path("/tmp/eval-speed"), help="Where the synthetic stack is built (reused).")
+    p.add_argument("--examples", type=int, default=200, help="Held-out examples per task.")
+    p.add_argument("--variants", default="before,after", help="Comma-separated: before, after, merged, no-prefix.")
+    p.add_argument("--out", type=Path, help="Write the results as JSON here.")
+    return p.parse_args()
+
+
+def synthetic_stack(base: Path, work: Path) -> list[Any]:
+    """Demo-shaped LoRA stages on ``base`` (random small adapters), built once under ``work``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from domain_lm.eval.engines import StageModel
+    from domain_lm.models.loading import lora_config, load_causal_lm, load_tokenizer, merge_adapter
+
+    models = {"base": base}
+    out = [StageModel("base", base)]
+    for i, (stage, parent, r, top) in enumerate(STACK):
+        d = work / stage
+        if not (d / "model" / "config.json").is_file():
+            torch.manual_seed(i)
+            model = load_causal_lm(models[parent])
+            from domain_lm.config import LoraSection
+
+            cfg: LoraConfig = lora_config(LoraSection(r=r, alpha=2 * r), model=model, top_layers=top)
+            cfg.init_lora_weights = False
+            peft = get_peft_model(model, cfg)
+            for name, param in peft.named_parameters():
+                if "lora_B" in name:
+                    param.data *= 0.02  # a nudge, not noise: the stages still answer like the base
+            peft.save_pretrained(d / "adapter")
+            load_tokenizer(models[parent]).save_pretrained(d / "adapter")
+            merge_adapter(d / "adapter", d / "model")
+        models[stage] = d / "model"
+        out.append(StageModel(stage, d / "model", d / "adapter", parent))
+    return out
+
+
+def run_stack(run_dir: Path) -> list[Any]:
+    """The model stages of a finished run, as the eval stage sees them."""
+    from domain_lm.pipeline.graph import MODEL_STAGES
+    from domain_lm.pipeline.stage import StageInputs
+    from domain_lm.pipeline.store import Run
+    from domain_lm.stages.eval import stage_models
+
+    run = Run(run_dir)
+    results = {s: r for s in MODEL_STAGES if (r := run.load(s)) is not None}
+    return stage_models(StageInputs("eval", results=results))
+
+
+def before(stages: list[Any], tasks: dict[str, Any], cap: int) -> dict[str, Any]:
+    """The eval stage as it was: one engine per stage, ``evaluate_model``'s task-by-task loop, the
+    engine options it used (vLLM's default cache blocks)."""
+    from domain_lm.eval.harness import evaluate_model
+
+    t0 = time.perf_counter()
+    for s in stages:
+        evaluate_model(s.model, tasks, kind="vllm", max_tokens=cap, gpu_memory_utilization=0.1, max_model_len=2048)
+    return {"engines": len(stages), "seconds": time.perf_counter() - t0}
+
+
+def after(stages: list[Any], tasks: dict[str, Any], cap: int, work: Path, use_adapters: bool = True, **opts: Any) -> dict[str, Any]:
+    """The eval stage now: the engine plan, every task x stage submitted at once per engine."""
+    from domain_lm.eval.engines import plan_engines
+    from domain_lm.eval.harness import engine_options, predict_all
+    from domain_lm.inference import create_engine
+
+    t0 = time.perf_counter()
+    groups = plan_engines(stages, use_adapters=use_adapters)
+    starts, answering = 0.0, 0.0
+    for g in groups:
+        adapters = g.adapter_dirs(work / "combined")
+        t1 = time.perf_counter()
+        engine = create_engine(g.model, kind="vllm", adapters={s: str(p) for s, p in adapters.items()}, **{**engine_options("vllm"), **opts})
+        starts += time.perf_counter() - t1
+        try:
+            _, elapsed = predict_all(engine, {s: (s if s in adapters else None) for s in g.systems}, tasks, cap)
+            answering += elapsed
+        finally:
+            engine.close()
+    return {"engines": len(groups), "seconds": time.perf_counter() - t0, "engine_start_s": starts, "answer_s": answering}
+
+
+def main() -> int:
+    args = parse_args()
+    from domain_lm.config import build_config
+    from domain_lm.data.records import load_split
+    from domain_lm.models.registry import resolve
+    from domain_lm.stages.eval import sample_held
+
+    config = build_config({})
+    stages = run_stack(args.run) if args.run else synthetic_stack(resolve(args.model), args.work)
+    split = load_split(config)
+    tasks = {t: (split.templates[t], sample_held(r, args.examples, config.tasks.seed)) for t, r in split.held_by_task().items() if r}
+    cap = config.eval.max_new_tokens
+    answers = len(stages) * sum(len(r) for _, r in tasks.values())
+    print(f"stages: {', '.join(s.stage for s in stages)}; tasks: {', '.join(f'{t} ({len(r)})' for t, (_, r) in tasks.items())}; "
+          f"{answers} answers per variant; cap {cap} tokens", flush=True)
+
+    runs = {
+        "before": lambda: before(stages, tasks, cap),
+        "after": lambda: after(stages, tasks, cap, args.work),
+        "merged": lambda: after(stages, tasks, cap, args.work, use_adapters=False),
+        "no-prefix": lambda: after(stages, tasks, cap, args.work, enable_prefix_caching=False),
+    }
+    results: dict[str, Any] = {}
+    for name in args.variants.split(","):
+        r = runs[name]()
+        r["answers"] = answers
+        r["answers_per_s"] = answers / r["seconds"]
+        results[name] = r
+        print(f"{name:>9}: {r['engines']} engine(s), {r['seconds']:.0f}s, {r['answers_per_s']:.2f} answers/s"
+              + (f" (engine start {r['engine_start_s']:.0f}s, answering {r['answer_s']:.0f}s)" if "answer_s" in r else ""), flush=True)
+    if "before" in results:
+        for name, r in results.items():
+            if name != "before":
+                r["speedup"] = r["answers_per_s"] / results["before"]["answers_per_s"]
+                print(f"{name} / before: {r['speedup']:.2f}x")
+    if args.out:
+        args.out.write_text(json.dumps({"stages": [s.stage for s in stages], "answers": answers, **results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
