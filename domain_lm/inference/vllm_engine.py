@@ -45,6 +45,11 @@ def _cpu_kv_bytes(share: float, cap: int = 2 * 2**30, floor: int = 64 * 2**20) -
     return max(floor, min(cap, int(share * psutil.virtual_memory().total)))
 
 
+def substring_free(choices: list[str]) -> bool:
+    """Whether no choice occurs inside another (then the first complete choice in the text is the answer)."""
+    return not any(a != b and a in b for a in choices for b in choices)
+
+
 class VllmEngine:
     """``vllm.v1`` ``AsyncLLM`` running on a private loop thread (see ``_loop``)."""
 
@@ -175,8 +180,14 @@ class VllmEngine:
         from vllm.sampling_params import SamplingParams, StructuredOutputsParams
 
         structured = None
+        stop, keep_stop = request.stop, False
         if request.choices is not None:
             structured = StructuredOutputsParams(choice=list(request.choices))
+            if stop is None and substring_free(request.choices):
+                # Once a choice is spelled out the grammar allows only end-of-sequence; when no choice
+                # contains another, the answer is complete the moment one appears, so stop there and
+                # save the end-of-sequence decode step (one forward pass: ~a third of a label's latency on CPU).
+                stop, keep_stop = list(request.choices), True
         elif request.json_schema is not None:
             structured = StructuredOutputsParams(json=request.json_schema)
         elif request.regex is not None:
@@ -186,7 +197,8 @@ class VllmEngine:
             temperature=request.temperature,
             top_p=request.top_p,
             seed=request.seed,
-            stop=request.stop,
+            stop=stop,
+            include_stop_str_in_output=keep_stop,
             structured_outputs=structured,
         )
 
