@@ -50,6 +50,34 @@ def substring_free(choices: list[str]) -> bool:
     return not any(a != b and a in b for a in choices for b in choices)
 
 
+def sampling_params(request: GenerationRequest):
+    """vLLM sampling parameters for a request: its decode-time constraint, budget and stops."""
+    from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+
+    structured = None
+    stop, keep_stop = request.stop, False
+    if request.choices is not None:
+        structured = StructuredOutputsParams(choice=list(request.choices))
+        if stop is None and substring_free(request.choices):
+            # Once a choice is spelled out the grammar allows only end-of-sequence; when no choice
+            # contains another, the answer is complete the moment one appears, so stop there and
+            # save the end-of-sequence decode step (one forward pass: ~a third of a label's latency on CPU).
+            stop, keep_stop = list(request.choices), True
+    elif request.json_schema is not None:
+        structured = StructuredOutputsParams(json=request.json_schema)
+    elif request.regex is not None:
+        structured = StructuredOutputsParams(regex=request.regex)
+    return SamplingParams(
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        seed=request.seed,
+        stop=stop,
+        include_stop_str_in_output=keep_stop,
+        structured_outputs=structured,
+    )
+
+
 class VllmEngine:
     """``vllm.v1`` ``AsyncLLM`` running on a private loop thread (see ``_loop``)."""
 
@@ -176,32 +204,6 @@ class VllmEngine:
 
     # ------------------------------------------------------------------ internals
 
-    def _sampling_params(self, request: GenerationRequest):
-        from vllm.sampling_params import SamplingParams, StructuredOutputsParams
-
-        structured = None
-        stop, keep_stop = request.stop, False
-        if request.choices is not None:
-            structured = StructuredOutputsParams(choice=list(request.choices))
-            if stop is None and substring_free(request.choices):
-                # Once a choice is spelled out the grammar allows only end-of-sequence; when no choice
-                # contains another, the answer is complete the moment one appears, so stop there and
-                # save the end-of-sequence decode step (one forward pass: ~a third of a label's latency on CPU).
-                stop, keep_stop = list(request.choices), True
-        elif request.json_schema is not None:
-            structured = StructuredOutputsParams(json=request.json_schema)
-        elif request.regex is not None:
-            structured = StructuredOutputsParams(regex=request.regex)
-        return SamplingParams(
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=request.seed,
-            stop=stop,
-            include_stop_str_in_output=keep_stop,
-            structured_outputs=structured,
-        )
-
     def _lora_request(self, adapter: str | None):
         if adapter is None:
             return None
@@ -230,7 +232,7 @@ class VllmEngine:
         try:
             # Building the sampling parameters validates them too (an empty stop string, a bad
             # schema): inside the try, so a client's bad value is a 400, not a server error.
-            params = self._sampling_params(request)
+            params = sampling_params(request)
             lora = self._lora_request(request.adapter)
             async for out in self._llm.generate(prompt, params, request_id, lora_request=lora):
                 if out.outputs:
