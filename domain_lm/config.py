@@ -392,10 +392,11 @@ class EvalSection(Section):
     max_new_tokens: int = Field(256, ge=1, description="Generation cap for json/text tasks (label tasks use the choices).")
     gpu_memory_utilization: float = Field(0.1, gt=0, le=1, description="vLLM engine share of (GPU or, on CPU, host) memory.")
     max_model_len: int = Field(2048, ge=64, description="Longest prompt + answer the eval engine accepts (tokens).")
-    adapters: bool = Field(
-        True,
-        description="Score every LoRA stage as an adapter on one engine (stacked stages combined exactly); False: one engine per "
-        "stage on its merged weights.",
+    strategy: Literal["swap", "adapters", "per_stage"] = Field(
+        "swap",
+        description="How every stage is scored: 'swap' = one engine, each stage's merged weights loaded in place in turn; "
+        "'adapters' = LoRA stages as adapters on one engine (stacks combined exactly; a full fine-tune adds one engine); "
+        "'per_stage' = one engine per stage.",
     )
 
 

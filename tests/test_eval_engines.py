@@ -80,7 +80,21 @@ def test_stage_models_trust_an_adapter_only_on_its_own_parent(chain, tmp_path):
     assert [g.root for g in plan_engines(models)] == ["base", "ppo"]
 
 
-def test_eval_report_submits_every_stage_to_one_engine(chain, monkeypatch, tmp_path):
+class _SwapEngine:
+    """A fake engine that can load other weights in place (as ``VllmEngine.load_weights``)."""
+
+    def __init__(self, engine, loaded):
+        self.engine, self.loaded = engine, loaded
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def load_weights(self, path):
+        self.loaded.append(path)
+
+
+@pytest.mark.parametrize("strategy", ["adapters", "swap", "per_stage"])
+def test_eval_report_scores_every_stage_on_one_engine(chain, monkeypatch, tmp_path, strategy):
     from domain_lm import inference
     from domain_lm.config import build_config
     from domain_lm.inference.fake import FakeEngine
@@ -88,25 +102,35 @@ def test_eval_report_submits_every_stage_to_one_engine(chain, monkeypatch, tmp_p
     from domain_lm.tasks import TemplateRegistry
 
     engines: list[FakeEngine] = []
+    loaded: list = []
 
     def fake(path, kind, adapters=None, **opts):
         engines.append(FakeEngine(model_name=str(path), adapters=adapters))
-        return engines[-1]
+        return _SwapEngine(engines[-1], loaded) if strategy == "swap" else engines[-1]
 
     monkeypatch.setattr(inference, "create_engine", fake)
-    cfg = build_config({"tasks": {"templates_dir": str(REPO / "task_templates")}, "eval": {"max_examples": 30, "engine": "hf"}})
+    cfg = build_config({"tasks": {"templates_dir": str(REPO / "task_templates")}, "eval": {"max_examples": 30, "strategy": strategy, "baseline": strategy == "adapters"}})
     registry = TemplateRegistry.load(cfg.tasks.templates_dir)
     report, preds = eval_stage.build_report(cfg, registry, _models(chain), tmp_path)
-    (engine,) = engines
-    assert engine.model_name == str(chain["base"]) and set(engine.adapters) == {"pretrain", "sft", "ppo"}
-    assert len(engine.requests) == 4 * 4 * 30  # stages x tasks x examples, one engine
-    assert {r.adapter for r in engine.requests} == {None, "pretrain", "sft", "ppo"}
-    assert report["answers"] == 480 and report["engines"][0]["systems"] == ["base", "pretrain", "sft", "ppo"]
+    requests = [r for e in engines for r in e.requests]
+    assert len(requests) == 4 * 4 * 30 and report["answers"] == 480  # stages x tasks x examples
+    if strategy == "adapters":
+        (engine,) = engines
+        assert engine.model_name == str(chain["base"]) and set(engine.adapters) == {"pretrain", "sft", "ppo"}
+        assert {r.adapter for r in requests} == {None, "pretrain", "sft", "ppo"}
+        assert report["engines"][0]["systems"] == ["base", "pretrain", "sft", "ppo"]
+    elif strategy == "swap":
+        assert len(engines) == 1 and loaded == [chain[s] / "model" for s in ("pretrain", "sft", "ppo")]
+        assert [e["systems"] for e in report["engines"]] == [["base"], ["pretrain"], ["sft"], ["ppo"]]
+    else:
+        assert [e.model_name for e in engines] == [str(chain["base"])] + [str(chain[s] / "model") for s in ("pretrain", "sft", "ppo")]
+    assert all(r.adapter is None for r in requests) or strategy == "adapters"
     rows = {r["task"]: r for r in report["scorecard"]["rows"]}
     assert set(rows) == {"sentiment", "customer_intent", "entities", "extraction"}
     assert rows["sentiment"]["final"] == "ppo" and rows["sentiment"]["beats_base"]["diff"] == 0  # the fake answers alike
-    assert rows["sentiment"]["needs_llm"]["answer"] in ("yes", "no") and rows["entities"]["needs_llm"]["answer"] == "n/a"
-    assert all(r["n"] == 30 for r in rows.values())
-    cell = report["tasks"]["customer_intent"]["systems"]["baseline (tf-idf+lr)"]
-    assert cell["n"] == 30 and cell["train_n"] > 5000 and cell["ci95"][0] <= cell["weighted_f1"] <= cell["ci95"][1]
+    assert rows["entities"]["needs_llm"]["answer"] == "n/a" and all(r["n"] == 30 for r in rows.values())
     assert len(preds["ppo"]["extraction"]) == 30
+    if strategy == "adapters":  # the baseline (fitted once: it does not depend on the strategy)
+        assert rows["sentiment"]["needs_llm"]["answer"] in ("yes", "no")
+        cell = report["tasks"]["customer_intent"]["systems"]["baseline (tf-idf+lr)"]
+        assert cell["n"] == 30 and cell["train_n"] > 5000 and cell["ci95"][0] <= cell["weighted_f1"] <= cell["ci95"][1]

@@ -1,5 +1,6 @@
 """The eval stage's engine on the REAL vLLM CPU engine with the tiny model: a stack of LoRA stages,
-combined into one adapter on the base, answers exactly as the stack's merged model does."""
+combined into one adapter on the base, answers exactly as the stack's merged model does, and so
+does the engine after loading the merged weights in place."""
 
 from __future__ import annotations
 
@@ -37,8 +38,12 @@ def test_combined_stack_on_one_engine_equals_the_merged_model(tiny_model_dir, tm
         via_adapters = {s: _greedy(engine, s if s != "base" else None) for s in ("base", "pretrain", "sft")}
         # the engine keeps prompt prefixes of one adapter apart from another's: asking again, interleaved, changes nothing
         assert _greedy(engine, "sft") == via_adapters["sft"] and _greedy(engine) == via_adapters["base"]
+        # the other way to score a stage on the same engine: its merged weights loaded in place
+        engine.load_weights(sft / "model")
+        swapped = _greedy(engine)
     finally:
         engine.close()
+    assert swapped == via_adapters["sft"]
     merged = create_engine(sft / "model", kind="vllm", **opts)
     try:
         assert _greedy(merged) == via_adapters["sft"]

@@ -193,6 +193,20 @@ class VllmEngine:
 
         return self._loop.run(_all())
 
+    def load_weights(self, model_path: str | Path) -> None:
+        """Replace the weights in place with those of ``model_path`` (same architecture and
+        tokenizer, e.g. the next stage of a run): no new engine, no LoRA. Call it with no request in
+        flight. The prefix cache is cleared, since its blocks were computed with the old weights."""
+        if self._llm is None:
+            raise EngineError("The vLLM engine is closed.")
+
+        async def reload() -> None:
+            await self._llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_path)})
+            await self._llm.reset_prefix_cache()
+
+        self._loop.run(reload())
+        self.model_path = str(model_path)
+
     def close(self) -> None:
         if self._llm is not None:
             llm, self._llm = self._llm, None

@@ -2,9 +2,9 @@
 and open the run with a scorecard.
 
 The held-out split is ``records.load_split`` (by document: the corpus stage holds the same documents
-out of continued pretraining), sampled to ``eval.max_examples`` per task with a seed. The models
-are scored with as few engines as the stages allow (``eval.engines.plan_engines``): the base model
-loaded once and every LoRA stage as an adapter on it, all tasks x stages submitted at once so the
+out of continued pretraining), sampled to ``eval.max_examples`` per task with a seed. Every stage
+is scored on one engine (``eval.engines.score_stages``, ``eval.strategy``): its merged weights loaded
+in place in turn, or as LoRA adapters on the base; every task of a stage submitted at once so the
 engine's batch stays full. The scorecard (``eval.scorecard``) gives each cell a 95% bootstrap
 interval and each task two verdicts: does the domain model beat the base, and is an LLM needed.
 """
@@ -88,13 +88,10 @@ def build_report(
     """Score each model stage (``StageModel``s, or ``{stage: model dir}`` to score merged weights) on
     every task's held-out records; add the baseline and the scorecard. Returns the report and the
     predictions (``{system: {task: [Prediction]}}``)."""
-    import tempfile
-
     from domain_lm.data.records import SYNTHETIC, load_split
-    from domain_lm.eval.engines import StageModel, plan_engines
-    from domain_lm.eval.harness import Prediction, baseline_predict, engine_options, predict_all, resolve_kind, summarize
+    from domain_lm.eval.engines import StageModel, score_stages
+    from domain_lm.eval.harness import Prediction, baseline_predict, engine_options, resolve_kind, summarize
     from domain_lm.eval.scorecard import final_system, task_scorecard
-    from domain_lm.inference import create_engine
     from domain_lm.pipeline import graph
 
     cfg = config.eval
@@ -119,31 +116,17 @@ def build_report(
             "systems": {},
         }
 
-    # 1. every stage, as few engines as the adapters allow, all tasks x stages in one submission
+    # 1. every stage on as few engines as possible, every task x stage of an engine in one submission
     opts = engine_options(cfg.engine, cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len)
-    predictions: dict[str, dict[str, list[Prediction]]] = {}
     t_all = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="eval-adapters-") as tmp:
-        for group in plan_engines(stages, use_adapters=cfg.adapters):
-            adapters = group.adapter_dirs(Path(work_dir or tmp) / "adapters")
-            t0 = time.perf_counter()
-            engine = create_engine(group.model, kind=kind, adapters={s: str(p) for s, p in adapters.items()}, **opts)
-            started = time.perf_counter() - t0
-            try:
-                preds, elapsed = predict_all(engine, {s: (s if s in adapters else None) for s in group.systems}, tasks, cfg.max_new_tokens)
-            finally:
-                engine.close()
-            predictions.update(preds)
-            answers = len(group.systems) * sum(len(r) for _, r in tasks.values())
-            report["engines"].append(
-                {"model": group.root, "systems": list(group.systems), "start_s": round(started, 1), "answer_s": round(elapsed, 1),
-                 "answers": answers, "answers_per_s": round(answers / elapsed, 2) if elapsed else None}
-            )
-            log.info("eval: engine on %s scored %s: %d answers in %.0fs", group.root, ", ".join(group.systems), answers, elapsed)
-            for system, by_task in preds.items():
-                for t, (tmpl, recs) in tasks.items():
-                    report["tasks"][t]["systems"][system] = summarize(tmpl, recs, by_task[t], elapsed / len(group.systems))
-    answers = sum(e["answers"] for e in report["engines"])
+    predictions, runs = score_stages(stages, tasks, cfg.strategy, kind, cfg.max_new_tokens, work_dir, **opts)
+    report["engines"] = [r.as_dict() for r in runs]
+    for run in runs:
+        for system in run.systems:
+            for t, (tmpl, recs) in tasks.items():
+                share = run.answer_s / len(run.systems)  # answer time spread over the stages answered together
+                report["tasks"][t]["systems"][system] = summarize(tmpl, recs, predictions[system][t], share)
+    answers = sum(r.answers for r in runs)
     report["seconds"] = round(time.perf_counter() - t_all, 1)
     report["answers"] = answers
     report["answers_per_s"] = round(answers / report["seconds"], 2) if report["seconds"] else None
