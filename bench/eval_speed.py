@@ -13,9 +13,10 @@ Variants (each opens its engines, answers every task x stage, closes them; one a
 * ``before``: the eval stage as it was (``harness.evaluate_model`` per stage: one engine per stage,
   task by task, batches of 64, vLLM's default CPU cache blocks of 128 tokens, which never share a
   templated prefix shorter than a block);
-* ``after``: the eval stage now (``eval.engines.plan_engines`` + ``harness.predict_all`` with
+* ``after``: the eval stage now (``eval.engines.score_stages`` with the default ``eval.strategy`` and
   ``harness.engine_options``);
-* ``merged``: as ``after`` but one engine per stage on merged weights (LoRA overhead vs engine starts);
+* ``swap`` / ``adapters`` / ``per_stage``: the stage now with that ``eval.strategy`` (one engine with
+  each stage's weights loaded in place; LoRA adapters on one engine; one engine per stage);
 * ``no-prefix``: as ``after`` with prefix caching off (what the prefix cache saves).
 
 Prints answers, seconds (engine start + answering), answers/s and the ratio to ``before``.
@@ -44,7 +45,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--work", type=Path, default=Path("/tmp/eval-speed"), help="Where the synthetic stack is built (reused).")
     p.add_argument("--examples", type=int, default=200, help="Held-out examples per task.")
-    p.add_argument("--variants", default="before,after", help="Comma-separated: before, after, merged, no-prefix.")
+    p.add_argument("--variants", default="before,after", help="Comma-separated: before, after, swap, adapters, per_stage, no-prefix.")
     p.add_argument("--out", type=Path, help="Write the results as JSON here.")
     return p.parse_args()
 
@@ -55,7 +56,7 @@ def synthetic_stack(base: Path, work: Path) -> list[Any]:
     from peft import LoraConfig, get_peft_model
 
     from domain_lm.eval.engines import StageModel
-    from domain_lm.models.loading import lora_config, load_causal_lm, load_tokenizer, merge_adapter
+    from domain_lm.models.loading import load_causal_lm, load_tokenizer, lora_config, merge_adapter
 
     models = {"base": base}
     out = [StageModel("base", base)]
@@ -103,26 +104,19 @@ def before(stages: list[Any], tasks: dict[str, Any], cap: int) -> dict[str, Any]
     return {"engines": len(stages), "seconds": time.perf_counter() - t0}
 
 
-def after(stages: list[Any], tasks: dict[str, Any], cap: int, work: Path, use_adapters: bool = True, **opts: Any) -> dict[str, Any]:
-    """The eval stage now: the engine plan, every task x stage submitted at once per engine."""
-    from domain_lm.eval.engines import plan_engines
-    from domain_lm.eval.harness import engine_options, predict_all
-    from domain_lm.inference import create_engine
+def after(stages: list[Any], tasks: dict[str, Any], cap: int, work: Path, strategy: str, **opts: Any) -> dict[str, Any]:
+    """The eval stage now (``eval.engines.score_stages`` with the stage's engine options)."""
+    from domain_lm.eval.engines import score_stages
+    from domain_lm.eval.harness import engine_options
 
     t0 = time.perf_counter()
-    groups = plan_engines(stages, use_adapters=use_adapters)
-    starts, answering = 0.0, 0.0
-    for g in groups:
-        adapters = g.adapter_dirs(work / "combined")
-        t1 = time.perf_counter()
-        engine = create_engine(g.model, kind="vllm", adapters={s: str(p) for s, p in adapters.items()}, **{**engine_options("vllm"), **opts})
-        starts += time.perf_counter() - t1
-        try:
-            _, elapsed = predict_all(engine, {s: (s if s in adapters else None) for s in g.systems}, tasks, cap)
-            answering += elapsed
-        finally:
-            engine.close()
-    return {"engines": len(groups), "seconds": time.perf_counter() - t0, "engine_start_s": starts, "answer_s": answering}
+    _, runs = score_stages(stages, tasks, strategy, "vllm", cap, work / "combined", **{**engine_options("vllm"), **opts})
+    return {
+        "engines": len({r.model for r in runs}) if strategy != "swap" else 1,
+        "seconds": time.perf_counter() - t0,
+        "engine_start_s": sum(r.start_s for r in runs),
+        "answer_s": sum(r.answer_s for r in runs),
+    }
 
 
 def main() -> int:
@@ -143,9 +137,11 @@ def main() -> int:
 
     runs = {
         "before": lambda: before(stages, tasks, cap),
-        "after": lambda: after(stages, tasks, cap, args.work),
-        "merged": lambda: after(stages, tasks, cap, args.work, use_adapters=False),
-        "no-prefix": lambda: after(stages, tasks, cap, args.work, enable_prefix_caching=False),
+        "after": lambda: after(stages, tasks, cap, args.work, config.eval.strategy),
+        "swap": lambda: after(stages, tasks, cap, args.work, "swap"),
+        "adapters": lambda: after(stages, tasks, cap, args.work, "adapters"),
+        "per_stage": lambda: after(stages, tasks, cap, args.work, "per_stage"),
+        "no-prefix": lambda: after(stages, tasks, cap, args.work, config.eval.strategy, enable_prefix_caching=False),
     }
     results: dict[str, Any] = {}
     for name in args.variants.split(","):
