@@ -202,7 +202,8 @@ class VllmEngine:
 
         async def reload() -> None:
             await self._llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_path)})
-            await self._llm.reset_prefix_cache()
+            if not await self._llm.reset_prefix_cache():
+                raise EngineError("The vLLM prefix cache could not be cleared after loading new weights (requests still running).")
 
         self._loop.run(reload())
         self.model_path = str(model_path)
