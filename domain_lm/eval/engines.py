@@ -96,11 +96,13 @@ class EngineRun:
     start_s: float
     answer_s: float
     answers: int
+    reused: bool = False  # the engine before it, with this model's weights loaded in place
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "systems": self.systems,
+            "reused": self.reused,
             "start_s": round(self.start_s, 1),
             "answer_s": round(self.answer_s, 1),
             "answers": self.answers,
@@ -142,7 +144,8 @@ def score_stages(
             for group in groups:
                 adapters = group.adapter_dirs(Path(work_dir or tmp) / "adapters")
                 t0 = time.perf_counter()
-                if strategy == "swap" and engine is not None and hasattr(engine, "load_weights"):
+                reuse = strategy == "swap" and engine is not None and hasattr(engine, "load_weights")
+                if reuse:
                     engine.load_weights(group.model)  # the same engine, the next stage's weights
                 else:
                     if engine is not None:
@@ -152,7 +155,7 @@ def score_stages(
                 systems = {s: (s if s in adapters else None) for s in group.systems}
                 preds, elapsed = predict_all(engine, systems, tasks, max_tokens)
                 predictions.update(preds)
-                runs.append(EngineRun(group.root, list(group.systems), started, elapsed, len(systems) * n_records))
+                runs.append(EngineRun(group.root, list(group.systems), started, elapsed, len(systems) * n_records, reuse))
                 log.info("eval: %s scored %s: %d answers in %.0fs", group.root, ", ".join(systems), runs[-1].answers, elapsed)
         finally:
             if engine is not None:

@@ -58,12 +58,13 @@ def engines_text(report: dict[str, Any]) -> str:
         return ""
     lines = [
         f"{report.get('answers', 0)} answers in {report.get('seconds', 0):.0f}s ({report.get('answers_per_s') or 0:.1f} answers/s), "
-        f"{len(engines)} {report.get('engine', '')} engine(s):",
+        f"{sum(not e.get('reused') for e in engines)} {report.get('engine', '')} engine(s):",
         "",
     ]
     for e in engines:
+        how = "weights loaded into the same engine" if e.get("reused") else "engine started"
         lines.append(
-            f"- `{e['model']}` model, scoring {', '.join(e['systems'])}: started in {e['start_s']:.0f}s, "
+            f"- `{e['model']}` model, scoring {', '.join(e['systems'])}: {how} in {e['start_s']:.0f}s, "
             f"{e['answers']} answers in {e['answer_s']:.0f}s ({e['answers_per_s'] or 0:.1f}/s)"
         )
     return "\n".join(lines) + "\n"

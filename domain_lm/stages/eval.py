@@ -82,83 +82,99 @@ def _notes(config: PipelineConfig, registry: Any, tasks: dict[str, Any]) -> list
     return notes
 
 
+def task_info(template: Any, records: Sequence[Any]) -> dict[str, Any]:
+    """A task's entry in the report before scoring: metric, languages, size and where the data comes from."""
+    from domain_lm.data.records import SYNTHETIC
+
+    datasets: dict[str, int] = {}
+    for r in records:
+        name = r.dataset or "configured data"
+        datasets[name] = datasets.get(name, 0) + 1
+    return {
+        "metric": template.metric,
+        "langs": sorted({r.lang for r in records}),
+        "n": len(records),
+        "datasets": datasets,
+        "synthetic": SYNTHETIC in datasets,
+        "systems": {},
+    }
+
+
 def build_report(
     config: PipelineConfig, registry: Any, models: Sequence[Any] | dict[str, str], work_dir: Path | None = None
 ) -> tuple[dict[str, Any], dict[str, dict[str, list[Any]]]]:
     """Score each model stage (``StageModel``s, or ``{stage: model dir}`` to score merged weights) on
     every task's held-out records; add the baseline and the scorecard. Returns the report and the
-    predictions (``{system: {task: [Prediction]}}``)."""
-    from domain_lm.data.records import SYNTHETIC, load_split
+    predictions (``{system: {task: [Prediction]}}``, the baseline's included)."""
+    from domain_lm.data.records import load_split
     from domain_lm.eval.engines import StageModel, score_stages
-    from domain_lm.eval.harness import Prediction, baseline_predict, engine_options, resolve_kind, summarize
-    from domain_lm.eval.scorecard import final_system, task_scorecard
-    from domain_lm.pipeline import graph
+    from domain_lm.eval.harness import engine_options, resolve_kind, summarize
 
     cfg = config.eval
     seed = config.tasks.seed
     split = load_split(config, registry)
-    train = split.train_by_task()
     held = {t: sample_held(recs, cfg.max_examples, seed) for t, recs in split.held_by_task().items() if recs}
     tasks = {t: (split.templates[t], recs) for t, recs in held.items()}
     stages = [StageModel(s, Path(p)) for s, p in models.items()] if isinstance(models, dict) else list(models)
     kind = resolve_kind(cfg.engine)
     report: dict[str, Any] = {"title": f"Evaluation of run {config.run.name}", "engine": kind, "engines": [], "tasks": {}}
-    for t, (tmpl, recs) in tasks.items():
-        datasets: dict[str, int] = {}
-        for r in recs:
-            datasets[r.dataset or "configured data"] = datasets.get(r.dataset or "configured data", 0) + 1
-        report["tasks"][t] = {
-            "metric": tmpl.metric,
-            "langs": sorted({r.lang for r in recs}),
-            "n": len(recs),
-            "datasets": datasets,
-            "synthetic": SYNTHETIC in datasets,
-            "systems": {},
-        }
+    report["tasks"] = {t: task_info(tmpl, recs) for t, (tmpl, recs) in tasks.items()}
 
-    # 1. every stage on as few engines as possible, every task x stage of an engine in one submission
+    # 1. every stage on one engine where it can, every task of a submission answered at once
     opts = engine_options(cfg.engine, cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len)
-    t_all = time.perf_counter()
+    t0 = time.perf_counter()
     predictions, runs = score_stages(stages, tasks, cfg.strategy, kind, cfg.max_new_tokens, work_dir, **opts)
     report["engines"] = [r.as_dict() for r in runs]
     for run in runs:
+        share = run.answer_s / len(run.systems)  # answer time spread over the stages answered together
         for system in run.systems:
             for t, (tmpl, recs) in tasks.items():
-                share = run.answer_s / len(run.systems)  # answer time spread over the stages answered together
                 report["tasks"][t]["systems"][system] = summarize(tmpl, recs, predictions[system][t], share)
-    answers = sum(r.answers for r in runs)
-    report["seconds"] = round(time.perf_counter() - t_all, 1)
-    report["answers"] = answers
-    report["answers_per_s"] = round(answers / report["seconds"], 2) if report["seconds"] else None
+    report["answers"] = sum(r.answers for r in runs)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    report["answers_per_s"] = round(report["answers"] / report["seconds"], 2) if report["seconds"] else None
 
-    # 2. the classical baseline on the same held-out records
-    gold_preds: dict[str, dict[str, list[Any]]] = {t: {s: [p.output for p in predictions[s][t]] for s in predictions} for t in tasks}
+    # 2. the classical baseline on the same held-out records, then the scorecard
     if cfg.baseline:
-        from domain_lm.tasks.metrics import classification_scores
+        add_baseline(report, predictions, tasks, split.train_by_task(), seed)
+    report["scorecard"] = scorecard(report, predictions, tasks, seed)
+    report["scorecard"]["notes"] = _notes(config, registry, report["tasks"])
+    return report, predictions
 
-        for t, (tmpl, recs) in tasks.items():
-            pred = baseline_predict(tmpl, train.get(t, []), recs, seed=seed)
-            if pred is not None:
-                scores = classification_scores([r.output for r in recs], pred, tmpl.output.classes)
-                report["tasks"][t]["systems"][BASELINE] = {**scores, "train_n": len(train.get(t, []))}
-                gold_preds[t][BASELINE] = list(pred)
-                predictions.setdefault(BASELINE, {})[t] = [Prediction(x, x) for x in pred]
 
-    # 3. the scorecard: intervals and verdicts
+def add_baseline(report: dict[str, Any], predictions: dict[str, Any], tasks: dict[str, Any], train: dict[str, Any], seed: int) -> None:
+    """TF-IDF + LR scores and predictions for every label task (fitted on its training records)."""
+    from domain_lm.eval.harness import Prediction, baseline_predict
+    from domain_lm.tasks.metrics import classification_scores
+
+    for t, (tmpl, recs) in tasks.items():
+        pred = baseline_predict(tmpl, train.get(t, []), recs, seed=seed)
+        if pred is not None:
+            scores = classification_scores([r.output for r in recs], pred, tmpl.output.classes)
+            report["tasks"][t]["systems"][BASELINE] = {**scores, "train_n": len(train.get(t, []))}
+            predictions.setdefault(BASELINE, {})[t] = [Prediction(x, x) for x in pred]
+
+
+def scorecard(report: dict[str, Any], predictions: dict[str, Any], tasks: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The scorecard rows (``eval.scorecard.task_scorecard``); each system's interval is also added
+    to its scores in the report (``ci95``)."""
+    from domain_lm.eval.harness import records_lang
+    from domain_lm.eval.scorecard import final_system, task_scorecard
+    from domain_lm.pipeline import graph
+
     final = final_system(list(predictions), graph.FINAL_MODEL_ORDER)
     rows = []
     for t, (tmpl, recs) in tasks.items():
-        lang = recs[0].lang if len({r.lang for r in recs}) == 1 else None
-        row = task_scorecard(tmpl, [r.output for r in recs], gold_preds[t], final, seed=seed, lang=lang)
+        preds = {s: [p.output for p in by_task[t]] for s, by_task in predictions.items() if t in by_task}
+        row = task_scorecard(tmpl, [r.output for r in recs], preds, final, seed=seed, lang=records_lang(recs))
         row["synthetic"] = report["tasks"][t]["synthetic"]
         rows.append(row)
         for system, cell in row["cells"].items():
             report["tasks"][t]["systems"][system]["ci95"] = [round(cell["low"], 4), round(cell["high"], 4)]
-    report["scorecard"] = {"seed": seed, "rows": rows, "notes": _notes(config, registry, report["tasks"])}
-    return report, predictions
+    return {"seed": seed, "rows": rows}
 
 
-def write_predictions(path: Path, tasks: dict[str, Any], predictions: dict[str, dict[str, list[Any]]]) -> None:
+def write_predictions(path: Path, predictions: dict[str, dict[str, list[Any]]]) -> None:
     """Every answer, one JSON line each: system, task, example index, typed output (null: invalid), raw text."""
     from domain_lm.core import atomic
 
@@ -192,9 +208,10 @@ def run(ctx: StageContext) -> None:
         ctx.add_artefact(f"report_{name}" if name != "json" else "report", p.name)
     atomic.write_text(ctx.out / "scorecard.md", markdown(report["scorecard"]))
     ctx.add_artefact("scorecard", "scorecard.md")
-    write_predictions(ctx.out / "predictions.jsonl", report["tasks"], predictions)
+    write_predictions(ctx.out / "predictions.jsonl", predictions)
     ctx.add_artefact("predictions", "predictions.jsonl")
-    res.metrics.update({"answers_per_s": report["answers_per_s"], "answers": report["answers"], "engines": len(report["engines"])})
+    engines = sum(1 for e in report["engines"] if not e.get("reused"))
+    res.metrics.update({"answers_per_s": report["answers_per_s"], "answers": report["answers"], "engines": engines})
     for t, info in report["tasks"].items():
         for system, scores in info["systems"].items():
             if "skipped" in scores:
