@@ -10,9 +10,9 @@ and PPO are (rank 16, top 8 / 8 / 4 layers). Data: the demo's held-out split (``
 of the default config), ``--examples`` per task (seeded sample), the demo's four tasks.
 
 Variants (each opens its engines, answers every task x stage, closes them; one after the other):
-* ``before``: the eval stage as it was (``harness.evaluate_model`` per stage: one engine per stage,
-  task by task, batches of 64, vLLM's default CPU cache blocks of 128 tokens, which never share a
-  templated prefix shorter than a block);
+* ``before``: the eval stage as it was, run from that commit's code (``--before-ref``, a ``git archive``
+  in a subprocess): ``harness.evaluate_model`` per stage, i.e. one engine per stage, task by task,
+  batches of 64, vLLM's default CPU cache blocks of 128 tokens (no templated prefix is ever shared);
 * ``after``: the eval stage now (``eval.engines.score_stages`` with the default ``eval.strategy`` and
   ``harness.engine_options``);
 * ``swap`` / ``adapters`` / ``per_stage``: the stage now with that ``eval.strategy`` (one engine with
@@ -25,6 +25,7 @@ Prints answers, seconds (engine start + answering), answers/s and the ratio to `
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import time
@@ -46,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path("/tmp/eval-speed"), help="Where the synthetic stack is built (reused).")
     p.add_argument("--examples", type=int, default=200, help="Held-out examples per task.")
     p.add_argument("--variants", default="before,after", help="Comma-separated: before, after, swap, adapters, per_stage, no-prefix.")
+    p.add_argument("--before-ref", default=BEFORE_REF, help="The commit whose eval stage is 'before'.")
     p.add_argument("--out", type=Path, help="Write the results as JSON here.")
     return p.parse_args()
 
@@ -93,15 +95,49 @@ def run_stack(run_dir: Path) -> list[Any]:
     return stage_models(StageInputs("eval", results=results))
 
 
-def before(stages: list[Any], tasks: dict[str, Any], cap: int) -> dict[str, Any]:
-    """The eval stage as it was: one engine per stage, ``evaluate_model``'s task-by-task loop, the
-    engine options it used (vLLM's default cache blocks)."""
-    from domain_lm.eval.harness import evaluate_model
+#: The eval stage before this change (main at 15d30c4): what ``before`` runs.
+BEFORE_REF = "15d30c4e8e73f96b8c8683c115e47dbf7e59e4d9"
 
-    t0 = time.perf_counter()
-    for s in stages:
-        evaluate_model(s.model, tasks, kind="vllm", max_tokens=cap, gpu_memory_utilization=0.1, max_model_len=2048)
-    return {"engines": len(stages), "seconds": time.perf_counter() - t0}
+#: Run in a subprocess on the old code: its ``evaluate_model`` per stage (engine start included).
+_BEFORE_SNIPPET = """
+import json, sys, time
+from types import SimpleNamespace
+from domain_lm.eval.harness import evaluate_model
+from domain_lm.tasks import TemplateRegistry
+job = json.load(open(sys.argv[1]))
+registry = TemplateRegistry.load(job["templates"])
+tasks = {t: (registry.get(t), [SimpleNamespace(**r) for r in recs]) for t, recs in job["tasks"].items()}
+t0 = time.perf_counter()
+for model in job["models"]:
+    evaluate_model(model, tasks, kind="vllm", max_tokens=job["cap"], gpu_memory_utilization=0.1, max_model_len=2048)
+print("SECONDS", time.perf_counter() - t0)
+"""
+
+
+def before(stages: list[Any], tasks: dict[str, Any], cap: int, ref: str) -> dict[str, Any]:
+    """The eval stage as it was, run from the code at ``ref`` (a ``git archive`` of it, in a
+    subprocess): one engine per stage, ``evaluate_model``'s task-by-task loop, its engine options."""
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+
+    src = Path(tempfile.mkdtemp(prefix="eval-speed-before-"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref], check=True, capture_output=True).stdout
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(src, filter="data")
+    job = {
+        "templates": str(src / "task_templates"),
+        "models": [str(s.model) for s in stages],
+        "cap": cap,
+        "tasks": {t: [{"task": r.task, "lang": r.lang, "inputs": r.inputs, "output": r.output} for r in recs] for t, (_, recs) in tasks.items()},
+    }
+    (src / "job.json").write_text(json.dumps(job))
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    out = subprocess.run([sys.executable, "-c", _BEFORE_SNIPPET, str(src / "job.json")], env=env, cwd=src, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the eval at {ref} failed:\n{out.stderr[-3000:]}")
+    seconds = float(next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("SECONDS")))
+    return {"engines": len(stages), "seconds": seconds, "ref": ref}
 
 
 def after(stages: list[Any], tasks: dict[str, Any], cap: int, work: Path, strategy: str, **opts: Any) -> dict[str, Any]:
@@ -136,7 +172,7 @@ def main() -> int:
           f"{answers} answers per variant; cap {cap} tokens", flush=True)
 
     runs = {
-        "before": lambda: before(stages, tasks, cap),
+        "before": lambda: before(stages, tasks, cap, args.before_ref),
         "after": lambda: after(stages, tasks, cap, args.work, config.eval.strategy),
         "swap": lambda: after(stages, tasks, cap, args.work, "swap"),
         "adapters": lambda: after(stages, tasks, cap, args.work, "adapters"),
