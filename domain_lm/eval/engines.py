@@ -97,6 +97,7 @@ class EngineRun:
     answer_s: float
     answers: int
     reused: bool = False  # the engine before it, with this model's weights loaded in place
+    tokens: int = 0  # generated tokens of the valid answers
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +108,7 @@ class EngineRun:
             "answer_s": round(self.answer_s, 1),
             "answers": self.answers,
             "answers_per_s": round(self.answers / self.answer_s, 2) if self.answer_s else None,
+            "tokens": self.tokens,
         }
 
 
@@ -155,7 +157,8 @@ def score_stages(
                 systems = {s: (s if s in adapters else None) for s in group.systems}
                 preds, elapsed = predict_all(engine, systems, tasks, max_tokens)
                 predictions.update(preds)
-                runs.append(EngineRun(group.root, list(group.systems), started, elapsed, len(systems) * n_records, reuse))
+                tokens = sum(p.tokens for by_task in preds.values() for ps in by_task.values() for p in ps)
+                runs.append(EngineRun(group.root, list(group.systems), started, elapsed, len(systems) * n_records, reuse, tokens))
                 log.info("eval: %s scored %s: %d answers in %.0fs", group.root, ", ".join(systems), runs[-1].answers, elapsed)
         finally:
             if engine is not None:

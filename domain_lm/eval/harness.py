@@ -22,6 +22,7 @@ class Prediction:
     output: Any  # typed value, None when the output broke the contract
     raw: str
     error: str | None = None
+    tokens: int = 0  # generated tokens of the answer (0 when unknown)
 
 
 def predict(
@@ -66,7 +67,7 @@ def to_prediction(template: Any, answer: Any) -> Prediction:
         return Prediction(None, "", f"input rejected: {answer}")
     if isinstance(answer, BaseException):
         raise answer
-    return Prediction(answer.output, answer.raw_text)
+    return Prediction(answer.output, answer.raw_text, tokens=answer.usage.completion_tokens)
 
 
 def score_predictions(template: Any, golds: Sequence[Any], preds: Sequence[Prediction], lang: str | None = "en") -> dict[str, Any]:
