@@ -124,3 +124,26 @@ def test_markdown_and_compact_rendering(registry):
     assert line.startswith("sentiment") and "sft 1.00±0.00" in line and "beats base: yes, needs LLM: no" in line
     assert S.final_system(["base", "pretrain", "sft", "dpo", "ppo"], ("ppo", "dpo", "sft", "pretrain", "base")) == "ppo"
     assert S.final_system(["base"], ("ppo", "base")) is None
+
+
+def test_run_report_opens_with_the_scorecard(tmp_path, registry):
+    from domain_lm.eval.report import write_report as write_eval_report
+    from domain_lm.pipeline.report import build_markdown, scorecard_lines
+    from domain_lm.pipeline.store import Run
+
+    t = registry.get("sentiment")
+    gold = ["positive", "negative", "neutral"] * 30
+    row = S.task_scorecard(t, gold, {"base": ["neutral"] * 90, "sft": gold, S.BASELINE: gold}, final="sft")
+    run = Run(tmp_path / "r")
+    with run.writing("sft") as w:
+        w.result.metrics = {"train_loss": 1.0}
+    assert scorecard_lines(run) == []  # no eval yet: no scorecard, no error
+    with run.writing("eval") as w:
+        report = {"tasks": {"sentiment": {"metric": "classification", "systems": {"base": {"weighted_f1": 0.17, "n": 90}}}},
+                  "scorecard": {"rows": [row], "seed": 42, "notes": []}}
+        w.add_artefact("report", write_eval_report(report, w.path)["json"].name)
+    text, _ = build_markdown(run, None)
+    assert text.index("## Scorecard") < text.index("## Stage timeline")
+    assert "| sentiment | weighted_f1 | 90 | 0.167 [" in text
+    lines = scorecard_lines(run)
+    assert lines[0].startswith("scorecard") and "beats base: yes" in lines[1]
