@@ -3,10 +3,13 @@
     python bench/serve_bench.py [--model PATH] [--task sentiment] [--quick] [--out bench.json]
 
 Both servers run one after the other (never at once, so they do not share the CPU), each with the
-same engine settings. The raw server gets exactly the prompts the task endpoint renders (the
+same engine settings (the service's: fp32, eager, the CPU cache block size and prefix caching of
+``inference.vllm_engine``). The raw server gets exactly the prompts the task endpoint renders (the
 template's messages) and the same decode-time constraint (``structured_outputs`` choice / json),
 so the ratio measures what the service layer costs: validation, rendering, admission, parsing.
-Default model: SmolLM2-135M from the model store.
+Inputs are distinct real texts (the task's embedded held-out examples when it has some, else its
+template examples), so no request finds its whole prompt in the prefix cache; only the templated
+prefix every request of the task shares. Default model: SmolLM2-135M from the model store.
 """
 
 from __future__ import annotations
@@ -51,13 +54,38 @@ async def load(url: str, bodies: list[dict], concurrency: int, check) -> dict:
                 if r.status_code != 200 or not check(r.json()):
                     errors += 1
 
-        await one(bodies[0])  # warm-up (grammar compile, first-batch allocations)
+        await one(bodies[0])  # warm-up (grammar compile, first-batch allocations, the task's shared prefix)
         latencies.clear()
+        errors = 0
+        bodies = bodies[1:]  # each measured prompt is new to the engine's prefix cache
         t0 = time.perf_counter()
         await asyncio.gather(*(one(b) for b in bodies))
         wall = time.perf_counter() - t0
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
-    return {"requests": len(bodies), "errors": errors, "rps": len(bodies) / wall, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000}
+    return {
+        "requests": len(bodies),
+        "errors": errors,
+        "rps": len(bodies) / wall,
+        "p50_ms": q[49] * 1000,
+        "p95_ms": q[94] * 1000,
+        "p99_ms": q[98] * 1000,
+    }
+
+
+def task_inputs(template, n: int) -> list[tuple[str, dict]]:
+    """``n`` distinct (lang, inputs) for the task: its embedded held-out examples (real, distinct
+    texts), else its template examples, repeated."""
+    from domain_lm.data import embedded
+
+    real = [ex for name in embedded.available("task", template.name) for ex in embedded.split_by_doc(embedded.task_examples(name))[1]]
+    if real:
+        return [(ex.lang, dict(ex.inputs)) for ex in real[:n]]
+    examples = [(ex.lang, dict(ex.inputs)) for ex in template.examples]
+    return [examples[i % len(examples)] for i in range(n)]
+
+
+def row(r: dict) -> str:
+    return f"{r['rps']:>7.2f} {r['p50_ms']:>7.0f} {r['p95_ms']:>7.0f} {r['p99_ms']:>7.0f}"
 
 
 def service_overhead(templates: str, task: str, bodies: list[dict], concurrency: int = 32) -> dict:
@@ -108,11 +136,13 @@ def main() -> None:
 
     model = Path(args.model) if args.model else resolve("smollm2-135m")
     template = TemplateRegistry.load(args.templates).get(args.task)
-    examples = [(ex.lang, dict(ex.inputs)) for ex in template.examples]
     levels = [int(c) for c in args.concurrency.split(",")]
 
     def n_for(c: int) -> int:
-        return args.requests or (max(8, 2 * c) if args.quick else max(16, 4 * c))
+        return args.requests or (max(8, 2 * c) if args.quick else max(32, 4 * c))
+
+    # one warm-up request per level, then the measured ones, all distinct
+    examples = task_inputs(template, sum(n_for(c) + 1 for c in levels))
 
     # Same prompts and constraints for both servers.
     from domain_lm.inference.fake import FakeEngine
@@ -120,12 +150,15 @@ def main() -> None:
 
     runner = TaskRunner(FakeEngine())
     task_bodies, raw_bodies = [], []
-    for i in range(max(n_for(c) for c in levels)):
-        lang, inputs = examples[i % len(examples)]
+    for lang, inputs in examples:
         req = runner.build_request(template, inputs, lang)
         task_bodies.append({"input": inputs, "lang": lang})
         so = {"choice": req.choices} if req.choices else {"json": req.json_schema} if req.json_schema else {"regex": req.regex}
         raw_bodies.append({"model": "m", "messages": req.messages, "max_tokens": req.max_tokens, "temperature": 0, "structured_outputs": so})
+
+    # level -> its slice of the bodies: a warm-up and n_for(c) measured requests, none shared between levels
+    ends = [sum(n_for(c) + 1 for c in levels[: i + 1]) for i in range(len(levels))]
+    spans = list(zip([0, *ends[:-1]], ends))
 
     overhead = service_overhead(args.templates, args.task, (task_bodies * 4)[:400])
     kv = str(int(args.kv_cache_gib * 2**30))
@@ -142,7 +175,8 @@ def main() -> None:
     try:
         wait_ready(svc, f"http://127.0.0.1:{port}", log_path=logs / "service.log")
         results["task_endpoint"] = {
-            str(c): asyncio.run(load(f"http://127.0.0.1:{port}/v1/tasks/{args.task}", task_bodies[: n_for(c)], c, lambda b: "output" in b)) for c in levels
+            str(c): asyncio.run(load(f"http://127.0.0.1:{port}/v1/tasks/{args.task}", task_bodies[a:b], c, lambda r: "output" in r))
+            for c, (a, b) in zip(levels, spans)
         }
     finally:
         stop_service(svc, timeout=60)
@@ -158,18 +192,20 @@ def main() -> None:
     try:
         wait_ready(raw, f"http://127.0.0.1:{port}", log_path=logs / "vllm.log", probe="/health")
         results["raw_vllm"] = {
-            str(c): asyncio.run(load(f"http://127.0.0.1:{port}/v1/chat/completions", raw_bodies[: n_for(c)], c, lambda b: bool(b.get("choices")))) for c in levels
+            str(c): asyncio.run(load(f"http://127.0.0.1:{port}/v1/chat/completions", raw_bodies[a:b], c, lambda r: bool(r.get("choices"))))
+            for c, (a, b) in zip(levels, spans)
         }
     finally:
         stop_service(raw, timeout=60)
 
     print(f"model: {model}\ntask: {args.task}  (logs: {logs})\n")
-    print(f"{'conc':>4} | {'task req/s':>10} {'p50 ms':>8} {'p99 ms':>8} | {'raw req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>6} | errors")
+    cols = f"{'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
+    print(f"{'conc':>4} | task endpoint {cols} | raw vLLM {cols} | {'ratio':>6} | errors")
     for c in levels:
         t, r = results["task_endpoint"][str(c)], results["raw_vllm"][str(c)]
         ratio = t["rps"] / r["rps"] if r["rps"] else float("nan")
         results.setdefault("ratio", {})[str(c)] = ratio
-        print(f"{c:>4} | {t['rps']:>10.2f} {t['p50_ms']:>8.0f} {t['p99_ms']:>8.0f} | {r['rps']:>9.2f} {r['p50_ms']:>8.0f} {r['p99_ms']:>8.0f} | {ratio:>6.1%} | {t['errors']}/{r['errors']}")
+        print(f"{c:>4} | {'':13} {row(t)} | {'':8} {row(r)} | {ratio:>6.1%} | {t['errors']}/{r['errors']}")
     # At c=1 every request pays the layer's CPU time once; the share of the raw latency it adds bounds
     # the throughput loss on a quiet machine (the engine runs in other processes).
     p50_raw = results["raw_vllm"][str(levels[0])]["p50_ms"]

@@ -225,6 +225,16 @@ class TaskDataset(Section):
     )
 
 
+#: The embedded real task data the demo uses (``domain_lm.data.embedded``): finance tweets (sentiment),
+#: Banking77 (customer_intent), FIN NER (entities), KPI-EDGAR and NLU++ (extraction).
+DEMO_DATASETS = (
+    "twitter_fin_sentiment/sentiment",
+    "banking77/intents",
+    "fin_ner/entities",
+    "kpi_edgar/extraction",
+    "nlupp_banking/extraction",
+)
+
 #: The task templates that ship with the project (repository checkout / editable install).
 BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "task_templates"
 
@@ -242,15 +252,39 @@ class TasksSection(Section):
         if v == "task_templates" and not Path(v).is_dir() and BUNDLED_TEMPLATES.is_dir():
             return str(BUNDLED_TEMPLATES)
         return v
-    datasets: list[TaskDataset] = Field(default_factory=list, description="Empty: the built-in demo examples.")
-    eval_fraction: float = Field(0.2, ge=0, lt=1)
+    datasets: list[TaskDataset] = Field(default_factory=list, description="Empty: the demo data (demo_datasets).")
+    eval_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of documents (records without one: of records) held out for evaluation; the corpus stage holds out "
+        "the same documents (corpus.heldout_fraction at least this, corpus.seed = tasks.seed).",
+    )
+    demo_datasets: list[str] = Field(
+        default_factory=lambda: list(DEMO_DATASETS),
+        description="Embedded real datasets (domain_lm/resources/datasets) the demo tasks use when datasets is empty. "
+        "tatqa/extraction is left out by default: its inputs are 3x longer (slower SFT and evaluation on a CPU).",
+    )
     demo_tasks: list[str] = Field(
-        default_factory=list, description="Demo tasks used when datasets is empty; empty: every bundled task."
+        default_factory=list,
+        description="Demo tasks used when datasets is empty; empty: the tasks of demo_datasets. A task without embedded data "
+        "(report_summary, key_points, business_line) uses code-generated synthetic examples, marked 'synthetic' in the report.",
     )
     demo_langs: list[Literal["en", "zh"]] = Field(
-        default_factory=lambda: ["en", "zh"], description="Languages of the demo examples."
+        default_factory=lambda: ["en"],
+        description="Languages of the demo data. The embedded data is English; 'zh' adds the synthetic Chinese examples.",
     )
-    seed: int = Field(42, description="Seed of the record-level train/eval split.")
+    seed: int = Field(42, description="Seed of the document-level train/eval split.")
+
+    @field_validator("demo_datasets")
+    @classmethod
+    def _known_datasets(cls, v: list[str]) -> list[str]:
+        from domain_lm.data.embedded import available
+
+        unknown = [name for name in v if name not in available("task")]
+        if unknown:
+            raise ValueError(f"unknown embedded task datasets {unknown}; available: {', '.join(available('task'))}")
+        return v
 
 
 class InstructSource(Section):
@@ -422,10 +456,19 @@ class DpoSection(Section):
 class EvalSection(Section):
     enabled: bool = True
     engine: Literal["auto", "vllm", "hf"] = "auto"
-    max_examples: int | None = Field(50, description="Per task; None: all.")
+    max_examples: int | None = Field(
+        200, ge=1, description="Held-out examples scored per task (a seeded sample of the held-out documents' examples); None: all."
+    )
     baseline: bool = True
     max_new_tokens: int = Field(256, ge=1, description="Generation cap for json/text tasks (label tasks use the choices).")
     gpu_memory_utilization: float = Field(0.1, gt=0, le=1, description="vLLM engine share of (GPU or, on CPU, host) memory.")
+    max_model_len: int = Field(2048, ge=64, description="Longest prompt + answer the eval engine accepts (tokens).")
+    strategy: Literal["swap", "adapters", "per_stage"] = Field(
+        "swap",
+        description="How every stage is scored: 'swap' = one engine, each stage's merged weights loaded in place in turn; "
+        "'adapters' = LoRA stages as adapters on one engine (stacks combined exactly; a full fine-tune adds one engine); "
+        "'per_stage' = one engine per stage.",
+    )
 
 
 class ServeSection(Section):
@@ -529,7 +572,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             "critic_learning_rate": 3e-4,
         },
         "dpo": {"peft": {"top_layers": 8}, "train": {"max_steps": 20, "batch_size": 2, "max_seq_len": 384, "save_steps": 10}},
-        "eval": {"max_examples": 8, "max_new_tokens": 128},
+        # >= 200 held-out examples per task; answers longer than 96 tokens are rarer than 1% in the demo's data.
+        "eval": {"max_examples": 200, "max_new_tokens": 96},
     },
     "full": {
         "corpus": {"block_size": 1024, "chunk_tokens": 1024},

@@ -14,7 +14,7 @@ from domain_lm.inference.schema_bounds import bound_schema, fit_schema, text_reg
 from domain_lm.inference.tasks import TaskRunner
 from domain_lm.tasks import ContractError, InputError, TemplateRegistry
 
-from .conftest import REPO
+from .conftest import REPO, requires_vllm
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,17 @@ def test_chat_prompts_are_not_given_a_second_bos():
 
     assert encode_prompt(Tok(), GenerationRequest(messages=[{"role": "user", "content": "hi"}]))[0] == ord("<")
     assert encode_prompt(Tok(), GenerationRequest(prompt="hi")) == [0, ord("h"), ord("i")]
+
+
+@requires_vllm
+def test_vllm_label_requests_stop_at_a_complete_choice_only_when_that_is_unambiguous():
+    from domain_lm.inference.vllm_engine import sampling_params, substring_free
+
+    assert substring_free(["positive", "negative", "neutral"]) and substring_free(["积极", "消极", "中性"])
+    assert not substring_free(["exchange rate", "card payment wrong exchange rate"])  # Banking77 has such pairs
+    p = sampling_params(GenerationRequest(prompt="x", choices=["positive", "negative", "neutral"]))
+    assert p.stop == ["positive", "negative", "neutral"] and p.include_stop_str_in_output
+    q = sampling_params(GenerationRequest(prompt="x", choices=["card", "card arrival"]))
+    assert not q.stop and not q.include_stop_str_in_output  # "card" would cut "card arrival" short
+    r = sampling_params(GenerationRequest(prompt="x", choices=["a", "b"], stop=["\n"]))
+    assert r.stop == ["\n"] and not r.include_stop_str_in_output  # a caller's own stops are left alone

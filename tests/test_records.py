@@ -96,17 +96,70 @@ def test_every_stage_sees_the_same_split(tmp_path, registry, tiny_model_dir, mon
     build_sft_data(cfg, load_tokenizer(tiny_model_dir), tmp_path / "sft", registry=registry)
     assert R.read_records(tmp_path / "sft" / "eval_records.jsonl") == split.held
 
-    from domain_lm.eval import harness
+    from domain_lm import inference
+    from domain_lm.inference.fake import FakeEngine
     from domain_lm.stages import eval as eval_stage
 
-    scored = {}
-    monkeypatch.setattr(harness, "evaluate_model", lambda path, tasks, **kw: scored.update(tasks) or {})
+    engines: list[FakeEngine] = []
+    monkeypatch.setattr(inference, "create_engine", lambda path, **kw: engines.append(FakeEngine(adapters=kw.get("adapters"))) or engines[-1])
     cfg.eval.max_examples, cfg.eval.baseline = None, False
-    eval_stage.build_report(cfg, registry, {"base": "unused"})  # records the eval stage would score
-    assert {t: recs for t, (_, recs) in scored.items()} == split.held_by_task()
+    eval_stage.build_report(cfg, registry, {"base": "unused"})  # records the eval stage scores
+    asked = [m["content"] for req in engines[0].requests for m in req.messages if m["role"] == "user"]
+    assert len(asked) == len(split.held) and all(any(r.inputs["text"] in q for q in asked) for r in split.held)
 
     cfg.reward.from_tasks, cfg.reward.eval_fraction = True, 0.0
     pairs, _, counts = build_preference_data(cfg, registry=registry)
     held_texts = {r.inputs["text"] for r in split.held}
     assert counts["wrong_label"] == len(split.train)  # one per train record, none from held-out ones
     assert all(not any(t in p.prompt[-1]["content"] for t in held_texts) for p in pairs)
+
+
+def test_demo_default_is_the_embedded_real_data_split_by_document(registry):
+    """No datasets configured: the demo tasks are the embedded real datasets, each record grouped by
+    its document, held out exactly when ``embedded.doc_is_heldout`` holds its document out (the rule
+    the corpus stage splits the embedded corpus by)."""
+    from domain_lm.data import embedded
+
+    cfg = build_config({"tasks": {"templates_dir": TEMPLATES}})
+    split = R.load_split(cfg, registry)
+    assert list(split.templates) == ["sentiment", "customer_intent", "entities", "extraction"]  # no synthetic-only task
+    every = split.train + split.held
+    assert all(r.group and r.dataset in cfg.tasks.demo_datasets and r.lang == "en" for r in every)
+    assert all(embedded.doc_is_heldout(r.group, cfg.tasks.eval_fraction, cfg.tasks.seed) for r in split.held)
+    assert not any(embedded.doc_is_heldout(r.group, cfg.tasks.eval_fraction, cfg.tasks.seed) for r in split.train)
+    held = split.held_by_task()
+    assert all(len(held[t]) >= 200 for t in held), {t: len(v) for t, v in held.items()}  # enough to score
+    assert {r.dataset for r in held["extraction"]} == {"kpi_edgar/extraction", "nlupp_banking/extraction"}  # TAT-QA: opt-in
+
+
+def test_held_out_task_documents_are_held_out_of_the_corpus(registry):
+    """With the corpus fraction at least the task one and the same seed (the config enforces it where the
+    corpus is split by document), no held-out task document is in the corpus's training side."""
+    from domain_lm.data import embedded
+
+    cfg = build_config({"tasks": {"templates_dir": TEMPLATES}})
+    held_docs = {r.group for r in R.load_split(cfg, registry).held}
+    for fraction in (cfg.tasks.eval_fraction, cfg.tasks.eval_fraction + 0.1):
+        corpus_train = {d["doc"] for d in embedded.corpus_documents("domain", "train", fraction, cfg.tasks.seed)}
+        corpus_held = {d["doc"] for d in embedded.corpus_documents("domain", "heldout", fraction, cfg.tasks.seed)}
+        assert not held_docs & corpus_train
+        assert held_docs & corpus_held  # the documents are shared: FIN NER agreements, KPI-EDGAR companies
+
+
+def test_synthetic_examples_only_where_no_real_data(registry):
+    cfg = build_config(
+        {"tasks": {"templates_dir": TEMPLATES, "demo_tasks": ["sentiment", "report_summary"], "demo_langs": ["en", "zh"]}}
+    )
+    split = R.load_split(cfg, registry)
+    by = {(r.task, r.lang): r.dataset for r in split.train}
+    assert by[("sentiment", "en")] == "twitter_fin_sentiment/sentiment"
+    assert by[("sentiment", "zh")] == by[("report_summary", "en")] == by[("report_summary", "zh")] == R.SYNTHETIC
+    with pytest.raises(Exception, match="unknown embedded task datasets"):
+        build_config({"tasks": {"demo_datasets": ["nope/nothing"]}})
+
+
+def test_only_the_chosen_embedded_datasets_are_read(registry):
+    cfg = build_config({"tasks": {"templates_dir": TEMPLATES, "demo_datasets": ["tatqa/extraction"]}})
+    split = R.load_split(cfg, registry)
+    assert list(split.templates) == ["extraction"] and {r.dataset for r in split.train + split.held} == {"tatqa/extraction"}
+    assert set(R.data_hashes(cfg)) == {"embedded:tatqa/extraction"}

@@ -4,6 +4,8 @@ Every source becomes a list of ``PreferencePair`` (chat ``prompt`` messages, ``c
 ``rejected`` assistant answers), written as JSONL and handed to TRL in its conversational
 format (``to_trl``). Sources:
 
+* the embedded HH-RLHF pairs (``embedded_pairs``), the demo's default: used when no preference
+  file and no task dataset is configured;
 * files (``load_preferences``): plain pairs ``{"prompt","chosen","rejected"}``, ranked lists
   ``{"prompt","responses":[best, ..., worst]}`` (every ordered pair), and Anthropic HH dialogues
   ``{"chosen","rejected"}`` (the shared dialogue prefix becomes the prompt);
@@ -292,6 +294,8 @@ def build_preference_data(
     pairs: list[PreferencePair] = []
     for src in cfg.preference_sources:
         pairs += load_preferences(src, limit=cfg.max_pairs_per_source)
+    if uses_embedded_pairs(config):
+        pairs += embedded_pairs(limit=cfg.max_pairs_per_source)
     if cfg.from_tasks:
         split = load_split(config, registry)
         pairs += task_pairs(split.train, split.templates, seed=config.tasks.seed)
@@ -309,7 +313,28 @@ def build_preference_data(
     return train, held, counts
 
 
+def uses_embedded_pairs(config: Any) -> bool:
+    """The demo's default: the embedded HH pairs when neither preference files nor task datasets are
+    configured (a configured run, e.g. a Chinese one, gets only what it names)."""
+    return not config.reward.preference_sources and not config.tasks.datasets
+
+
+def embedded_pairs(limit: int | None = None) -> list[PreferencePair]:
+    """The embedded HH-RLHF preference pairs (``domain_lm/resources/datasets/hh_rlhf``, MIT)."""
+    from domain_lm.data import embedded
+
+    pairs: list[PreferencePair] = []
+    for name in embedded.available("preference"):
+        for record in embedded.records(name):
+            pairs += record_to_pairs(record)
+    return pairs[:limit] if limit is not None else pairs
+
+
 def data_hashes(config: Any) -> dict[str, str]:
     from domain_lm.core.hashing import sha256_file
+    from domain_lm.data import embedded
 
-    return {f"preferences:{s}": sha256_file(s) for s in config.reward.preference_sources if Path(s).is_file()}
+    out = {f"preferences:{s}": sha256_file(s) for s in config.reward.preference_sources if Path(s).is_file()}
+    if uses_embedded_pairs(config):
+        out.update({f"embedded:{n}": embedded.info(n).content_sha256 for n in embedded.available("preference")})
+    return out

@@ -1,14 +1,20 @@
 """Labelled task records and THE train/held-out split every stage uses.
 
-``load_split(config, registry)`` reads the configured task datasets (JSONL/CSV with a field mapping,
-or the built-in demo examples), drops duplicate records and splits them train / held-out, once, for
-SFT data, preference pairs, PPO prompts and the eval stage alike, so no stage trains on what
-another holds out. One record type, ``TaskRecord``, from the file to the report.
+``load_split(config, registry)`` reads the configured task datasets (JSONL/CSV with a field mapping)
+or, with none configured, the demo data: the embedded real datasets (``data.embedded``: finance
+tweets, Banking77, FIN NER, KPI-EDGAR, NLU++) and, only for tasks or languages without real data,
+the code-generated synthetic examples (``data.demo_tasks``, marked ``dataset="synthetic"``). It
+drops duplicate records and splits them train / held-out, once, for SFT data, preference pairs,
+PPO prompts and the eval stage alike, so no stage trains on what another holds out. One record
+type, ``TaskRecord``, from the file to the report.
 
-The split is by a seeded hash of the record's *group* when its dataset names a ``group_field``
-(e.g. FiNER-ORD ``doc_idx``: every sentence of one document lands on the same side), else of the
-record's content. A record's side depends only on that key and the seed, never on file order or on
-which other records exist, so adding data never moves an old record across the split.
+The split is by a seeded hash of the record's *group* when it has one (an embedded record's
+``doc``; a configured dataset's ``group_field``, e.g. FiNER-ORD ``doc_idx``: every sentence of one
+document lands on the same side), else of the record's content. The hash is
+``embedded.doc_is_heldout``, the one the corpus stage splits its documents with, so with the same
+fraction and seed a held-out task document is held out of continued pretraining too. A record's
+side depends only on that key and the seed, never on file order or on which other records exist,
+so adding data never moves an old record across the split.
 
 This module lives in ``data/`` (not ``tasks/``) because loading is a data concern: it reads files
 with pandas, the demo generators and the pipeline config, none of which the serving path (which
@@ -42,22 +48,26 @@ class TaskRecord:
     inputs: dict[str, Any]
     output: Any
     group: str | None = None
+    #: Where the record comes from: an embedded dataset's name (``banking77/intents``), ``synthetic``
+    #: (code-generated demo examples) or None (a configured file).
+    dataset: str | None = None
 
     def key(self) -> str:
         """Content key: identical inputs of a task are one record (the dedupe unit)."""
         return hashlib.sha256(json.dumps([self.task, self.inputs], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     def split_key(self) -> str:
-        """What decides the record's side: its group when it has one, else its content."""
-        return f"group:{self.group}" if self.group is not None else self.key()
+        """What decides the record's side: its group (document) when it has one, else its content."""
+        return self.group if self.group is not None else self.key()
 
     def to_json(self) -> dict[str, Any]:
         out = {"task": self.task, "lang": self.lang, "inputs": self.inputs, "output": self.output}
-        return {**out, "group": self.group} if self.group is not None else out
+        extra = {k: v for k, v in (("group", self.group), ("dataset", self.dataset)) if v is not None}
+        return {**out, **extra}
 
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> "TaskRecord":
-        return cls(row["task"], row["lang"], row["inputs"], row["output"], row.get("group"))
+        return cls(row["task"], row["lang"], row["inputs"], row["output"], row.get("group"), row.get("dataset"))
 
 
 @dataclass(frozen=True)
@@ -191,30 +201,82 @@ def records_from_rows(template: TaskTemplate, rows: list[dict[str, Any]], ds: Ta
     return out
 
 
-def demo_records_for(template: TaskTemplate, langs: list[str]) -> list[TaskRecord]:
-    """The built-in demo examples of a bundled task as records."""
+SYNTHETIC = "synthetic"
+
+
+def embedded_records(template: TaskTemplate, datasets: Iterable[str]) -> list[TaskRecord]:
+    """The examples of the embedded task datasets (of ``datasets``) made for ``template``, as records
+    grouped by their document."""
+    from domain_lm.data import embedded
+
+    out = []
+    for name in embedded.available("task", template.name):
+        if name not in datasets:
+            continue
+        for ex in embedded.task_examples(name):
+            try:
+                inputs = template.validate_inputs(ex.inputs)
+                output = template.coerce_output(ex.output)
+            except (InputError, ContractError) as e:  # a template edited since the data was built
+                log.warning("task %s: embedded %s example of %s skipped: %s", template.name, name, ex.doc, e)
+                continue
+            out.append(TaskRecord(template.name, ex.lang, inputs, output, group=ex.doc, dataset=name))
+    return out
+
+
+def synthetic_records(template: TaskTemplate, lang: str) -> list[TaskRecord]:
+    """The code-generated (synthetic) demo examples of a bundled task in ``lang``."""
     from domain_lm.data.demo_tasks import demo_examples
 
-    return [
-        TaskRecord(template.name, lang, ex["inputs"], ex["output"])
-        for lang in langs
-        if lang in template.languages
-        for ex in demo_examples(template, lang)
-    ]
+    if lang not in template.languages:
+        return []
+    return [TaskRecord(template.name, lang, ex["inputs"], ex["output"], dataset=SYNTHETIC) for ex in demo_examples(template, lang)]
+
+
+def demo_records_for(template: TaskTemplate, langs: Iterable[str], datasets: Iterable[str] = ()) -> list[TaskRecord]:
+    """The demo records of a task: per language, the embedded real data when ``datasets`` has some
+    for it, else the synthetic examples."""
+    datasets = list(datasets)
+    out: list[TaskRecord] = []
+    for lang in langs:
+        real = [r for r in embedded_records(template, datasets) if r.lang == lang]
+        out += real or synthetic_records(template, lang)
+    return out
+
+
+def default_demo_tasks(config: PipelineConfig) -> list[str]:
+    """The demo's tasks when ``tasks.demo_tasks`` is empty: those of ``tasks.demo_datasets``, in order.
+
+    Tasks with no permissively licensed data (report_summary, key_points, business_line) are not
+    among them: a demo task is scored on real held-out data or not at all.
+    """
+    from domain_lm.data import embedded
+
+    return list(dict.fromkeys(embedded.info(name).task or "" for name in config.tasks.demo_datasets))
 
 
 def load_records(config: PipelineConfig, registry: Any) -> list[TaskRecord]:
-    """All labelled records of the configured datasets (or the built-in demo examples), in load order."""
+    """All labelled records of the configured datasets (or the demo data), in load order."""
     records: list[TaskRecord] = []
+    demo_sets = config.tasks.demo_datasets
     if config.tasks.datasets:
         for ds in config.tasks.datasets:
             t = registry.get(ds.task)
-            recs = demo_records_for(t, [ds.lang]) if ds.path is None else records_from_rows(t, read_table(ds.path), ds)
+            recs = demo_records_for(t, [ds.lang], demo_sets) if ds.path is None else records_from_rows(t, read_table(ds.path), ds)
             records += recs[: ds.max_examples] if ds.max_examples else recs
         return records
-    for name in config.tasks.demo_tasks or registry.names():
-        records += demo_records_for(registry.get(name), list(config.tasks.demo_langs))
+    for name in config.tasks.demo_tasks or default_demo_tasks(config):
+        records += demo_records_for(registry.get(name), config.tasks.demo_langs, demo_sets)
     return records
+
+
+def data_hashes(config: PipelineConfig) -> dict[str, str]:
+    """Content hashes of the embedded datasets the config's demo data may read (for stage fingerprints)."""
+    from domain_lm.data import embedded
+
+    if config.tasks.datasets and all(ds.path for ds in config.tasks.datasets):
+        return {}
+    return {f"embedded:{name}": embedded.info(name).content_sha256 for name in config.tasks.demo_datasets}
 
 
 def read_records(path: str | Path) -> list[TaskRecord]:
@@ -239,9 +301,11 @@ def dedupe_records(records: list[TaskRecord]) -> tuple[list[TaskRecord], int]:
 
 
 def is_held_out(record: TaskRecord, eval_fraction: float, seed: int) -> bool:
-    """The record's side: a seeded hash of its ``split_key`` compared with ``eval_fraction``."""
-    h = int(hashlib.sha256(f"{seed}:{record.split_key()}".encode()).hexdigest()[:12], 16) / float(16**12)
-    return h < eval_fraction
+    """The record's side: ``embedded.doc_is_heldout`` of its ``split_key`` (the rule the corpus stage
+    holds documents out by), so a document is held out of every task and of pretraining alike."""
+    from domain_lm.data.embedded import doc_is_heldout
+
+    return doc_is_heldout(record.split_key(), eval_fraction, seed)
 
 
 def split_records(records: list[TaskRecord], eval_fraction: float, seed: int) -> tuple[list[TaskRecord], list[TaskRecord]]:

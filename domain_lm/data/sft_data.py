@@ -237,8 +237,9 @@ def build_sft_data(config: PipelineConfig, tokenizer: Any, out_dir: str | Path, 
 def data_hashes(config: PipelineConfig) -> dict[str, str]:
     """Content hashes of the external files SFT data is built from (for the stage fingerprint)."""
     from domain_lm.core.hashing import sha256_file
+    from domain_lm.data.records import data_hashes as embedded_hashes
 
-    out = {}
+    out = embedded_hashes(config)  # the embedded demo datasets, when the config reads them
     for ds in config.tasks.datasets:
         if ds.path and Path(ds.path).is_file():
             out[f"tasks:{ds.task}:{ds.path}"] = sha256_file(ds.path)

@@ -24,6 +24,17 @@ def make_pipeline(lang: str = "en", seed: int = 42):
     return sk_pipeline(vec, clf)
 
 
+def fit_predict(
+    train_texts: Sequence[str], train_labels: Sequence[str], test_texts: Sequence[str], lang: str = "en", seed: int = 42
+) -> list[str] | None:
+    """Fit on the train split and label the test texts; None when the train split has one class."""
+    if len(set(train_labels)) < 2:
+        return None
+    pipe = make_pipeline(lang, seed)
+    pipe.fit(list(train_texts), list(train_labels))
+    return [str(x) for x in pipe.predict(list(test_texts))]
+
+
 def run_baseline(
     train_texts: Sequence[str],
     train_labels: Sequence[str],
@@ -34,11 +45,9 @@ def run_baseline(
     seed: int = 42,
 ) -> dict[str, Any]:
     """Fit on the train split, score on the test split with the same metric as the LLM stages."""
-    if len(set(train_labels)) < 2:
+    pred = fit_predict(train_texts, train_labels, test_texts, lang, seed)
+    if pred is None:
         return {"skipped": "needs at least two classes in the training split", "n": len(test_texts)}
-    pipe = make_pipeline(lang, seed)
-    pipe.fit(list(train_texts), list(train_labels))
-    pred = list(pipe.predict(list(test_texts)))
     scores = classification_scores(list(test_labels), pred, labels)
     scores["train_n"] = len(train_texts)
     return scores

@@ -22,6 +22,7 @@ class Prediction:
     output: Any  # typed value, None when the output broke the contract
     raw: str
     error: str | None = None
+    tokens: int = 0  # generated tokens of the answer (0 when unknown)
 
 
 def predict(
@@ -40,25 +41,33 @@ def predict(
     fails its contract and counts as invalid.
     """
     from domain_lm.inference.tasks import TaskRunner
-    from domain_lm.tasks import ContractError, InputError
 
-    cap = None if max_tokens is None else min(max_tokens, template.output.max_tokens or max_tokens)
-    runner = TaskRunner(engine, max_tokens=cap)
+    runner = TaskRunner(engine, max_tokens=task_cap(template, max_tokens))
     out: list[Prediction] = []
     for start in range(0, len(inputs), batch_size):
         chunk = list(inputs[start : start + batch_size])
-        for a in runner.run_batch(template, chunk, lang=lang, adapter=adapter, return_exceptions=True):
-            if isinstance(a, ContractError):
-                out.append(Prediction(None, getattr(a, "raw", "") or "", str(a)))
-            elif isinstance(a, InputError):
-                # The record does not fit the template (e.g. too long): no answer, so it scores as wrong.
-                log.warning("task %s: input rejected: %s", template.name, a)
-                out.append(Prediction(None, "", f"input rejected: {a}"))
-            elif isinstance(a, Exception):
-                raise a
-            else:
-                out.append(Prediction(a.output, a.raw_text))
+        out += [to_prediction(template, a) for a in runner.run_batch(template, chunk, lang=lang, adapter=adapter, return_exceptions=True)]
     return out
+
+
+def task_cap(template: Any, max_tokens: int | None) -> int | None:
+    """The generation cap of a task: ``max_tokens``, never above the template's own hint."""
+    return None if max_tokens is None else min(max_tokens, template.output.max_tokens or max_tokens)
+
+
+def to_prediction(template: Any, answer: Any) -> Prediction:
+    """A ``TaskRunner`` answer, or the contract / input error it raised, as a prediction."""
+    from domain_lm.tasks import ContractError, InputError
+
+    if isinstance(answer, ContractError):
+        return Prediction(None, getattr(answer, "raw", "") or "", str(answer))
+    if isinstance(answer, InputError):
+        # The record does not fit the template (e.g. too long): no answer, so it scores as wrong.
+        log.warning("task %s: input rejected: %s", template.name, answer)
+        return Prediction(None, "", f"input rejected: {answer}")
+    if isinstance(answer, BaseException):
+        raise answer
+    return Prediction(answer.output, answer.raw_text, tokens=answer.usage.completion_tokens)
 
 
 def score_predictions(template: Any, golds: Sequence[Any], preds: Sequence[Prediction], lang: str | None = "en") -> dict[str, Any]:
@@ -81,10 +90,20 @@ def evaluate_records(
             idx, predict(engine, template, [records[i].inputs for i in idx], lang=lang, adapter=adapter, max_tokens=max_tokens)
         ):
             preds[i] = p
-    elapsed = time.perf_counter() - t0
+    return summarize(template, records, preds, time.perf_counter() - t0, keep_examples)  # type: ignore[arg-type]
+
+
+def records_lang(records: Sequence[Any]) -> str | None:
+    """The one language of ``records`` (None when mixed: metrics then tokenise per text)."""
     langs = {r.lang for r in records}
-    scores = score_predictions(template, [r.output for r in records], preds, lang=langs.pop() if len(langs) == 1 else None)  # type: ignore[arg-type]
-    scores["latency_ms"] = 1000 * elapsed / len(records)
+    return langs.pop() if len(langs) == 1 else None
+
+
+def summarize(template: Any, records: Sequence[Any], preds: Sequence[Prediction], elapsed: float, keep_examples: int = 5) -> dict[str, Any]:
+    """The task metric of ``preds`` against ``records``, ``latency_ms`` per example (``elapsed``
+    seconds spread over them) and a few sample and invalid outputs."""
+    scores = score_predictions(template, [r.output for r in records], preds, lang=records_lang(records))
+    scores["latency_ms"] = 1000 * elapsed / max(1, len(records))
     scores["samples"] = [
         {"inputs": r.inputs, "gold": r.output, "pred": p.output, "raw": p.raw[:500], **({"error": p.error[:300]} if p.error else {})}
         for r, p in list(zip(records, preds))[:keep_examples]
@@ -100,24 +119,35 @@ def baseline_text(inputs: dict[str, Any]) -> str:
     return " \n".join(str(v) for v in inputs.values() if isinstance(v, (str, int, float)))
 
 
-def evaluate_baseline(template: Any, train: Sequence[Any], test: Sequence[Any], seed: int = 42) -> dict[str, Any] | None:
-    """TF-IDF + LR for a task with a closed answer set (labels), trained on ``train`` records and
-    scored on ``test``; None otherwise."""
-    from domain_lm.eval.baseline import run_baseline
+def baseline_predict(template: Any, train: Sequence[Any], test: Sequence[Any], seed: int = 42) -> list[str] | None:
+    """TF-IDF + LR labels for ``test``, fitted on ``train`` records, for a task with a closed answer set
+    (labels); None for other tasks or when the training records hold a single class."""
+    from domain_lm.eval.baseline import fit_predict
 
-    classes = template.output.classes
-    if classes is None or not test:
+    if template.output.classes is None or not test:
         return None
     langs = {r.lang for r in test}
-    return run_baseline(
+    return fit_predict(
         [baseline_text(r.inputs) for r in train],
         [r.output for r in train],
         [baseline_text(r.inputs) for r in test],
-        [r.output for r in test],
-        labels=classes,
         lang="zh" if langs == {"zh"} else "en",
         seed=seed,
     )
+
+
+def evaluate_baseline(template: Any, train: Sequence[Any], test: Sequence[Any], seed: int = 42) -> dict[str, Any] | None:
+    """The baseline's scores on ``test`` (see ``baseline_predict``); None for tasks without labels."""
+    from domain_lm.tasks.metrics import classification_scores
+
+    if template.output.classes is None or not test:
+        return None
+    pred = baseline_predict(template, train, test, seed)
+    if pred is None:
+        return {"skipped": "needs at least two classes in the training split", "n": len(test)}
+    scores = classification_scores([r.output for r in test], pred, template.output.classes)
+    scores["train_n"] = len(train)
+    return scores
 
 
 def engine_options(kind: str, gpu_memory_utilization: float = 0.1, max_model_len: int = 2048) -> dict[str, Any]:
@@ -154,3 +184,52 @@ def evaluate_model(
         return {name: evaluate_records(engine, t, recs, adapter=adapter, max_tokens=caps.get(name)) for name, (t, recs) in tasks.items()}
     finally:
         engine.close()
+
+
+# --------------------------------------------------------------------------- every system at once
+
+#: ``{system: {task: predictions}}``: what ``predict_all`` returns.
+Predictions = dict[str, dict[str, list[Prediction]]]
+
+
+def predict_all(
+    engine: Any,
+    systems: dict[str, str | None],
+    tasks: dict[str, tuple[Any, Sequence[Any]]],
+    max_tokens: int | dict[str, int | None] | None = None,
+) -> tuple[Predictions, float]:
+    """Answer every ``system x task x record`` on one engine, all submitted at once.
+
+    ``systems`` maps a name to the engine adapter that serves it (None: the engine's own model).
+    Every request is in flight together, so vLLM's continuous batching keeps its batch full across
+    tasks and adapters, and requests of one task share their templated prefix in its prefix cache.
+    Each answer goes through ``TaskRunner`` (contract, budget retry) as the service answers it.
+    Returns the predictions and the wall time in seconds.
+    """
+    import asyncio
+
+    from domain_lm.core.progress import task as progress_task
+    from domain_lm.inference.tasks import TaskRunner
+
+    caps = max_tokens if isinstance(max_tokens, dict) else {name: max_tokens for name in tasks}
+    runners = {name: TaskRunner(engine, max_tokens=task_cap(t, caps.get(name))) for name, (t, _) in tasks.items()}
+    jobs = [(system, name, r) for system in systems for name, (_, recs) in tasks.items() for r in recs]
+
+    with progress_task(f"eval: {', '.join(systems)}", total=len(jobs)) as advance:
+
+        async def one(system: str, name: str, record: Any) -> Any:
+            try:
+                return await runners[name].arun(tasks[name][0], record.inputs, record.lang, systems[system])
+            finally:
+                advance()
+
+        async def answer_all() -> list[Any]:
+            return await asyncio.gather(*(one(*job) for job in jobs), return_exceptions=True)
+
+        t0 = time.perf_counter()
+        answers = asyncio.run(answer_all())
+        elapsed = time.perf_counter() - t0
+    out: Predictions = {system: {name: [] for name in tasks} for system in systems}
+    for (system, name, _), answer in zip(jobs, answers):
+        out[system][name].append(to_prediction(tasks[name][0], answer))
+    return out, elapsed

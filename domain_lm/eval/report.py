@@ -37,16 +37,36 @@ def systems_order(report: dict[str, Any]) -> list[str]:
 
 def markdown_table(report: dict[str, Any]) -> str:
     """Rows = task x system; the headline metric first, then secondary metrics and invalid outputs."""
-    lines = ["| task | metric | system | score | other | invalid / n |", "|---|---|---|---:|---|---:|"]
+    lines = ["| task | metric | system | score | 95% interval | other | invalid / n |", "|---|---|---|---:|---|---|---:|"]
     for task, t in report["tasks"].items():
         metric = t["metric"]
         for system, s in t["systems"].items():
             if "skipped" in s:
-                lines.append(f"| {task} | {metric} | {system} | – | skipped: {s['skipped']} | |")
+                lines.append(f"| {task} | {metric} | {system} | – | | skipped: {s['skipped']} | |")
                 continue
             others = ", ".join(f"{k}={s[k]:.3f}" for k in EXTRA.get(metric, []) if isinstance(s.get(k), (int, float)))
             inv = f"{s.get('invalid', 0)} / {s.get('n', 0)}"
-            lines.append(f"| {task} | {PRIMARY.get(metric, metric)} | {system} | {primary(metric, s):.3f} | {others} | {inv} |")
+            ci = f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]" if isinstance(s.get("ci95"), list) else ""
+            lines.append(f"| {task} | {PRIMARY.get(metric, metric)} | {system} | {primary(metric, s):.3f} | {ci} | {others} | {inv} |")
+    return "\n".join(lines) + "\n"
+
+
+def engines_text(report: dict[str, Any]) -> str:
+    """How the answers were produced: engines, what each scored, time and throughput."""
+    engines = report.get("engines") or []
+    if not engines:
+        return ""
+    lines = [
+        f"{report.get('answers', 0)} answers in {report.get('seconds', 0):.0f}s ({report.get('answers_per_s') or 0:.1f} answers/s), "
+        f"{sum(not e.get('reused') for e in engines)} {report.get('engine', '')} engine(s):",
+        "",
+    ]
+    for e in engines:
+        how = "weights loaded into the same engine" if e.get("reused") else "engine started"
+        lines.append(
+            f"- `{e['model']}` model, scoring {', '.join(e['systems'])}: {how} in {e['start_s']:.0f}s, "
+            f"{e['answers']} answers in {e['answer_s']:.0f}s ({e['answers_per_s'] or 0:.1f}/s)"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -94,7 +114,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "repor
     paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
     atomic.write_text(paths["json"], json.dumps(report, indent=2, ensure_ascii=False, default=str))
     title = report.get("title", "Evaluation")
-    atomic.write_text(paths["markdown"], f"# {title}\n\n" + markdown_table(report))
+    extra = engines_text(report)
+    atomic.write_text(paths["markdown"], f"# {title}\n\n" + markdown_table(report) + (f"\n{extra}" if extra else ""))
     png = bar_plot(report, out / f"{stem}.png")
     if png is not None:
         paths["plot"] = png

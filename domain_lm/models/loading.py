@@ -4,6 +4,7 @@ stage artefacts (every stage uses these)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -207,3 +208,110 @@ def save_model(
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+# --------------------------------------------------------------------------- stacked LoRA adapters
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class AdapterStackError(ValueError):
+    """The adapters cannot be combined into one plain LoRA adapter (the caller serves merged weights)."""
+
+
+def _lora_scaling(cfg: dict[str, Any]) -> float:
+    r, alpha = int(cfg["r"]), float(cfg.get("lora_alpha", cfg["r"]))
+    return alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
+
+
+def check_plain_lora(adapter_dir: str | Path) -> dict[str, Any]:
+    """The adapter's config when it is a plain LoRA on linear layers (what an engine can serve and
+    ``combine_lora_adapters`` can sum exactly); ``AdapterStackError`` naming what is not."""
+    path = Path(adapter_dir)
+    try:
+        cfg = json.loads((path / ADAPTER_CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise AdapterStackError(f"{path} is not a readable adapter directory ({e})") from None
+    problems = []
+    if cfg.get("peft_type", "LORA") != "LORA":
+        problems.append(f"peft_type {cfg.get('peft_type')}")
+    if cfg.get("modules_to_save"):
+        problems.append(f"fully trained modules {cfg['modules_to_save']}")
+    if cfg.get("use_dora"):
+        problems.append("DoRA")
+    if cfg.get("bias", "none") != "none":
+        problems.append(f"bias={cfg['bias']}")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        problems.append("per-module ranks")
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        problems.append(f"no {ADAPTER_WEIGHTS}")
+    if problems:
+        raise AdapterStackError(f"{path}: not a plain LoRA adapter ({', '.join(problems)})")
+    return cfg
+
+
+def _lora_pairs(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """module path -> {"A": (r, in), "B": (out, r)} of one adapter's safetensors file."""
+    from safetensors.torch import load_file
+
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(path / ADAPTER_WEIGHTS).items():
+        module, sep, part = key.rpartition(".lora_")
+        if not sep or part not in ("A.weight", "B.weight"):
+            raise AdapterStackError(f"{path}: tensor {key} is not a LoRA A/B matrix of a linear layer")
+        pairs.setdefault(module, {})[part[0]] = tensor.to(torch.float32)
+    broken = [m for m, ab in pairs.items() if set(ab) != {"A", "B"}]
+    if broken:
+        raise AdapterStackError(f"{path}: modules {broken[:3]} lack their A or B matrix")
+    return pairs
+
+
+def combine_lora_adapters(adapters: "list[str | Path]", out_dir: str | Path, base_model: str | Path) -> Path:
+    """One LoRA adapter, relative to ``base_model``, equal to applying ``adapters`` one after the other.
+
+    A stage trains its LoRA on the merged output of the stage before (SFT on the merged pretrain
+    model, PPO on the merged SFT model), so its weights are ``W + s1 B1 A1 + s2 B2 A2 + ...``. That
+    sum is the LoRA ``[B1 B2 ...] [s1 A1; s2 A2; ...]`` of rank ``r1 + r2 + ...`` with scaling 1
+    (``lora_alpha = r``): exact, no retraining. A module only some adapters touch gets zero blocks
+    for the others, so every module has the same rank and ``layers_to_transform`` of each adapter is
+    respected: the combined adapter targets exactly the modules that have tensors. ``AdapterStackError`` when an
+    adapter is not a plain LoRA (fully trained embeddings, DoRA, ...): serve merged weights then.
+    """
+    if not adapters:
+        raise AdapterStackError("no adapters to combine")
+    configs = [check_plain_lora(a) for a in adapters]
+    stacks = [(_lora_pairs(Path(a)), _lora_scaling(c), int(c["r"])) for a, c in zip(adapters, configs)]
+    rank = sum(r for _, _, r in stacks)
+    modules = sorted({m for pairs, _, _ in stacks for m in pairs})
+    tensors: dict[str, torch.Tensor] = {}
+    for module in modules:
+        shape = next((p[module]["B"].shape[0], p[module]["A"].shape[1]) for p, _, _ in stacks if module in p)
+        a_blocks, b_blocks = [], []
+        for pairs, scale, r in stacks:
+            ab = pairs.get(module)
+            if ab is not None and (ab["B"].shape[0], ab["A"].shape[1]) != shape:
+                raise AdapterStackError(f"{module}: adapters disagree on its shape ({tuple(shape)} vs {ab['B'].shape[0]}x{ab['A'].shape[1]})")
+            a_blocks.append(scale * ab["A"] if ab is not None else torch.zeros(r, shape[1]))
+            b_blocks.append(ab["B"] if ab is not None else torch.zeros(shape[0], r))
+        tensors[f"{module}.lora_A.weight"] = torch.cat(a_blocks, dim=0).contiguous()
+        tensors[f"{module}.lora_B.weight"] = torch.cat(b_blocks, dim=1).contiguous()
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, out / ADAPTER_WEIGHTS)
+    cfg = dict(configs[-1])
+    cfg.update(
+        r=rank,
+        lora_alpha=rank,
+        use_rslora=False,
+        lora_dropout=0.0,
+        # Exactly the modules that have tensors (PEFT full-matches a string against module names), so
+        # no layer an adapter's ``layers_to_transform`` left alone gets an adapter on loading.
+        target_modules="|".join(re.escape(m.removeprefix("base_model.model.")) for m in modules),
+        layers_to_transform=None,
+        layers_pattern=None,
+        base_model_name_or_path=str(base_model),
+    )
+    (out / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2))
+    return out

@@ -1,7 +1,9 @@
 """The run report: ``runs/<run>/report.md`` and a single self-contained ``report.html``.
 
-It is assembled from what the stages wrote (manifests, metrics, plots, per-stage ``report.md``,
-model cards), so a stage that adds a plot or a table shows up here without changes.
+It opens with the eval stage's scorecard (every task x stage with 95% intervals and a verdict per
+task), then the stage timeline and the details, assembled from what the stages wrote (manifests,
+metrics, plots, per-stage ``report.md``, model cards), so a stage that adds a plot or a table shows
+up here without changes.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import json
 from pathlib import Path
+from typing import Any
 
 from domain_lm.config import PipelineConfig
 from domain_lm.core import atomic
@@ -58,6 +62,26 @@ def timeline_plot(stages: list[StageResult], path: Path) -> Path | None:
     return path
 
 
+def scorecard(run: Run) -> dict[str, Any] | None:
+    """The scorecard the run's eval stage wrote (None before evaluation, or from an older run)."""
+    result = run.load("eval")
+    if result is None or not result.has("report"):
+        return None
+    try:
+        card = json.loads(result.artefact("report").read_text(encoding="utf-8")).get("scorecard")
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) and card.get("rows") else None
+
+
+def scorecard_lines(run: Run) -> list[str]:
+    """The scorecard, one line per task, for the end of ``pipeline run`` (empty without one)."""
+    from domain_lm.eval.scorecard import compact_lines
+
+    card = scorecard(run)
+    return ["scorecard (score ± half the 95% interval):", *("  " + line for line in compact_lines(card))] if card else []
+
+
 def build_markdown(run: Run, config: PipelineConfig | None) -> tuple[str, list[Path]]:
     """The report as markdown (image links relative to the run dir) and the images it uses."""
     stages = run.stages()
@@ -66,6 +90,11 @@ def build_markdown(run: Run, config: PipelineConfig | None) -> tuple[str, list[P
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     if config is not None:
         lines.append(f"Profile **{config.profile}**, base model **{config.base_model.name}**, written {now}.")
+    card = scorecard(run)
+    if card is not None:
+        from domain_lm.eval.scorecard import markdown
+
+        lines += ["", "## Scorecard", "", markdown(card).strip()]
     lines += ["", "## Stage timeline", "", "| stage | started | duration | fingerprint |", "|---|---|---|---|"]
     for s in stages:
         started = dt.datetime.fromtimestamp(s.started_at).strftime("%H:%M:%S")

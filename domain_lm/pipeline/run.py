@@ -141,7 +141,7 @@ class StageOutcome:
 
 def run_pipeline(config: PipelineConfig, force: list[str] | None = None, until: str | None = None) -> list[StageOutcome]:
     """Run every planned stage (resuming where a previous run stopped) and write the report."""
-    from domain_lm.pipeline.report import write_report
+    from domain_lm.pipeline.report import scorecard_lines, write_report
 
     preflight(config)
     stages = graph.plan(config)
@@ -162,6 +162,8 @@ def run_pipeline(config: PipelineConfig, force: list[str] | None = None, until: 
             console.print(summary_line(outcomes[-1]))
             progress.advance(overall)
     report = write_report(Run.from_config(config), config)
+    for line in scorecard_lines(Run.from_config(config)):
+        console.print(line, markup=False, highlight=False)
     console.print(f"[bold]report[/]: {report}")
     return outcomes
 
