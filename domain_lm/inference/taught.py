@@ -53,7 +53,7 @@ def system_result(version: TaskVersion | None, system: str) -> dict[str, Any] | 
     if version is None:
         return None
     found = version.report.get("systems", {}).get(system)
-    return found if found is not None else version.comparison().get("systems", {}).get(system)
+    return found if found is not None else version.comparison.get("systems", {}).get(system)
 
 
 def _score_text(res: dict[str, Any] | None) -> str:

@@ -8,6 +8,7 @@ Lives beside the template store on the writable volume. Layout::
     <store>/<task>/<N>/adapter/       the LoRA adapter (absent when the job trained none)
     <store>/<task>/<N>/report.json    scores, calibration, choice: written LAST, atomically
     <store>/<task>/<N>/comparison.json  zero-/few-shot scores, added after the version serves
+    <store>/<task>/<N>.failed         a failed version's reason (the number is never reused)
     <store>/audit.jsonl               one line per event (created, completed, failed)
 
 A version number is taken by creating its directory (``mkdir`` refuses an existing one, so two
@@ -38,6 +39,8 @@ AUDIT_FILE = "audit.jsonl"
 REPORT = "report.json"
 COMPARISON = "comparison.json"
 JOB = "job.json"
+#: A failed version leaves ``<N>.failed`` (its reason) so its number is not reused.
+FAILED = ".failed"
 ADAPTER_DIR = "adapter"
 _VERSION = re.compile(r"^[1-9][0-9]{0,8}$")
 _SAFE = re.compile(r"[^A-Za-z0-9_.@:-]")
@@ -62,6 +65,7 @@ class TaskVersion:
     version: int
     path: Path
     report: dict[str, Any]
+    comparison: dict[str, Any]
 
     @property
     def adapter_dir(self) -> Path | None:
@@ -77,12 +81,6 @@ class TaskVersion:
         """``train`` or ``held`` records of this version."""
         return read_records(self.path / f"{split}.jsonl")
 
-    def comparison(self) -> dict[str, Any]:
-        p = self.path / COMPARISON
-        try:
-            return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-        except (OSError, ValueError):
-            return {}
 
 
 def write_records(path: Path, records: list[TaskRecord]) -> None:
@@ -119,6 +117,13 @@ class AdapterStore:
             return []
         return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and _VERSION.match(p.name))
 
+    def _taken(self, task: str) -> int:
+        """The highest number ever used, failed versions included (their adapter name may still be
+        loaded in an engine, so a number is never given out twice)."""
+        d = self.root / task
+        failed = [int(p.stem) for p in d.glob("*" + FAILED) if _VERSION.match(p.stem)] if d.is_dir() else []
+        return max([0, *self._numbers(task), *failed])
+
     def versions(self, task: str) -> list[int]:
         """Complete versions of ``task``, oldest first."""
         return [n for n in self._numbers(task) if (self.root / task / str(n) / REPORT).is_file()]
@@ -129,7 +134,11 @@ class AdapterStore:
             report = json.loads((path / REPORT).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return TaskVersion(task, version, path, report)
+        try:
+            comparison = json.loads((path / COMPARISON).read_text(encoding="utf-8")) if (path / COMPARISON).is_file() else {}
+        except (OSError, ValueError):
+            comparison = {}
+        return TaskVersion(task, version, path, report, comparison)
 
     def current(self, task: str) -> TaskVersion | None:
         """The highest complete version, or None when the task was never taught."""
@@ -157,7 +166,7 @@ class AdapterStore:
         """Take the next version number of ``task`` by creating its directory; returns (number, dir)."""
         d = self.root / task
         d.mkdir(parents=True, exist_ok=True)
-        n = (self._numbers(task) or [0])[-1] + 1
+        n = self._taken(task) + 1
         for _ in range(100):
             path = d / str(n)
             try:
@@ -189,6 +198,7 @@ class AdapterStore:
         path = self.root / task / str(version)
         if (path / REPORT).is_file():
             return
+        atomic.write_text(path.parent / f"{version}{FAILED}", json.dumps({"job": job_id, "reason": reason[:500], "ts": now()}))
         shutil.rmtree(path, ignore_errors=True)
         self.audit({"event": "failed", "task": task, "version": version, "job": job_id, "reason": reason[:500], "ts": now()})
 

@@ -125,6 +125,11 @@ def parse_examples(template: TaskTemplate, rows: list[dict[str, Any]], mapping: 
     if not rows:
         return ParsedUpload(rows=0, records=[], problems=[(0, "the file holds no examples")], problem_count=1)
     fmap = dict(mapping.fields) or default_field_map(template, rows[0].keys())
+    unmapped = [f for f, spec in template.inputs.items() if spec.required and f not in fmap]
+    if unmapped:
+        why = (f"no column for the input(s) {unmapped} (columns are {sorted(rows[0])}); name them with `fields` "
+               f"(template input -> column), e.g. {{{unmapped[0]!r}: {sorted(rows[0])[0]!r}}}")
+        return ParsedUpload(rows=len(rows), records=[], problems=[(1, why)], problem_count=1)
     records: list[TaskRecord] = []
     problems: list[tuple[int, str]] = []
     count = 0

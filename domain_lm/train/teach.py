@@ -336,5 +336,5 @@ def _compare(
         log.exception("comparison failed for %s v%s", t.name, v.version)
         comp["error"] = f"{type(e).__name__}: {e}"
     job.store.add_comparison(t.name, v.version, comp)
-    job.on_version(v)
+    job.on_version(job.store.version(t.name, v.version) or v)
     return comp
