@@ -42,7 +42,7 @@ class GenerationRequest(BaseModel):
     score_choices: bool = Field(
         False,
         description="With choices: score every choice (its tokens + end of sequence) and answer the most likely one; the "
-        "result's choice_logprobs holds each choice's log-likelihood. Costs one prompt pass per choice on vLLM.",
+        "result's choice_logprobs holds each choice's log-likelihood. Costs a prompt pass per token-trie node on vLLM.",
     )
 
     @model_validator(mode="after")
