@@ -338,3 +338,20 @@ def _compare(
     job.store.add_comparison(t.name, v.version, comp)
     job.on_version(job.store.version(t.name, v.version) or v)
     return comp
+
+
+def report_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """A job's result as clients see it: each system's held-out score, interval and calibration
+    (without the per-example predictions), the paired differences and the timings."""
+    comparison = report.get("comparison", {})
+    systems = {**report.get("systems", {}), **comparison.get("systems", {})}
+    return {
+        "version": report["version"],
+        "metric": report["metric"],
+        "examples": report["examples"],
+        "serving_system": report.get("serving_system"),
+        "systems": {name: {k: v for k, v in res.items() if k != "preds"} for name, res in systems.items()},
+        "diffs": comparison.get("diffs", {}),
+        "comparison_error": comparison.get("error"),
+        "timings": report.get("timings", {}),
+    }

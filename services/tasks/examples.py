@@ -22,7 +22,7 @@ from domain_lm.errors import DataError
 from domain_lm.tasks import TaskTemplate
 from domain_lm.tasks.adapter_store import TaskVersion
 from domain_lm.train.task_adapter import Format, ParsedUpload, TeachConfig, parse_examples, read_rows
-from domain_lm.train.teach import TeachJob, split_examples, teach
+from domain_lm.train.teach import TeachJob, report_summary, split_examples, teach
 from services.errors import api_error
 from services.handler import Call
 from services.jobs.runner import Job, JobConflict, JobQueueFull
@@ -149,21 +149,6 @@ class ExamplesHandler(TaskHandler):
                 on_version=refreshed,
             )
             report = teach(teach_job)
-            return _result(report, state.taught.summary(state.registry.get(t.name), engine.adapters))
+            return {**report_summary(report), "serving": state.taught.summary(state.registry.get(t.name), engine.adapters)}
 
         return work
-
-
-def _result(report: dict[str, Any], serving: dict[str, Any]) -> dict[str, Any]:
-    """A job's result: each system's held-out score (no per-example predictions) and what serves."""
-    systems = {**report.get("systems", {}), **report.get("comparison", {}).get("systems", {})}
-    slim = {name: {k: v for k, v in res.items() if k != "preds"} for name, res in systems.items()}
-    return {
-        "version": report["version"],
-        "metric": report["metric"],
-        "examples": report["examples"],
-        "systems": slim,
-        "diffs": report.get("comparison", {}).get("diffs", {}),
-        "timings": report.get("timings", {}),
-        "serving": serving,
-    }

@@ -21,6 +21,7 @@ from domain_lm.inference.taught import ServingPlan, llm_request, scores_labels
 from domain_lm.inference.tasks import Usage
 from domain_lm.tasks import InputError, TaskTemplate, TemplateError, UnknownTaskError
 from domain_lm.tasks.adapter_store import adapter_name
+from domain_lm.train.teach import report_summary
 from services.errors import api_error, input_field, template_error
 from services.handler import Call, Handler
 from services.security import Principal
@@ -90,19 +91,12 @@ class TaskHandler(Handler):
             v = self.state.taught.version(name, n)
             if v is None:
                 continue
-            systems = {**v.report.get("systems", {}), **v.comparison.get("systems", {})}
             versions.append(
                 {
-                    "version": n,
+                    **report_summary({**v.report, "comparison": v.comparison}),
                     "adapter": v.adapter,
                     "created": v.report.get("created"),
                     "author": v.report.get("author"),
-                    "metric": v.report.get("metric"),
-                    "examples": v.report.get("examples"),
-                    "timings": v.report.get("timings"),
-                    "systems": {s: {k: x for k, x in r.items() if k != "preds"} for s, r in systems.items()},
-                    "diffs": v.comparison.get("diffs", {}),
-                    "comparison_error": v.comparison.get("error"),
                 }
             )
         return {"task": name, "template_version": t.version, "engine": t.engine, "serving": self.serving(t), "versions": versions}
