@@ -244,3 +244,26 @@ def test_teaching_is_off_without_a_writable_store(tmp_path, templates):
     with client(app) as c:
         r = upload(c)
         assert r.status_code == 409 and "teaching is off" in r.json()["detail"]["message"]
+
+
+def test_console_shows_serving_and_chooses_what_serves(templates):
+    engine = FakeEngine(model_name="fake")
+    app = make(templates, engine)
+    with client(app) as c:
+        card = next(t for t in c.get("/console/api/tasks").json()["tasks"] if t["name"] == "sentiment")
+        assert card["serving"]["engine"] == "llm" and "no uploaded examples" in card["serving"]["why"]
+        assert wait(c, upload(c).json()["job"])["state"] == "succeeded"
+        r = c.post("/console/api/tasks/sentiment/serve", json={"choice": "zero_shot"})
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == 2 and r.json()["serving"]["system"] == "zero_shot"
+        assert c.get("/v1/tasks/sentiment").json()["engine"] == "base"
+        ans = c.post("/v1/tasks/sentiment", json={"input": {"text": "Profit rose."}}).json()
+        assert ans["adapter"] is None and ans["few_shot"] == 0 and ans["calibrated"] is True  # calibrated on the comparison
+        r = c.post("/console/api/tasks/sentiment/serve", json={"choice": "adapter", "version": 1})
+        assert r.json()["serving"]["adapter"] == "sentiment@1" and c.get("/v1/tasks/sentiment").json()["adapter"] == "sentiment@1"
+        assert c.post("/console/api/tasks/sentiment/serve", json={"choice": "adapter", "version": 9}).status_code == 404
+        assert c.post("/console/api/tasks/sentiment/serve", json={"choice": "classical"}).json()["serving"]["engine"] == "classical"
+        # the template history shows every choice as a version, audited like any registration
+        assert c.get("/v1/tasks/sentiment").json()["versions"] == [1, 2, 3, 4]
+    with client(app, SENTI_ADMIN) as c:
+        assert c.post("/console/api/tasks/business_line/serve", json={"choice": "auto"}).status_code == 403

@@ -16,6 +16,8 @@ import logging
 import time
 from typing import Any
 
+import yaml
+
 from domain_lm.inference.classical import CLASSICAL_MODEL
 from domain_lm.inference.taught import ServingPlan, llm_request, scores_labels
 from domain_lm.inference.tasks import Usage
@@ -223,6 +225,27 @@ class TaskHandler(Handler):
         )
 
     # ------------------------------------------------------------------ register
+
+    async def choose(self, call: Call, name: str, choice: str, version: int | None = None, k: int | None = None) -> dict[str, Any]:
+        """Register the task's next template version with what should answer it (the console's
+        "serve with" buttons): the same check, lane and audit as ``PUT /v1/tasks/{name}``."""
+        if not call.principal.may_change(name):
+            raise api_error(403, "forbidden", f"key {call.principal.id!r} may not change task {name!r}")
+        t = self.template(call.principal, name)
+        data = {k_: v for k_, v in t.to_dict().items() if k_ not in ("version", "engine", "few_shot", "adapter")}
+        shots = {"k": k or (t.few_shot.k if t.few_shot else 4)}
+        if choice == "adapter" and version is not None:
+            store = self.state.adapter_store
+            v = store.version(name, version) if store is not None else None
+            if v is None or v.adapter is None:
+                raise api_error(404, "unknown_version", f"task {name!r} has no taught version {version} with an adapter")
+            data["adapter"] = v.adapter
+        data["engine"] = {"auto": "auto", "adapter": "llm", "few_shot": "base", "zero_shot": "base", "classical": "classical"}[choice]
+        if choice == "few_shot" or (choice in ("auto", "classical") and t.few_shot):
+            data["few_shot"] = shots
+        text = yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=100)
+        registered = await self.register(call, name, text.encode("utf-8"))
+        return {**registered.model_dump(), "serving": self.serving(self.registry.get(name))}
 
     async def register(self, call: Call, name: str, raw: bytes) -> TaskRegistered:
         """Check the body in the sandboxed checker (400 within its budget), then register it off the loop."""
