@@ -76,15 +76,22 @@ Work = Callable[[Job], dict[str, Any] | None]
 
 class JobRunner:
     def __init__(self, workers: int = 1, max_queued: int = 4, history: int = 200):
+        self.workers = workers
         self.max_queued = max_queued
         self.history = history
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._work: dict[str, Work] = {}
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._serve, name=f"job-worker-{i}", daemon=True) for i in range(workers)]
-        for t in self._threads:
+        self._threads: list[threading.Thread] = []
+
+    def _start_workers(self) -> None:
+        """Workers start with the first job (and again after ``close``: an app may be started twice)."""
+        self._threads = [t for t in self._threads if t.is_alive()]
+        while len(self._threads) < self.workers:
+            t = threading.Thread(target=self._serve, name=f"job-worker-{len(self._threads)}", daemon=True)
             t.start()
+            self._threads.append(t)
 
     # ------------------------------------------------------------------ API
 
@@ -100,6 +107,7 @@ class JobRunner:
             self._jobs[job.id] = job
             self._work[job.id] = work
             self._trim()
+            self._start_workers()
         self._queue.put(job.id)
         return job
 
@@ -123,9 +131,10 @@ class JobRunner:
         for job in list(self._jobs.values()):
             if job.state in ("queued", "running"):
                 job.cancel.set()
-        for _ in self._threads:
+        threads, self._threads = self._threads, []
+        for _ in threads:
             self._queue.put(None)
-        for t in self._threads:
+        for t in threads:
             t.join(timeout=10)
 
     # ------------------------------------------------------------------ workers
