@@ -155,7 +155,9 @@ def teach_one(base: str, name: str, spec: dict, rows: list[dict], probe_body: di
             raise SystemExit(f"{name}: job {job['state']}: {job['error']}")
         # The task answers through the same endpoint with what serves it now.
         answer = c.post(f"/v1/tasks/{spec['template']}", json={"input": {"text": rows[-1]["text"]}}).json()
-        forced = c.post(f"/v1/tasks/{spec['template']}", json={"input": {"text": rows[-1]["text"]}, "adapter": f"{spec['template']}@{job['version']}"}).json()
+        forced = c.post(
+            f"/v1/tasks/{spec['template']}", json={"input": {"text": rows[-1]["text"]}, "adapter": f"{spec['template']}@{job['version']}"}
+        ).json()
     return {
         "task": name,
         "template": spec["template"],
@@ -174,8 +176,10 @@ def teach_one(base: str, name: str, spec: dict, rows: list[dict], probe_body: di
 def print_task(r: dict) -> None:
     res = r["result"]
     ex = res["examples"]
-    print(f"\n== {r['task']} ({r['template']}): {r['examples']} examples uploaded, {ex['train']} train / {ex['held']} held out, "
-          f"scored on {ex['evaluated']} held-out examples")
+    print(
+        f"\n== {r['task']} ({r['template']}): {r['examples']} examples uploaded, {ex['train']} train / {ex['held']} held out, "
+        f"scored on {ex['evaluated']} held-out examples"
+    )
     print(f"{'system':<11} {res['metric']:>11} {'95% CI':>17} {'ECE before->after':>18} {'T':>5} {'seconds':>8}")
     for s in ("zero_shot", "few_shot", "adapter", "classical"):
         v = res["systems"].get(s)
@@ -188,9 +192,12 @@ def print_task(r: dict) -> None:
     for pair, d in res.get("diffs", {}).items():
         print(f"  {pair:<22} {d['diff']:+.3f}  95% CI [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
     train = res["systems"].get("adapter", {}).get("train", {})
-    print(f"upload -> adapter serving: {r['upload_to_serving_s']:.0f} s (client saw it at {r['client_upload_to_serving_s']} s); "
-          f"job total {r['job_wall_s']:.0f} s; training {res['timings'].get('train_s', 0):.0f} s "
-          f"({train.get('steps')} steps on {train.get('train_examples')} examples, loss {train.get('first_loss')} -> {train.get('final_loss')})")
+    print(
+        f"upload -> adapter serving: {r['upload_to_serving_s']:.0f} s (client saw it at {r['client_upload_to_serving_s']} s); "
+        f"job total {r['job_wall_s']:.0f} s; training {res['timings'].get('train_s', 0):.0f} s "
+        f"({train.get('steps')} steps on {train.get('train_examples')} examples, "
+        f"loss {train.get('first_loss')} -> {train.get('final_loss')})"
+    )
     print(f"phases (s after upload): {r['phases_at_s']}")
     print(f"classical model: {res['systems']['classical']['score']:.3f} {res['metric']}")
     print(f"serving: {res['serving']['why']}")
@@ -224,8 +231,26 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     log_path = work / "service.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DOMAIN_LM_TEACH_OPTIONS": json.dumps(options)}
-    cmd = [sys.executable, "-m", "services", "--model", str(model), "--templates", str(REPO / "task_templates"), "--template-store",
-           str(work / "store"), "--engine", args.engine, "--host", "127.0.0.1", "--port", str(port), "--no-auth", "--timeout", "600"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "services",
+        "--model",
+        str(model),
+        "--templates",
+        str(REPO / "task_templates"),
+        "--template-store",
+        str(work / "store"),
+        "--engine",
+        args.engine,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-auth",
+        "--timeout",
+        "600",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
@@ -246,11 +271,17 @@ def main() -> None:
     print("\n== goals (2 CPU cores)")
     for r in results:
         ok = r["upload_to_serving_s"] <= GOAL_SERVING_S
-        print(f"{r['task']}: adapter serving {r['upload_to_serving_s']:.0f} s after upload (goal <= {GOAL_SERVING_S} s): {'met' if ok else 'NOT met'}")
+        print(
+            f"{r['task']}: adapter serving {r['upload_to_serving_s']:.0f} s after upload "
+            f"(goal <= {GOAL_SERVING_S} s): {'met' if ok else 'NOT met'}"
+        )
         if TASKS[r["task"]]["three_class"]:
             s = r["result"]["systems"]
             gain = s["adapter"]["score"] - s["zero_shot"]["score"]
-            print(f"{r['task']}: adapter - zero-shot = {gain:+.3f} weighted F1 (goal >= +{GOAL_GAIN}): {'met' if gain >= GOAL_GAIN else 'NOT met'}")
+            print(
+                f"{r['task']}: adapter - zero-shot = {gain:+.3f} weighted F1 "
+                f"(goal >= +{GOAL_GAIN}): {'met' if gain >= GOAL_GAIN else 'NOT met'}"
+            )
     print(f"another task, idle: {idle}; during the jobs: {[r['probe_during_job'] for r in results]}")
     if args.out:
         args.out.write_text(json.dumps({"idle": idle, "tasks": results}, indent=1, default=str))

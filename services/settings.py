@@ -50,7 +50,10 @@ class ServiceSettings(BaseSettings):
     max_lora_rank: int = Field(16, ge=1, description="vLLM: the largest LoRA rank an adapter loaded while serving may have.")
     label_probabilities: bool = Field(True, description="Label answers carry a probability (every label scored).")
     max_scored_choices: int = Field(
-        16, ge=2, description="Label tasks with more labels answer by constrained decoding, without a probability (scoring costs a prompt pass per label)."
+        16,
+        ge=2,
+        description="Label tasks with more labels answer by constrained decoding, without a probability (scoring costs a prompt "
+        "pass per node of the labels' token trie).",
     )
 
     auth: bool = Field(True, description="Require API keys. Only disable for local development (--no-auth).")

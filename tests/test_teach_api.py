@@ -60,13 +60,19 @@ def client(app, key=ADMIN):
 
 
 def tweets(n: int = 200) -> bytes:
-    return "\n".join(json.dumps({"text": r["text"], "label": r["label"]}) for r in embedded.records("twitter_fin_sentiment/sentiment")[:n]).encode()
+    return "\n".join(
+        json.dumps({"text": r["text"], "label": r["label"]}) for r in embedded.records("twitter_fin_sentiment/sentiment")[:n]
+    ).encode()
 
 
 def upload(c, task="sentiment", body=None, **params):
     params.setdefault("label_map", LABEL_MAP)
-    return c.post(f"/v1/tasks/{task}/examples", content=tweets() if body is None else body, params=params,
-                  headers={"Content-Type": "application/jsonl"})
+    return c.post(
+        f"/v1/tasks/{task}/examples",
+        content=tweets() if body is None else body,
+        params=params,
+        headers={"Content-Type": "application/jsonl"},
+    )
 
 
 def wait(c, job_id, timeout=60):
@@ -148,7 +154,7 @@ def test_abstains_below_the_threshold(templates):
         assert c.put("/v1/tasks/sentiment", content=src).status_code == 200
         ans = c.post("/v1/tasks/sentiment", json={"input": {"text": "Profit rose."}}).json()
         assert ans["output"] == "abstain" and ans["abstained"] is True and ans["top_label"] == "positive"
-        assert ans["confidence"] == pytest.approx(1 / (1 + 2 * 2.718281828 ** -0.1), rel=1e-6)
+        assert ans["confidence"] == pytest.approx(1 / (1 + 2 * 2.718281828**-0.1), rel=1e-6)
         assert "abstain" in c.get("/v1/tasks/sentiment").json()["output_schema"]["enum"]
 
 

@@ -58,7 +58,10 @@ def test_ece_and_selective_by_hand():
     # Two bins: confidence 0.9 right twice of two (gap 0.1), confidence 0.55 right once of two (gap 0.05).
     assert cal.ece([0.9, 0.9, 0.55, 0.55], [True, True, True, False]) == pytest.approx(0.5 * 0.1 + 0.5 * 0.05)
     rows = cal.selective([0.9, 0.8, 0.6, 0.3], [True, False, True, False], thresholds=(0.5, 0.85))
-    assert rows == [{"threshold": 0.5, "coverage": 0.75, "accuracy": pytest.approx(2 / 3)}, {"threshold": 0.85, "coverage": 0.25, "accuracy": 1.0}]
+    assert rows == [
+        {"threshold": 0.5, "coverage": 0.75, "accuracy": pytest.approx(2 / 3)},
+        {"threshold": 0.85, "coverage": 0.25, "accuracy": 1.0},
+    ]
 
 
 def test_weighted_f1_codes_matches_scikit_learn_and_bootstrap_brackets_it():
@@ -107,13 +110,16 @@ def test_engine_option_is_checked(reg):
 
 def test_nearest_examples_are_similar_deterministic_and_never_the_question(reg):
     t = reg.get("sentiment")
-    shots = [Shot({"text": s}, lab) for s, lab in [
-        ("The bank raised its dividend after record profit.", "positive"),
-        ("Shares slumped after the loan write-down.", "negative"),
-        ("The meeting is on Tuesday.", "neutral"),
-        ("Profit fell and the dividend was cut.", "negative"),
-        ("x" * 3000, "neutral"),  # longer than max_chars: never shown
-    ]]
+    shots = [
+        Shot({"text": s}, lab)
+        for s, lab in [
+            ("The bank raised its dividend after record profit.", "positive"),
+            ("Shares slumped after the loan write-down.", "negative"),
+            ("The meeting is on Tuesday.", "neutral"),
+            ("Profit fell and the dividend was cut.", "negative"),
+            ("x" * 3000, "neutral"),  # longer than max_chars: never shown
+        ]
+    ]
     index = ExampleIndex(t, "en", shots, max_chars=2000)
     assert len(index) == 4
     got = index.nearest({"text": "Record profit lets the bank raise its dividend."}, 2)
@@ -184,8 +190,9 @@ def test_serving_plan_rules(reg, tmp_path):
     (d / "adapter").mkdir()
     (d / "adapter" / "adapter_config.json").write_text("{}")
     res = lambda score: {"score": score, "ci": [score - 0.1, score + 0.1], "calibration": {"calibrated": True, "temperature": 1.5}}  # noqa: E731
-    v = store.complete("sentiment", 1, {"metric": "weighted_f1", "examples": {"evaluated": 50},
-                                        "systems": {"classical": res(0.7), "adapter": res(0.8)}})
+    v = store.complete(
+        "sentiment", 1, {"metric": "weighted_f1", "examples": {"evaluated": 50}, "systems": {"classical": res(0.7), "adapter": res(0.8)}}
+    )
     plan = plan_for(t, v, {"sentiment@1"})
     assert (plan.engine, plan.adapter, plan.temperature) == ("llm", "sentiment@1", 1.5) and "beats the classical" in plan.why
     assert plan_for(t, v, set()).system == "zero_shot"  # the adapter is not loaded: the base model answers
@@ -208,8 +215,10 @@ def test_parse_examples_names_each_bad_row(reg):
     parsed = parse_examples(t, read_rows(data, "jsonl"), TaskDataset(task="sentiment"))
     assert len(parsed.records) == 1 and parsed.problem_count == 2
     assert parsed.problems[0] == (2, "input 'text': must not be empty") and "sideways" in parsed.problems[1][1]
-    rows = read_rows(b"sentence,y\n\"a, b\",0\n", "csv")
-    parsed = parse_examples(t, rows, TaskDataset(task="sentiment", fields={"text": "sentence"}, label_field="y", label_map={"0": "negative"}))
+    rows = read_rows(b'sentence,y\n"a, b",0\n', "csv")
+    parsed = parse_examples(
+        t, rows, TaskDataset(task="sentiment", fields={"text": "sentence"}, label_field="y", label_map={"0": "negative"})
+    )
     assert [r.inputs for r in parsed.records] == [{"text": "a, b"}] and parsed.records[0].output == "negative"
     with pytest.raises(Exception, match="not UTF-8"):
         read_rows(b"\xff\xfe\x00", "jsonl")

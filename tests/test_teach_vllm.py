@@ -119,7 +119,9 @@ def test_teach_a_task_while_serving_with_no_error_and_no_restart(engine, tmp_pat
     job, stream, phases = asyncio.run(scenario())
     assert job["state"] == "succeeded", job
     assert "training" in phases  # the stream ran while the adapter was being trained
-    assert len(stream) >= 30 and [r.status_code for r in stream] == [200] * len(stream), [r.text for r in stream if r.status_code != 200][:3]
+    assert len(stream) >= 30 and [r.status_code for r in stream] == [200] * len(stream), [r.text for r in stream if r.status_code != 200][
+        :3
+    ]
     assert state.engine is engine and engine.is_ready()  # the same engine throughout: no restart
     assert "stance@1" in engine.adapters and job["version"] == 1
     assert set(job["result"]["systems"]) == {"classical", "adapter", "zero_shot", "few_shot"}
@@ -136,7 +138,10 @@ def test_teach_a_task_while_serving_with_no_error_and_no_restart(engine, tmp_pat
 
         msgs = [{"role": "user", "content": "Is this tweet bullish, bearish or neutral? Stocks crash."}]
         base, tuned = engine.generate_batch(
-            [GenerationRequest(messages=msgs, choices=["bullish", "bearish", "neutral"], score_choices=True, adapter=a) for a in (None, "stance@1")]
+            [
+                GenerationRequest(messages=msgs, choices=["bullish", "bearish", "neutral"], score_choices=True, adapter=a)
+                for a in (None, "stance@1")
+            ]
         )
         assert base.choice_logprobs != tuned.choice_logprobs
 
@@ -165,7 +170,9 @@ def test_a_restarted_service_serves_the_taught_version(engine, tmp_path_factory,
     first = make_app(engine, root)
     with TestClient(first, headers={"Authorization": f"Bearer {KEY}"}) as c:
         assert c.put("/v1/tasks/stance", content=STANCE, headers={"Content-Type": "application/yaml"}).status_code == 200
-        job = c.post("/v1/tasks/stance/examples", content=tweets(60), params={"adapter": "false"}, headers={"Content-Type": "application/jsonl"})
+        job = c.post(
+            "/v1/tasks/stance/examples", content=tweets(60), params={"adapter": "false"}, headers={"Content-Type": "application/jsonl"}
+        )
         assert job.status_code == 202
         for _ in range(600):
             status = c.get(f"/v1/jobs/{job.json()['job']}").json()

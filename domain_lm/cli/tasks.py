@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from domain_lm.errors import DomainLMError
 from domain_lm.core.progress import console
+from domain_lm.errors import DomainLMError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -193,8 +193,8 @@ def train(
     data: Annotated[Path, typer.Option("--data", help="Labelled examples: JSONL, JSON or CSV (one example per row).")],
     fmt: Annotated[Optional[str], typer.Option("--format", help="jsonl, json or csv (default: from the file name).")] = None,
     label_field: Annotated[str, typer.Option("--label-field", help="Column holding the label / answer.")] = "label",
-    fields: Annotated[Optional[str], typer.Option("--fields", help='Template input -> column, JSON, e.g. \'{"text": "sentence"}\'.')] = None,
-    label_map: Annotated[Optional[str], typer.Option("--label-map", help='Value in the file -> label, JSON, e.g. \'{"0": "negative"}\'.')] = None,
+    fields: Annotated[Optional[str], typer.Option("--fields", help="Template input -> column, as JSON.")] = None,
+    label_map: Annotated[Optional[str], typer.Option("--label-map", help="Value in the file -> label, as JSON.")] = None,
     group_field: Annotated[Optional[str], typer.Option("--group-field", help="Column naming each row's document.")] = None,
     lang: Annotated[str, typer.Option("--lang", help="Language of the examples.")] = "en",
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="No LoRA: few-shot pool and classical model only.")] = False,
@@ -202,7 +202,9 @@ def train(
     url: Annotated[Optional[str], typer.Option("--url", help="Teach a running service (it hot-loads the adapter).")] = None,
     key: Annotated[Optional[str], typer.Option("--key", envvar="DOMAIN_LM_API_KEY", help="API key (admin for the task).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Without --url: the model the service serves.")] = None,
-    store: Annotated[Optional[Path], typer.Option("--store", help="Without --url: the task store (default DIR/.versions/adapters).")] = None,
+    store: Annotated[Optional[Path], typer.Option("--store", help="Without --url: the task store (default DIR/.versions/adapters).")] = (
+        None
+    ),
     engine: Annotated[str, typer.Option("--engine", help="Without --url: engine that scores the systems (hf or vllm).")] = "hf",
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="TeachConfig override KEY=VALUE, e.g. --set epochs=2.")] = None,
     directory: DirOpt = Path("task_templates"),
@@ -220,7 +222,8 @@ def train(
     raw = data.read_bytes()
     fmap, lmap = _json_object(fields, "--fields"), _json_object(label_map, "--label-map")
     if url is not None:
-        params = {"label_field": label_field, "lang": lang, "adapter": str(not no_adapter).lower(), "skip_invalid": str(skip_invalid).lower()}
+        params = {"label_field": label_field, "lang": lang, "adapter": str(not no_adapter).lower()}
+        params["skip_invalid"] = str(skip_invalid).lower()
         params.update({k: v for k, v in (("fields", fields), ("label_map", label_map), ("group_field", group_field)) if v})
         _train_remote(url, key, name, raw, params, fmt, 2.0)
         return
@@ -261,7 +264,9 @@ def _train_local(
 
     reg = TemplateRegistry.load(directory)
     t = reg.get(name)
-    mapping = TaskDataset(task=name, path="upload", fields=fmap, label_field=label_field, label_map=lmap, group_field=group_field, lang=lang)
+    mapping = TaskDataset(
+        task=name, path="upload", fields=fmap, label_field=label_field, label_map=lmap, group_field=group_field, lang=lang
+    )
     parsed = parse_examples(t, read_rows(raw, fmt), mapping)  # type: ignore[arg-type]
     if parsed.problem_count:
         for row, msg in parsed.problems:

@@ -113,7 +113,9 @@ def plan_for(
             return why(llm, f"engine: classical, but no classical model yet (upload examples); {llm_name} answers")
         return why(classical, f"engine: classical; held-out {metric} {_score_text(classical_res)} {held}")
     if template.engine == "llm" or classical_res is None:
-        reason = "engine: llm" if template.engine == "llm" else "engine: auto, no uploaded examples yet" if version is None else "engine: auto"
+        reason = (
+            "engine: llm" if template.engine == "llm" else "engine: auto, no uploaded examples yet" if version is None else "engine: auto"
+        )
         return why(llm, f"{reason}; {llm_name} answers" + (f", held-out {metric} {_score_text(llm_res)} {held}" if llm_res else ""))
     if llm_res is None:
         return why(llm, f"engine: auto; {llm_name} answers (not scored yet, so it is not compared with the classical model)")
@@ -123,7 +125,9 @@ def plan_for(
             f"engine: auto; the classical model is at least as good as {llm_name}: {metric} {_score_text(classical_res)} vs "
             f"{_score_text(llm_res)} {held}, so no LLM runs for this task",
         )
-    return why(llm, f"engine: auto; {llm_name} beats the classical model: {metric} {_score_text(llm_res)} vs {_score_text(classical_res)} {held}")
+    return why(
+        llm, f"engine: auto; {llm_name} beats the classical model: {metric} {_score_text(llm_res)} vs {_score_text(classical_res)} {held}"
+    )
 
 
 def scores_labels(template: TaskTemplate, lang: str, max_scored_choices: int) -> bool:

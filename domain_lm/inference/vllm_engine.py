@@ -270,12 +270,14 @@ class VllmEngine:
         for _, cont in options:
             for i in range(len(cont)):
                 nodes.setdefault(tuple(cont[:i]), set()).add(cont[i])
-        asks = [(prefix, sorted(nxt)[j : j + MAX_LOGPROB_TOKEN_IDS]) for prefix, nxt in nodes.items() for j in range(0, len(nxt), MAX_LOGPROB_TOKEN_IDS)]
+        step = MAX_LOGPROB_TOKEN_IDS
+        asks = [(prefix, sorted(nxt)[j : j + step]) for prefix, nxt in nodes.items() for j in range(0, len(nxt), step)]
 
         async def one(prefix: tuple[int, ...], wanted: list[int]) -> dict[int, float]:
             params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=wanted, detokenize=False)
             final = None
-            async for final in self._llm.generate(TokensPrompt(prompt_token_ids=prompt + list(prefix)), params, uuid.uuid4().hex, lora_request=lora):
+            ids = TokensPrompt(prompt_token_ids=prompt + list(prefix))
+            async for final in self._llm.generate(ids, params, uuid.uuid4().hex, lora_request=lora):
                 pass
             rows = final.outputs[0].logprobs if final is not None and final.outputs else None
             if not rows:

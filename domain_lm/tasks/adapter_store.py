@@ -82,7 +82,6 @@ class TaskVersion:
         return read_records(self.path / f"{split}.jsonl")
 
 
-
 def write_records(path: Path, records: list[TaskRecord]) -> None:
     atomic.write_text(path, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records))
 
@@ -174,8 +173,15 @@ class AdapterStore:
             except FileExistsError:  # another job or replica took it meanwhile
                 n += 1
                 continue
-            info = {"job": job_id, "who": _SAFE.sub("_", author)[:64], "request_id": request_id, "host": socket.gethostname(),
-                    "pid": os.getpid(), "process": _PROCESS, "created": now()}
+            info = {
+                "job": job_id,
+                "who": _SAFE.sub("_", author)[:64],
+                "request_id": request_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "process": _PROCESS,
+                "created": now(),
+            }
             atomic.write_text(path / JOB, json.dumps(info))
             self.audit({"event": "created", "task": task, "version": n, **info})
             return n, path

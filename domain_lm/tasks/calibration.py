@@ -104,7 +104,9 @@ def calibrate(logits: Sequence[Sequence[float]], gold: Sequence[int]) -> dict[st
     return out
 
 
-def selective(confidence: Sequence[float], correct: Sequence[bool], thresholds: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9)) -> list[dict[str, float]]:
+def selective(
+    confidence: Sequence[float], correct: Sequence[bool], thresholds: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9)
+) -> list[dict[str, float]]:
     """For each abstention threshold: the share of answers kept (coverage) and their accuracy."""
     conf = np.asarray(confidence, dtype=float)
     hit = np.asarray(correct, dtype=bool)
@@ -112,7 +114,11 @@ def selective(confidence: Sequence[float], correct: Sequence[bool], thresholds: 
     for t in thresholds:
         kept = conf >= t
         rows.append(
-            {"threshold": float(t), "coverage": float(kept.mean()) if len(conf) else 0.0, "accuracy": float(hit[kept].mean()) if kept.any() else 0.0}
+            {
+                "threshold": float(t),
+                "coverage": float(kept.mean()) if len(conf) else 0.0,
+                "accuracy": float(hit[kept].mean()) if kept.any() else 0.0,
+            }
         )
     return rows
 

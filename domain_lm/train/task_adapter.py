@@ -127,8 +127,10 @@ def parse_examples(template: TaskTemplate, rows: list[dict[str, Any]], mapping: 
     fmap = dict(mapping.fields) or default_field_map(template, rows[0].keys())
     unmapped = [f for f, spec in template.inputs.items() if spec.required and f not in fmap]
     if unmapped:
-        why = (f"no column for the input(s) {unmapped} (columns are {sorted(rows[0])}); name them with `fields` "
-               f"(template input -> column), e.g. {{{unmapped[0]!r}: {sorted(rows[0])[0]!r}}}")
+        why = (
+            f"no column for the input(s) {unmapped} (columns are {sorted(rows[0])}); name them with `fields` "
+            f"(template input -> column), e.g. {{{unmapped[0]!r}: {sorted(rows[0])[0]!r}}}"
+        )
         return ParsedUpload(rows=len(rows), records=[], problems=[(1, why)], problem_count=1)
     records: list[TaskRecord] = []
     problems: list[tuple[int, str]] = []
@@ -227,7 +229,9 @@ def train_adapter(spec: TrainSpec) -> dict[str, Any]:
     steps = planned_steps(len(examples), spec.config)
     Path(spec.work_dir, "plan.json").write_text(json.dumps({"steps": steps, "examples": len(examples)}))
     t0 = time.perf_counter()
-    result = train_sft(spec.model_path, examples, sft_section(spec.config, steps), spec.work_dir, spec.out_dir, description=f"teach {template.name}")
+    result = train_sft(
+        spec.model_path, examples, sft_section(spec.config, steps), spec.work_dir, spec.out_dir, description=f"teach {template.name}"
+    )
     return {**_as_dict(result), "planned_steps": steps, "train_examples": len(examples), "seconds": time.perf_counter() - t0}
 
 

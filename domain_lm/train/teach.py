@@ -35,8 +35,8 @@ from domain_lm.data.records import TaskRecord, dedupe_records, split_records
 from domain_lm.errors import DataError, DomainLMError
 from domain_lm.inference.base import Engine, EngineError, GenerationRequest, GenerationResult, add_adapter
 from domain_lm.inference.classical import CLASSICAL_MODEL, ClassicalModel
-from domain_lm.inference.taught import SYSTEM_NAMES, llm_request, scores_labels
 from domain_lm.inference.tasks import TaskRunner
+from domain_lm.inference.taught import SYSTEM_NAMES, llm_request, scores_labels
 from domain_lm.tasks import ContractError, TaskTemplate
 from domain_lm.tasks import calibration as cal
 from domain_lm.tasks.adapter_store import ADAPTER_DIR, AdapterStore, TaskVersion, adapter_name, now, write_records
@@ -122,7 +122,9 @@ def run_llm(
     requests = []
     for r in held:
         shots = pools[r.lang].nearest(r.inputs, k) if pools and k and r.lang in pools else []
-        requests.append(llm_request(runner, template, r.inputs, r.lang, adapter, shots, scores_labels(template, r.lang, cfg.max_scored_choices)))
+        requests.append(
+            llm_request(runner, template, r.inputs, r.lang, adapter, shots, scores_labels(template, r.lang, cfg.max_scored_choices))
+        )
     results: list[GenerationResult | None] = []
     for i in range(0, len(requests), EVAL_BATCH):
         results += _generate(engine, requests[i : i + EVAL_BATCH])
@@ -183,7 +185,9 @@ def summarize(template: TaskTemplate, held: list[TaskRecord], run: SystemRun, n_
     return out
 
 
-def paired_diff(template: TaskTemplate, held: list[TaskRecord], a: dict[str, Any], b: dict[str, Any], n_boot: int, seed: int) -> dict[str, Any]:
+def paired_diff(
+    template: TaskTemplate, held: list[TaskRecord], a: dict[str, Any], b: dict[str, Any], n_boot: int, seed: int
+) -> dict[str, Any]:
     """Paired difference a - b of the headline score on the same held-out records, with its 95% interval."""
     encode, metric, boots = _scorer(template, n_boot)
     gold = [encode(r.output) for r in held]
@@ -261,8 +265,16 @@ def teach(job: TeachJob) -> dict[str, Any]:
         serving = "adapter" if adapter else ("few_shot" if t.few_shot else "zero_shot")
         _check(job)
         job.progress("evaluating", 0.0, f"scoring the {SYSTEM_NAMES[serving]} answers on {len(held_eval)} held-out examples")
-        run = run_llm(job.engine, t, held_eval, adapter, pools if serving == "few_shot" else None, k, cfg,
-                      lambda f: job.progress("evaluating", f, f"scoring {SYSTEM_NAMES[serving]}"))
+        run = run_llm(
+            job.engine,
+            t,
+            held_eval,
+            adapter,
+            pools if serving == "few_shot" else None,
+            k,
+            cfg,
+            lambda f: job.progress("evaluating", f, f"scoring {SYSTEM_NAMES[serving]}"),
+        )
         systems[serving] = summarize(t, held_eval, run, cfg.n_boot, cfg.seed)
         if adapter:
             systems[serving].update(adapter=adapter, train={k: v for k, v in train_info.items() if not isinstance(v, (list, dict))})
@@ -323,15 +335,26 @@ def _compare(
                 continue
             _check(job)
             job.progress("comparing", 0.0, f"scoring {SYSTEM_NAMES[system]} on {len(held)} held-out examples")
-            run = run_llm(job.engine, t, held, None, pools if system == "few_shot" else None, k, cfg,
-                          lambda f, s=system: job.progress("comparing", f, f"scoring {SYSTEM_NAMES[s]}"))
+            run = run_llm(
+                job.engine,
+                t,
+                held,
+                None,
+                pools if system == "few_shot" else None,
+                k,
+                cfg,
+                lambda f, s=system: job.progress("comparing", f, f"scoring {SYSTEM_NAMES[s]}"),
+            )
             comp["systems"][system] = summarize(t, held, run, cfg.n_boot, cfg.seed)
             if system == "few_shot":
                 comp["systems"][system]["k"] = k
         everything = {**systems, **comp["systems"]}
         pairs = [("adapter", "zero_shot"), ("adapter", "classical"), ("few_shot", "zero_shot"), ("classical", "zero_shot")]
-        comp["diffs"] = {f"{a}-{b}": paired_diff(t, held, everything[a], everything[b], cfg.n_boot, cfg.seed)
-                         for a, b in pairs if a in everything and b in everything}
+        comp["diffs"] = {
+            f"{a}-{b}": paired_diff(t, held, everything[a], everything[b], cfg.n_boot, cfg.seed)
+            for a, b in pairs
+            if a in everything and b in everything
+        }
     except Exception as e:  # noqa: BLE001 - the version already serves; the comparison is extra
         log.exception("comparison failed for %s v%s", t.name, v.version)
         comp["error"] = f"{type(e).__name__}: {e}"

@@ -14,9 +14,9 @@ from fastapi import APIRouter, Path
 from services.deps import ApiKeyDep, CallDep, StateDep
 from services.errors import api_error
 from services.jobs.runner import Job
+from services.jobs.schemas import JobStatus
 from services.security import Principal
 from services.state import ServiceState
-from services.jobs.schemas import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobId = Annotated[str, Path(description="A job id from POST /v1/tasks/{name}/examples.", max_length=64)]

@@ -42,7 +42,9 @@ def upload_format(fmt: str | None, content_type: str | None) -> Format:
     return _FORMATS.get(base, "jsonl")  # type: ignore[return-value]
 
 
-def upload_mapping(name: str, fields: str | None, label_field: str, label_map: str | None, group_field: str | None, lang: str) -> TaskDataset:
+def upload_mapping(
+    name: str, fields: str | None, label_field: str, label_map: str | None, group_field: str | None, lang: str
+) -> TaskDataset:
     """The configs' dataset mapping from query parameters (``fields`` and ``label_map`` as JSON objects)."""
     parsed: dict[str, Any] = {}
     for key, raw in (("fields", fields), ("label_map", label_map)):
@@ -79,7 +81,9 @@ class ExamplesHandler(TaskHandler):
         except DataError as e:
             raise api_error(422, "invalid_file", str(e)) from None
         if len(rows) > self.settings.max_upload_rows:
-            raise api_error(413, "too_many_rows", f"the file has {len(rows)} examples; an upload may hold at most {self.settings.max_upload_rows}")
+            raise api_error(
+                413, "too_many_rows", f"the file has {len(rows)} examples; an upload may hold at most {self.settings.max_upload_rows}"
+            )
         parsed = parse_examples(t, rows, mapping)
         if parsed.problem_count and (not skip_invalid or not parsed.records):
             raise api_error(

@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from domain_lm.inference.classical import CLASSICAL_MODEL
-from domain_lm.inference.taught import ServingPlan, llm_request, scores_labels
 from domain_lm.inference.tasks import Usage
+from domain_lm.inference.taught import ServingPlan, llm_request, scores_labels
 from domain_lm.tasks import InputError, TaskTemplate, TemplateError, UnknownTaskError
 from domain_lm.tasks.adapter_store import adapter_name
 from domain_lm.train.teach import report_summary
@@ -161,7 +161,8 @@ class TaskHandler(Handler):
     @staticmethod
     def _decided(out: TaskResponse, t: TaskTemplate, probs: dict[str, float], calibrated: bool) -> TaskResponse:
         output, top, p, abstained = t.output.decide(probs)
-        return out.model_copy(update={"output": output, "top_label": top, "confidence": p, "calibrated": calibrated, "abstained": abstained})
+        update = {"output": output, "top_label": top, "confidence": p, "calibrated": calibrated, "abstained": abstained}
+        return out.model_copy(update=update)
 
     async def _classical(self, t: TaskTemplate, inputs: dict[str, Any], lang: str, plan: ServingPlan) -> TaskResponse:
         version = self.state.taught.current(t.name)
