@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from domain_lm.bundle import MANIFEST_NAME
+from domain_lm.errors import ConfigError
 from domain_lm.inference import Engine, EngineError, add_adapter, create_engine
 from domain_lm.inference.tasks import TaskRunner
 from domain_lm.tasks import TemplateRegistry
@@ -71,6 +72,11 @@ class ServiceState:
         self.teach_config = TeachConfig.model_validate(
             {"max_scored_choices": settings.max_scored_choices, "lora_r": min(8, settings.max_lora_rank), **settings.teach_options}
         )
+        if self.teach_config.lora_r > settings.max_lora_rank:
+            raise ConfigError(
+                f"teach_options lora_r={self.teach_config.lora_r} is above max_lora_rank={settings.max_lora_rank}: the engine could not "
+                "load the adapters it trains. Lower lora_r or raise max_lora_rank."
+            )
         self.adapter_store = adapter_store(settings, self.registry)
         if self.adapter_store is not None:
             for stale in self.adapter_store.remove_stale():
