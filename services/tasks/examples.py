@@ -100,12 +100,16 @@ class ExamplesHandler(TaskHandler):
         call.note(task=name)
         t = self._teachable(call, name)
         self.engine  # noqa: B018 - 503 while the engine loads: the job needs it
-        parsed = await asyncio.to_thread(self._parse, t, data, fmt, mapping, skip_invalid)
         cfg = self.state.teach_config.model_copy(update={"adapter": adapter})
-        try:
-            train, held, dups = split_examples(t, parsed.records, cfg)
-        except DataError as e:
-            raise api_error(422, "invalid_examples", str(e)) from None
+
+        def prepare() -> tuple[ParsedUpload, tuple[list, list, int]]:  # parsing and hashing thousands of rows: off the loop
+            parsed = self._parse(t, data, fmt, mapping, skip_invalid)
+            try:
+                return parsed, split_examples(t, parsed.records, cfg)
+            except DataError as e:
+                raise api_error(422, "invalid_examples", str(e)) from None
+
+        parsed, (train, held, dups) = await asyncio.to_thread(prepare)
         try:
             job = self.state.jobs.submit(name, call.principal.id, call.scope.get("dlm_request_id"), self._work(t, parsed.records, cfg))
         except JobQueueFull as e:
