@@ -2,8 +2,8 @@
 
 import sys
 
-from domain_lm.errors import DomainLMError
 from domain_lm.core.progress import console
+from domain_lm.errors import DomainLMError
 from services.cli import app
 
 

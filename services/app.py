@@ -21,6 +21,7 @@ from domain_lm.inference import Engine
 from domain_lm.pii import mask_value
 from services import health
 from services.console import router as console_router
+from services.jobs.router import router as jobs_router
 from services.middleware import ObserveMiddleware
 from services.openai.router import router as openai_router
 from services.settings import ServiceSettings
@@ -58,12 +59,13 @@ def create_app(settings: ServiceSettings | None = None, engine: Engine | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
-        loader = loop.run_in_executor(None, state.load_engine) if state.engine is None else None
+        # load_engine also loads the task store's adapters; a given engine gets them added.
+        loader = loop.run_in_executor(None, state.load_engine if state.engine is None else state.sync_adapters)
         warm = loop.run_in_executor(None, state.checker.warm_up)
         try:
             yield
         finally:
-            await asyncio.wait([f for f in (loader, warm) if f is not None])
+            await asyncio.wait([loader, warm])
             state.close()
 
     docs = settings.docs
@@ -81,6 +83,7 @@ def create_app(settings: ServiceSettings | None = None, engine: Engine | None = 
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.include_router(health.router)
     app.include_router(tasks_router)
+    app.include_router(jobs_router)
     app.include_router(openai_router)
     app.include_router(console_router)
     return app

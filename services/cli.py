@@ -66,6 +66,10 @@ def serve(
     template_store: Annotated[
         Optional[Path], typer.Option("--template-store", help="Writable store for templates registered at run time.")
     ] = None,
+    adapter_store: Annotated[
+        Optional[Path], typer.Option("--adapter-store", help="Writable task store for teaching (default: <template store>/adapters).")
+    ] = None,
+    no_teach: Annotated[bool, typer.Option("--no-teach", help="Refuse example uploads and training jobs.")] = False,
     engine: Annotated[Optional[str], typer.Option("--engine", help="auto, vllm or hf.")] = None,
     adapter: Annotated[Optional[list[str]], typer.Option("--adapter", help="LoRA adapter NAME=PATH (repeatable).")] = None,
     host: Annotated[Optional[str], typer.Option("--host")] = None,
@@ -126,6 +130,8 @@ def serve(
             kwargs[key] = from_config
     flags = {
         "template_store": str(template_store) if template_store else None,
+        "adapter_store": str(adapter_store) if adapter_store else None,
+        "teach": False if no_teach else None,
         "api_keys_file": str(api_keys_file) if api_keys_file else None,
         "audit_log": str(audit_log) if audit_log else None,
         "auth": False if no_auth else None,

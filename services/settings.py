@@ -33,6 +33,29 @@ class ServiceSettings(BaseSettings):
     template_check_timeout_s: float = Field(0.15, gt=0, description="Hard time budget to check a submitted template (then 400).")
     template_check_memory_mb: int = Field(512, ge=64, description="Memory the template checker process may add while checking.")
 
+    teach: bool = Field(True, description="Allow teaching tasks while serving (example uploads, training jobs); needs a writable store.")
+    adapter_store: str | None = Field(
+        None,
+        description="Writable directory for what teaching produces (examples, adapters, reports), versioned per task. "
+        "Default: <template store>/adapters, beside the templates registered at run time.",
+    )
+    max_jobs_queued: int = Field(4, ge=0, description="Teaching jobs waiting for a worker; beyond it: 429.")
+    job_workers: int = Field(1, ge=1, description="Teaching jobs that run at once (each trains in its own process).")
+    job_history: int = Field(200, ge=1, description="Finished jobs kept for GET /v1/jobs (in memory: jobs do not survive a restart).")
+    max_upload_rows: int = Field(20_000, ge=1, description="Most examples one upload may hold (the body limit applies too).")
+    teach_options: dict[str, Any] = Field(
+        default_factory=dict, description="TeachConfig overrides (domain_lm.train.task_adapter), e.g. {\"threads\": 1, \"epochs\": 2}."
+    )
+    lora_slots: int = Field(2, ge=0, description="vLLM: adapters a batch may mix, for adapters loaded while serving (0: none).")
+    max_lora_rank: int = Field(16, ge=1, description="vLLM: the largest LoRA rank an adapter loaded while serving may have.")
+    label_probabilities: bool = Field(True, description="Label answers carry a probability (every label scored).")
+    max_scored_choices: int = Field(
+        16,
+        ge=2,
+        description="Label tasks with more labels answer by constrained decoding, without a probability (scoring costs a prompt "
+        "pass per node of the labels' token trie).",
+    )
+
     auth: bool = Field(True, description="Require API keys. Only disable for local development (--no-auth).")
     api_keys: str | None = Field(None, description="Key entries (JSON list or 'id:sha256[:task|task][:admin]' comma list).")
     api_keys_file: str | None = Field(

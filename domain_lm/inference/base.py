@@ -39,6 +39,11 @@ class GenerationRequest(BaseModel):
     regex: str | None = Field(None, description="The whole answer must match this regular expression.")
     adapter: str | None = None
     stop: list[str] | None = None
+    score_choices: bool = Field(
+        False,
+        description="With choices: score every choice (its tokens + end of sequence) and answer the most likely one; the "
+        "result's choice_logprobs holds each choice's log-likelihood. Costs a prompt pass per token-trie node on vLLM.",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> "GenerationRequest":
@@ -48,6 +53,8 @@ class GenerationRequest(BaseModel):
             raise ValueError("choices must not be empty")
         if sum(x is not None for x in (self.choices, self.json_schema, self.regex)) > 1:
             raise ValueError("give at most one of choices, json_schema and regex")
+        if self.score_choices and self.choices is None:
+            raise ValueError("score_choices needs choices")
         return self
 
 
@@ -58,6 +65,7 @@ class GenerationResult(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: Literal["stop", "length", "error"] | str = "stop"
+    choice_logprobs: dict[str, float] | None = Field(None, description="Per-choice log-likelihood (requests with score_choices).")
 
 
 @runtime_checkable
@@ -84,6 +92,24 @@ async def stream_results(engine: Engine, request: GenerationRequest) -> AsyncIte
         return
     async for result in stream(request):
         yield result
+
+
+def add_adapter(engine: Engine, name: str, path: str) -> None:
+    """Load a LoRA adapter into a running engine under ``name`` (blocking; call it off the event loop).
+
+    Engines that load adapters at run time have ``add_adapter(name, path)``; requests in flight
+    finish, later ones may name the adapter. ``EngineError`` when the engine cannot.
+    """
+    add = getattr(engine, "add_adapter", None)
+    if add is None:
+        raise EngineError(f"The {type(engine).__name__} engine cannot load adapters while serving; restart it with --adapter {name}=PATH.")
+    add(name, path)
+
+
+def choice_continuations(tokenizer: Any, request: GenerationRequest, eos_id: int) -> list[tuple[str, list[int]]]:
+    """Each choice with the tokens it is scored on: its own tokens plus end of sequence (what ends a
+    constrained answer), so a choice that is a prefix of another is not favoured."""
+    return [(c, list(tokenizer(c, add_special_tokens=False)["input_ids"]) + [eos_id]) for c in request.choices or []]
 
 
 def check_adapter(engine: Engine, adapter: str | None) -> None:

@@ -46,7 +46,8 @@ class FakeEngine:
 
     ``script(request) -> text`` decides each answer; without one, label requests get the first
     choice, JSON requests a small schema-valid document, others ``default_text``. ``delay`` (s)
-    simulates generation time; ``generate`` sleeps without blocking the event loop.
+    simulates generation time; ``generate`` sleeps without blocking the event loop. Scored label
+    requests give the answer log-likelihood 0 and every other choice ``-choice_margin``.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class FakeEngine:
         delay: float = 0.0,
         default_text: str = "A short answer.",
         ready: bool = True,
+        choice_margin: float = 2.0,
     ):
         self.model_name = model_name
         self.adapters = dict(adapters or {})
@@ -64,6 +66,8 @@ class FakeEngine:
         self.delay = delay
         self.default_text = default_text
         self.ready = ready
+        self.choice_margin = choice_margin
+        self.add_adapter_error: Exception | None = None
         self.requests: list[GenerationRequest] = []
         self.closed = False
 
@@ -79,7 +83,23 @@ class FakeEngine:
         else:
             text = self.default_text
         prompt = request.prompt or " ".join(m["content"] for m in request.messages or [])
-        return GenerationResult(text=text, prompt_tokens=len(prompt.split()), completion_tokens=max(1, len(text.split())), finish_reason="stop")
+        scores = None
+        if request.score_choices and request.choices:
+            # The scripted answer is the most likely choice; the others trail by ``choice_margin`` nats.
+            scores = {c: 0.0 if c == text else -self.choice_margin for c in request.choices}
+        return GenerationResult(
+            text=text,
+            prompt_tokens=len(prompt.split()),
+            completion_tokens=max(1, len(text.split())),
+            finish_reason="stop",
+            choice_logprobs=scores,
+        )
+
+    def add_adapter(self, name: str, path: str) -> None:
+        """Serve ``name`` from now on (``add_adapter_error`` makes it fail, as a broken adapter would)."""
+        if self.add_adapter_error is not None:
+            raise self.add_adapter_error
+        self.adapters[name] = str(path)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         if self.delay:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from domain_lm.inference.base import EngineError, GenerationRequest, GenerationResult, check_adapter, encode_prompt
+from domain_lm.inference.base import EngineError, GenerationRequest, GenerationResult, check_adapter, choice_continuations, encode_prompt
 from domain_lm.models.loading import load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,24 @@ class HFEngine:
                 out += self._run_batch(requests[i : i + self.max_batch_size])
         return out
 
+    def add_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter while serving: under the model lock, so no batch runs meanwhile (callers
+        wait in the queue; none is dropped). The first adapter wraps the model in PEFT."""
+        if name in self.adapters:
+            raise EngineError(f"adapter {name!r} is already loaded")
+        from peft import PeftModel
+
+        with self._lock:
+            try:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(str(path), adapter_name=name)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            except (OSError, ValueError, KeyError, RuntimeError) as e:
+                raise EngineError(f"adapter {name!r} could not be loaded: {e}") from e
+            self.model.eval()
+            self.adapters[name] = str(path)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -259,8 +277,7 @@ class HFEngine:
         pairs: list[tuple[int, str, list[int], list[int]]] = []
         for i, r in enumerate(requests):
             prompt_ids = encode_prompt(self.tokenizer, r)
-            for c in r.choices or []:
-                cont = self.tokenizer(c, add_special_tokens=False)["input_ids"] + [self.eos_id]
+            for c, cont in choice_continuations(self.tokenizer, r, self.eos_id):
                 pairs.append((i, c, prompt_ids, cont))
         scores: list[float] = []
         for start in range(0, len(pairs), self.max_batch_size * 2):
@@ -281,12 +298,20 @@ class HFEngine:
                 positions = torch.arange(first - 1, width - 1) - (width - keep)
                 scores.append(float(logp[row, positions, torch.tensor(c)].sum()))
         best: dict[int, tuple[float, str, int, int]] = {}
+        per_choice: dict[int, dict[str, float]] = {}
         for (i, c, p, cont), s in zip(pairs, scores):
+            per_choice.setdefault(i, {})[c] = s
             if i not in best or s > best[i][0]:
                 best[i] = (s, c, len(p), len(cont) - 1)
         return [
-            GenerationResult(text=best[i][1], prompt_tokens=best[i][2], completion_tokens=best[i][3], finish_reason="stop")
-            for i in range(len(requests))
+            GenerationResult(
+                text=best[i][1],
+                prompt_tokens=best[i][2],
+                completion_tokens=best[i][3],
+                finish_reason="stop",
+                choice_logprobs=per_choice[i] if r.score_choices else None,
+            )
+            for i, r in enumerate(requests)
         ]
 
     # ------------------------------------------------------------------ free / constrained generation

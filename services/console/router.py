@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from domain_lm.tasks import UnknownTaskError
 from services.console import editor, runs
 from services.console.handler import ConsoleHandler
-from services.deps import AdminDep, ApiKeyDep, RegistryDep, StateDep, api_error
+from services.deps import AdminDep, ApiKeyDep, CallDep, RegistryDep, StateDep, api_error
 from services.state import ServiceState
+from services.tasks.handler import TaskHandler
 
 STATIC = Path(__file__).parent / "static"
 #: Security headers for the pages: nothing may load from outside the service (air-gapped anyway).
@@ -81,9 +82,9 @@ def session(principal: ApiKeyDep, state: StateDep) -> dict[str, Any]:
     }
 
 
-@router.get("/api/tasks", summary="Every task this key may use, with schemas and examples")
-def tasks(registry: RegistryDep, principal: ApiKeyDep) -> dict[str, Any]:
-    items = [editor.summary(t, registry) for t in registry if principal.may_run(t.name)]
+@router.get("/api/tasks", summary="Every task this key may use, with schemas, examples and what serves it")
+def tasks(registry: RegistryDep, principal: ApiKeyDep, state: StateDep) -> dict[str, Any]:
+    items = [{**editor.summary(t, registry), "serving": serving(state, t)} for t in registry if principal.may_run(t.name)]
     # Broken files are only an admin's business, named by file name (not the server's directory).
     problems = (
         [{"file": Path(e.file or "?").name, "line": e.line, "message": e.message} for e in registry.errors] if principal.admin else []
@@ -91,8 +92,13 @@ def tasks(registry: RegistryDep, principal: ApiKeyDep) -> dict[str, Any]:
     return {"tasks": items, "problems": problems}
 
 
-@router.get("/api/tasks/{name}", summary="One task's schemas, examples and version history")
-def task(name: str, registry: RegistryDep, principal: ApiKeyDep) -> dict[str, Any]:
+def serving(state: ServiceState, t: Any) -> dict[str, Any] | None:
+    """What answers the task now and why (None while the engine loads)."""
+    return state.taught.summary(t, state.engine.adapters) if state.engine is not None else None
+
+
+@router.get("/api/tasks/{name}", summary="One task's schemas, examples, version history and what serves it")
+def task(name: str, registry: RegistryDep, principal: ApiKeyDep, state: StateDep) -> dict[str, Any]:
     if not principal.may_run(name):
         raise api_error(403, "forbidden", f"key {principal.id!r} may not use task {name!r}")
     try:
@@ -100,6 +106,9 @@ def task(name: str, registry: RegistryDep, principal: ApiKeyDep) -> dict[str, An
     except UnknownTaskError as e:
         raise api_error(404, "unknown_task", str(e)) from None
     out = editor.summary(t, registry)
+    out["serving"] = serving(state, t)
+    out["engine"] = t.engine
+    out["few_shot"] = t.few_shot.k if t.few_shot else None
     out["history"] = [
         {"version": v, "description": registry.get(name, v).description, "current": v == t.version}
         for v in sorted(registry.versions(name), reverse=True)
@@ -146,6 +155,22 @@ async def check(body: DraftBody, handler: HandlerDep, principal: AdminDep) -> di
 @router.post("/api/templates/dry-run", summary="Render and answer a draft on example inputs without saving it")
 async def dry_run(body: DryRunBody, handler: HandlerDep, principal: AdminDep) -> dict[str, Any]:  # noqa: ARG001
     return await handler.dry_run(body.yaml, body.lang, body.input, body.variant)
+
+
+# --------------------------------------------------------------------------- teaching
+
+
+class ServeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    choice: Literal["auto", "adapter", "few_shot", "zero_shot", "classical"]
+    version: int | None = Field(None, ge=1, description="adapter: serve this task-store version's adapter (default: the current one).")
+    k: int | None = Field(None, ge=1, le=16, description="few_shot: examples per prompt (default: the template's, else 4).")
+
+
+@router.post("/api/tasks/{name}/serve", summary="Choose what answers a task: registers a template version with that choice")
+async def choose_serving(name: str, body: ServeBody, state: StateDep, call: CallDep) -> dict[str, Any]:
+    return await TaskHandler.for_request(state).choose(call, name, body.choice, body.version, body.k)
 
 
 # --------------------------------------------------------------------------- runs and evaluation

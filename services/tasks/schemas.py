@@ -39,6 +39,14 @@ class TaskResponse(BaseModel):
     adapter: str | None
     usage: Usage
     latency_ms: float
+    engine: str = Field("llm", description="What produced the answer: llm (the served model) or classical (TF-IDF + logistic regression).")
+    confidence: float | None = Field(
+        None, description="Label tasks: the probability of the most likely label (calibrated on held-out examples when `calibrated`)."
+    )
+    calibrated: bool | None = Field(None, description="Label tasks: the probability was calibrated on the task's held-out examples.")
+    top_label: str | None = Field(None, description="Label tasks: the most likely label (the answer, unless it abstained).")
+    abstained: bool = Field(False, description="The confidence was below the task's abstain_below: output is \"abstain\" (human review).")
+    few_shot: int = Field(0, description="Retrieved examples shown in the prompt.")
 
 
 class BatchItemError(BaseModel):
@@ -70,6 +78,8 @@ class TaskSummary(BaseModel):
     output_kind: str
     metric: str
     adapter: str | None = None
+    engine: str = Field("auto", description="The template's engine option (auto, llm, base, classical).")
+    serving: dict[str, Any] | None = Field(None, description="What answers the task now, and why (engine, system, adapter, why).")
 
 
 class TaskDetail(TaskSummary):
@@ -83,3 +93,17 @@ class TaskRegistered(BaseModel):
     version: int
     versions: list[int]
     persisted: bool
+
+
+class ExamplesAccepted(BaseModel):
+    """An upload was checked and its teaching job queued: follow it at ``/v1/jobs/{job}``."""
+
+    task: str
+    job: str
+    status_url: str
+    examples: int
+    train: int
+    held_out: int
+    duplicates: int
+    skipped: int = Field(0, description="Invalid rows left out (only with skip_invalid=true).")
+    adapter: bool

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
@@ -17,6 +18,8 @@ _STRIP = " \t\r\n\"'`“”‘’「」『』"
 _TRAIL = ".。!！"
 #: Budget floor when the template gives none (a label is a few tokens; the floor costs nothing).
 LABEL_MAX_TOKENS = 32
+#: The answer of a task with ``abstain_below`` when no label is likely enough: for human review.
+ABSTAIN = "abstain"
 
 
 def norm_label(s: str) -> str:
@@ -36,6 +39,12 @@ class LabelOutput(OutputContract):
     labels: list[str] = Field(default_factory=list, description="Canonical labels (what evaluation and the API return).")
     display: dict[str, dict[str, str]] = Field(default_factory=dict, description="lang -> label -> display string.")
     aliases: dict[str, dict[str, list[str]]] = Field(default_factory=dict, description="lang -> label -> extra accepted strings.")
+    abstain_below: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description=f"Answer {ABSTAIN!r} (for human review) when the most likely label's calibrated probability is below this.",
+    )
 
     # lang -> normalised answer -> canonical label; key None for languages without display/aliases
     _lookup: dict[str | None, dict[str, str]] = PrivateAttr(default_factory=dict)
@@ -46,6 +55,8 @@ class LabelOutput(OutputContract):
             raise ValueError("a label output needs `labels` with at least two canonical labels")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("`labels` has duplicates")
+        if self.abstain_below is not None and ABSTAIN in self.labels:
+            raise ValueError(f"with abstain_below, {ABSTAIN!r} is the abstention answer and cannot be a label")
         for what, per_lang in (("display", self.display), ("aliases", self.aliases)):
             for lang, by_label in per_lang.items():
                 unknown = set(by_label) - set(self.labels)
@@ -127,10 +138,35 @@ class LabelOutput(OutputContract):
             return max(len(tokenizer.encode(c, add_special_tokens=False)) for c in options) + 1
         return max(len(c.encode("utf-8")) for c in options) + 2
 
+    # ------------------------------------------------------------------ confidence and abstention
+
+    def probabilities(self, choice_logprobs: Mapping[str, float], lang: str, temperature: float = 1.0) -> dict[str, float]:
+        """Label -> probability from each choice's log-likelihood (as an engine scores them for ``lang``):
+        a softmax of the log-likelihoods divided by ``temperature`` (1: uncalibrated; a temperature
+        fitted on held-out answers calibrates them, see ``domain_lm.tasks.calibration``)."""
+        by_choice = dict(zip(self.choices(lang) or [], self.labels))
+        logits = {by_choice[c]: lp / temperature for c, lp in choice_logprobs.items() if c in by_choice}
+        if not logits:
+            return {}
+        top = max(logits.values())
+        weights = {label: math.exp(v - top) for label, v in logits.items()}
+        total = sum(weights.values())
+        return {label: w / total for label, w in weights.items()}
+
+    def decide(self, probabilities: Mapping[str, float], threshold: float | None = None) -> tuple[str, str, float, bool]:
+        """(answer, most likely label, its probability, abstained): the answer is ``ABSTAIN`` when the
+        probability is below ``threshold`` (default: the contract's ``abstain_below``)."""
+        label = max(self.labels, key=lambda lab: (probabilities.get(lab, 0.0), -self.labels.index(lab)))
+        p = float(probabilities.get(label, 0.0))
+        limit = self.abstain_below if threshold is None else threshold
+        abstained = limit is not None and p < limit
+        return (ABSTAIN if abstained else label), label, p, abstained
+
     # ------------------------------------------------------------------ schemas, pairs, metrics
 
     def value_schema(self) -> dict[str, Any]:
-        return {"type": "string", "enum": list(self.labels)}
+        extra = [ABSTAIN] if self.abstain_below is not None else []
+        return {"type": "string", "enum": [*self.labels, *extra]}
 
     @property
     def classes(self) -> list[str] | None:

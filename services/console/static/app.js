@@ -1,6 +1,6 @@
 /* domain-lm console: vanilla JS, no build step, no external requests.
  *
- * Pages (hash routes): #/tasks, #/try/<task>, #/editor[/<task>], #/runs[/<run>].
+ * Pages (hash routes): #/tasks, #/try/<task>, #/teach/<task>, #/editor[/<task>], #/runs[/<run>].
  * Every data call carries the API key (kept in sessionStorage) as `Authorization: Bearer`, the
  * same header the REST API checks. Running and saving tasks go through the REST API itself.
  */
@@ -138,13 +138,13 @@ async function onSignin(ev) {
 
 // --------------------------------------------------------------------------- router
 
-const routes = { tasks: pageTasks, try: pageTry, editor: pageEditor, runs: pageRuns };
+const routes = { tasks: pageTasks, try: pageTry, teach: pageTeach, editor: pageEditor, runs: pageRuns };
 
 function route() {
   if (!session) return;
   const [page, ...rest] = (location.hash.replace(/^#\/?/, "") || "tasks").split("/");
   const fn = routes[page] || pageTasks;
-  const navPage = page === "try" ? "tasks" : page;
+  const navPage = page === "try" || page === "teach" ? "tasks" : page;
   document.querySelectorAll(".nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === navPage));
   render(spinner());
   fn(...rest.map(decodeURIComponent)).catch((e) => render(alertBox("error", "Something went wrong", e.message)));
@@ -205,10 +205,12 @@ async function pageTasks() {
       inputTable(t),
       h("h3", {}, "Answer"),
       outputSummary(t),
+      t.serving ? h("div", { class: "serving small", "data-engine": t.serving.engine }, h("strong", {}, `Served by ${servingName(t.serving)}. `), t.serving.why) : null,
       h(
         "div",
         { class: "actions" },
         navButton("Try it", `#/try/${encodeURIComponent(t.name)}`, "primary"),
+        session.admin ? navButton("Teach", `#/teach/${encodeURIComponent(t.name)}`, null, `teach-${t.name}`) : null,
         session.admin ? navButton("Edit template", `#/editor/${encodeURIComponent(t.name)}`) : null
       )
     )
@@ -284,7 +286,11 @@ function answerView(t, answer) {
       h("div", { class: "metric" }, h("div", { class: "k" }, "Latency"), h("div", { class: "v", id: "result-latency" }, fmtMs(answer.latency_ms))),
       h("div", { class: "metric" }, h("div", { class: "k" }, "Tokens in / out"), h("div", { class: "v" }, `${u.prompt_tokens ?? "–"} / ${u.completion_tokens ?? "–"}`)),
       h("div", { class: "metric" }, h("div", { class: "k" }, "Model"), h("div", { class: "v small" }, answer.model)),
-      h("div", { class: "metric" }, h("div", { class: "k" }, "Adapter · version"), h("div", { class: "v small" }, `${answer.adapter || "base"} · v${answer.version}`))
+      h("div", { class: "metric" }, h("div", { class: "k" }, "Adapter · version"), h("div", { class: "v small" }, `${answer.adapter || "base"} · v${answer.version}`)),
+      h("div", { class: "metric" }, h("div", { class: "k" }, "Engine"), h("div", { class: "v small", id: "result-engine" }, answer.engine || "llm")),
+      answer.confidence != null
+        ? h("div", { class: "metric" }, h("div", { class: "k" }, answer.calibrated ? "Confidence (calibrated)" : "Confidence"), h("div", { class: "v", id: "result-confidence" }, `${(answer.confidence * 100).toFixed(1)}%${answer.abstained ? " · abstained" : ""}`))
+        : null
     ),
     h("h3", {}, "Raw model text"),
     h("pre", { class: "codebox", id: "result-raw" }, answer.raw_text)
@@ -635,6 +641,176 @@ async function pageEditor(name) {
 function history_replace(name) {
   // Reflect the saved task in the URL without re-rendering the editor.
   window.history.replaceState(null, "", `#/editor/${encodeURIComponent(name)}`);
+}
+
+
+// --------------------------------------------------------------------------- teach a task
+
+const SYSTEM_NAMES = { zero_shot: "Zero-shot", few_shot: "Few-shot", adapter: "Adapter", classical: "Classical (TF-IDF + LR)" };
+
+function servingName(sv) {
+  if (sv.engine === "classical") return "the classical model";
+  if (sv.adapter) return `adapter ${sv.adapter}`;
+  return sv.few_shot ? `the base model, ${sv.few_shot}-shot` : "the base model, zero-shot";
+}
+
+function comparisonTable(version, serving) {
+  const metric = version.metric || "score";
+  const scored = Object.entries(version.systems).filter(([, s]) => typeof s.score === "number");
+  const best = Math.max(...scored.map(([, s]) => s.score));
+  const rows = ["zero_shot", "few_shot", "adapter", "classical"]
+    .filter((k) => version.systems[k])
+    .map((k) => {
+      const s = version.systems[k];
+      const c = s.calibration || {};
+      const serves = serving && serving.store_version === version.version && serving.system === k;
+      return h(
+        "tr",
+        { "data-system": k, class: serves ? "selected" : null },
+        h("td", {}, SYSTEM_NAMES[k], s.k ? h("span", { class: "muted small" }, ` (k=${s.k})`) : null, serves ? h("span", { class: "tag", style: "margin-left:6px" }, "serving") : null),
+        h("td", { class: `num${s.score === best ? " best" : ""}` }, s.score.toFixed(3)),
+        h("td", { class: "num small" }, `[${s.ci[0].toFixed(3)}, ${s.ci[1].toFixed(3)}]`),
+        h("td", { class: "num" }, s.n),
+        h("td", { class: "num small" }, c.ece_after != null ? `${c.ece_before.toFixed(3)} → ${c.ece_after.toFixed(3)}` : "–"),
+        h("td", { class: "num small" }, c.calibrated ? c.temperature.toFixed(2) : "–"),
+        h("td", { class: "num small" }, `${s.seconds.toFixed(1)} s`)
+      );
+    });
+  const diffs = Object.entries(version.diffs || {}).map(([pair, d]) => h("li", {}, `${pair.replace("-", " − ")}: ${d.diff >= 0 ? "+" : ""}${d.diff.toFixed(3)} [${d.ci[0].toFixed(3)}, ${d.ci[1].toFixed(3)}]`));
+  const ex = version.examples || {};
+  return h(
+    "div",
+    { class: "comparison", "data-version": version.version },
+    h("p", { class: "small muted" }, `Version ${version.version}${version.adapter ? ` (adapter ${version.adapter})` : ""}: ${ex.uploaded} examples, ${ex.train} train / ${ex.held} held out, scored on ${ex.evaluated}. ${metric} with 95% bootstrap intervals; calibration by temperature scaling (ECE cross-fitted).`),
+    h("table", { class: "data", id: `comparison-${version.version}` }, h("tr", {}, h("th", {}, "System"), h("th", { class: "num" }, metric), h("th", { class: "num" }, "95% CI"), h("th", { class: "num" }, "n"), h("th", { class: "num" }, "ECE before → after"), h("th", { class: "num" }, "Temperature"), h("th", { class: "num" }, "Time")), rows),
+    diffs.length ? h("ul", { class: "small" }, diffs) : null,
+    version.comparison_error ? alertBox("warn", "The zero-/few-shot comparison failed", version.comparison_error) : null
+  );
+}
+
+function jobView(job) {
+  const pct = job.progress != null ? Math.round(job.progress * 100) : null;
+  const kind = job.state === "failed" ? "error" : job.state === "succeeded" ? "ok" : job.state === "cancelled" ? "warn" : "info";
+  return h(
+    "div",
+    { id: "job", "data-state": job.state },
+    h("div", { class: "row" }, h("strong", { id: "job-state" }, job.state), h("span", { class: "muted", id: "job-phase" }, ` · ${job.phase}`), h("span", { class: "spacer" }), h("span", { class: "small muted" }, `${job.wall_s.toFixed(0)} s`)),
+    pct != null && job.state === "running" ? h("progress", { max: "100", value: String(pct), id: "job-progress" }) : null,
+    h("div", { class: "small", id: "job-message" }, job.message),
+    job.upload_to_serving_s != null ? h("div", { class: "small muted" }, `Upload to serving: ${job.upload_to_serving_s.toFixed(0)} s (version ${job.version})`) : null,
+    job.error ? alertBox(kind === "error" ? "error" : "warn", `Job ${job.state}`, job.error) : null
+  );
+}
+
+async function pageTeach(name) {
+  const [t, training] = await Promise.all([api(`/console/api/tasks/${encodeURIComponent(name)}`), api(`/v1/tasks/${encodeURIComponent(name)}/training`)]);
+  const servingBox = h("div", { id: "serving" });
+  const showServing = (sv) =>
+    servingBox.replaceChildren(sv ? h("div", { class: "alert ok" }, h("strong", {}, `Served by ${servingName(sv)}`), h("div", { id: "serving-why" }, sv.why)) : spinner("The model is loading"));
+  showServing(training.serving);
+  const jobBox = h("div", { class: "panel hidden", id: "job-panel" }, h("h2", {}, "Training job"), h("div", { id: "job-body" }));
+  const compareBox = h("div", { id: "comparisons" });
+  const showVersions = (tr) => {
+    compareBox.replaceChildren(
+      ...(tr.versions.length
+        ? [comparisonTable(tr.versions[0], tr.serving), tr.versions.length > 1 ? h("details", {}, h("summary", { class: "small" }, `${tr.versions.length - 1} older version(s)`), tr.versions.slice(1).map((v) => comparisonTable(v, tr.serving))) : null]
+        : [h("div", { class: "placeholder" }, "No examples uploaded yet: upload labelled examples to compare zero-shot, few-shot, an adapter and the classical model on held-out examples.")])
+    );
+  };
+  showVersions(training);
+
+  const file = h("input", { type: "file", id: "examples-file", accept: ".jsonl,.json,.csv,.ndjson" });
+  const labelField = h("input", { type: "text", id: "label-field", value: "label" });
+  const fieldsMap = h("input", { type: "text", id: "fields-map", placeholder: '{"text": "sentence"}' });
+  const labelMap = h("input", { type: "text", id: "label-map", placeholder: '{"0": "negative", "1": "positive"}' });
+  const trainAdapter = h("input", { type: "checkbox", id: "train-adapter", checked: true });
+  const uploadMsg = h("div", { id: "upload-result" });
+  let polling = null;
+
+  async function poll(jobId) {
+    const job = await api(`/v1/jobs/${encodeURIComponent(jobId)}`);
+    $("#job-body").replaceChildren(jobView(job));
+    if (["succeeded", "failed", "cancelled"].includes(job.state)) {
+      clearInterval(polling);
+      polling = null;
+      $("#upload-btn").disabled = false;
+      const tr = await api(`/v1/tasks/${encodeURIComponent(name)}/training`);
+      showServing(tr.serving);
+      showVersions(tr);
+    }
+  }
+
+  async function onUpload(ev) {
+    ev.preventDefault();
+    const f = file.files[0];
+    if (!f) return uploadMsg.replaceChildren(alertBox("error", "Choose a file", "JSON lines, JSON or CSV: one labelled example per row."));
+    const fmt = f.name.toLowerCase().endsWith(".csv") ? "csv" : f.name.toLowerCase().endsWith(".json") ? "json" : "jsonl";
+    const params = new URLSearchParams({ format: fmt, label_field: labelField.value || "label", adapter: trainAdapter.checked ? "true" : "false" });
+    if (fieldsMap.value.trim()) params.set("fields", fieldsMap.value.trim());
+    if (labelMap.value.trim()) params.set("label_map", labelMap.value.trim());
+    $("#upload-btn").disabled = true;
+    uploadMsg.replaceChildren(spinner("Checking the file"));
+    try {
+      const ctype = { csv: "text/csv", json: "application/json", jsonl: "application/jsonl" }[fmt];
+      const res = await api(`/v1/tasks/${encodeURIComponent(name)}/examples?${params}`, { method: "POST", text: await f.text(), contentType: ctype });
+      uploadMsg.replaceChildren(alertBox("ok", `Accepted: ${res.examples} examples`, `${res.train} for training, ${res.held_out} held out for the comparison${res.duplicates ? `, ${res.duplicates} duplicates dropped` : ""}. Job ${res.job}.`));
+      jobBox.classList.remove("hidden");
+      polling = setInterval(() => poll(res.job).catch(() => {}), 1000);
+      await poll(res.job);
+    } catch (e) {
+      $("#upload-btn").disabled = false;
+      const problems = (e.detail && e.detail.problems) || [];
+      uploadMsg.replaceChildren(alertBox("error", e.status === 422 ? "The file cannot be used" : `Upload refused (HTTP ${e.status})`, h("div", {}, e.message, problems.length ? h("ul", { id: "upload-problems" }, problems.map((p) => h("li", {}, `row ${p.row}: ${p.message}`))) : null)));
+    }
+  }
+
+  const choose = async (choice, extra) => {
+    const msg = $("#serve-result");
+    msg.replaceChildren(spinner("Registering"));
+    try {
+      const res = await api(`/console/api/tasks/${encodeURIComponent(name)}/serve`, { method: "POST", json: { choice, ...(extra || {}) } });
+      msg.replaceChildren(alertBox("ok", `Template version ${res.version} registered`, res.serving ? res.serving.why : ""));
+      showServing(res.serving);
+      showVersions(await api(`/v1/tasks/${encodeURIComponent(name)}/training`));
+    } catch (e) {
+      msg.replaceChildren(alertBox("error", `Not changed (HTTP ${e.status})`, e.message));
+    }
+  };
+  const serveButtons = h(
+    "div",
+    { class: "row", id: "serve-buttons" },
+    [["auto", "Auto (classical when as good)"], ["adapter", "Adapter"], ["few_shot", "Few-shot"], ["zero_shot", "Zero-shot"], ["classical", "Classical"]].map(([c, label]) =>
+      h("button", { type: "button", id: `serve-${c}`, onclick: () => choose(c) }, label)
+    )
+  );
+  const labels = t.output.labels;
+  render(
+    pageHead(`Teach ${t.name}`, "Upload labelled examples: the service trains an adapter while it keeps serving, compares it with zero-shot, few-shot and a classical model on held-out examples, and serves the new version without a restart.", navButton("Try it", `#/try/${encodeURIComponent(name)}`)),
+    servingBox,
+    h(
+      "div",
+      { class: "grid-2" },
+      h(
+        "div",
+        { class: "panel" },
+        h("h2", {}, "Upload examples"),
+        h("p", { class: "small muted" }, `One example per row with the task's inputs (${Object.keys(t.inputs).join(", ")}) and its ${labels ? "label (" + labels.join(" / ") + ")" : "answer"}. The whole file replaces the previous examples.`),
+        h(
+          "form",
+          { id: "upload-form", onsubmit: onUpload },
+          h("div", { class: "field" }, h("label", { for: "examples-file" }, "File (JSON lines, JSON or CSV)"), file),
+          h("div", { class: "field" }, h("label", { for: "label-field" }, "Label column"), labelField),
+          h("div", { class: "field" }, h("label", { for: "fields-map" }, "Input columns", h("span", { class: "hint" }, "optional JSON: input → column")), fieldsMap),
+          h("div", { class: "field" }, h("label", { for: "label-map" }, "Label mapping", h("span", { class: "hint" }, "optional JSON: value → label")), labelMap),
+          h("div", { class: "field" }, h("label", {}, trainAdapter, " Train an adapter (otherwise: few-shot pool and classical model only)")),
+          h("button", { type: "submit", class: "primary", id: "upload-btn" }, "Upload and train")
+        ),
+        uploadMsg
+      ),
+      h("div", {}, jobBox, h("div", { class: "panel" }, h("h2", {}, "Choose what serves"), h("p", { class: "small muted" }, "Registers the next template version with that choice (versioned and audited, like a template edit)."), serveButtons, h("div", { id: "serve-result" })))
+    ),
+    h("div", { class: "panel" }, h("h2", {}, "Held-out comparison"), compareBox)
+  );
 }
 
 // --------------------------------------------------------------------------- runs
