@@ -49,7 +49,9 @@ def predict(
         chunk = list(inputs[start : start + batch_size])
         for a in runner.run_batch(template, chunk, lang=lang, adapter=adapter, return_exceptions=True):
             if isinstance(a, ContractError):
-                out.append(Prediction(None, getattr(a, "raw", "") or "", str(a)))
+                # An ungrounded answer (UngroundedError) keeps its value: its ungrounded spans count as
+                # wrong and in the contract's ungrounded metric; any other broken contract scores None.
+                out.append(Prediction(getattr(a, "value", None), getattr(a, "raw", "") or "", str(a)))
             elif isinstance(a, InputError):
                 # The record does not fit the template (e.g. too long): no answer, so it scores as wrong.
                 log.warning("task %s: input rejected: %s", template.name, a)

@@ -59,11 +59,18 @@ class GroundingError(ValueError):
 
 
 class UngroundedError(ContractError):
-    """An answer quotes text or numbers its input does not hold; ``paths`` name them."""
+    """An answer quotes text or numbers its input does not hold; ``paths`` name them.
 
-    def __init__(self, paths: list[str], raw: str, task: str | None = None) -> None:
+    ``value`` is the parsed answer (offsets added where its spans do occur), so an eval can score
+    what the model said, the ungrounded parts counting as wrong."""
+
+    def __init__(self, paths: list[str], raw: str, task: str | None = None, value: Any = None) -> None:
         self.paths = paths
+        self.value = value
         super().__init__(f"answer is not grounded in the input at {', '.join(paths)}", raw=raw, task=task)
+
+    def with_task(self, task: str) -> "UngroundedError":
+        return UngroundedError(self.paths, raw=self.raw, task=task, value=self.value)
 
 
 class Grounding(BaseModel):
@@ -795,10 +802,34 @@ def grounding_counts(schema: dict[str, Any], answers: Iterable[tuple[Any | None,
 
 
 def require_grounded(value: Any, schema: dict[str, Any], inputs: dict[str, Any], raw: str, task: str | None = None) -> None:
-    """``UngroundedError`` (a ``ContractError`` carrying ``raw``) when ``ungrounded`` finds anything."""
+    """``UngroundedError`` (a ``ContractError`` carrying ``raw`` and the located ``value``) when
+    ``ungrounded`` finds anything."""
     bad = ungrounded(value, schema, inputs)
     if bad:
-        raise UngroundedError(bad, raw=raw, task=task)
+        raise UngroundedError(bad, raw=raw, task=task, value=locate(value, schema, inputs))
+
+
+def located_counts(schema: dict[str, Any], values: Iterable[Any | None]) -> dict[str, int]:
+    """Grounded / ungrounded spans among answers as ``locate`` returned them, without the inputs.
+
+    ``locate`` gives offsets exactly to the spans that occur in their input, so a span whose object
+    lacks its offset keys is ungrounded. Spans with ``offsets: null`` or outside an object, and
+    numbers, cannot be told apart this way and are not counted; ``None`` values (invalid answers)
+    neither. ``ungrounded_answers`` counts answers with at least one ungrounded span.
+    """
+    counts = {"grounded_spans": 0, "ungrounded_spans": 0, "ungrounded_answers": 0}
+    for value in values:
+        if value is None:
+            continue
+        bad = 0
+        for _, v, g, parent in _grounded_values(value, schema):
+            if g.kind != "span" or g.offsets is None or parent is None or not isinstance(v, str):
+                continue
+            ok = all(isinstance(parent.get(k), int) for k in g.offsets)
+            counts["grounded_spans" if ok else "ungrounded_spans"] += 1
+            bad += not ok
+        counts["ungrounded_answers"] += bad > 0
+    return counts
 
 
 def locate(value: Any, schema: dict[str, Any], inputs: dict[str, Any]) -> Any:
