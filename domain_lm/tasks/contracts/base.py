@@ -105,6 +105,11 @@ class OutputContract(BaseModel, ABC):
         """A dataset's raw gold value shaped into this kind's typed value (``ContractError`` if it cannot be)."""
         return raw
 
+    def training_value(self, value: Any, inputs: Mapping[str, Any], lang: str) -> Any:
+        """The gold ``value`` as the model should learn to write it for ``inputs`` (SFT targets): an
+        answer the decode-time constraint admits; ``value`` itself by default."""
+        return value
+
     def locate(self, value: Any, inputs: Inputs = None) -> Any:
         """The answer as the service returns it: ``value`` plus what is computed from the request's
         ``inputs`` after decoding (character offsets of spans copied from them); the value itself by default."""

@@ -87,6 +87,13 @@ class JsonOutput(OutputContract):
             grounding.require_grounded(value, self.schema_ or {}, dict(inputs), raw=text)
         return value
 
+    def training_value(self, value: Any, inputs: Mapping[str, Any], lang: str) -> Any:
+        """Grounded spans an enforced request could not write (evidence cut mid-clause) snapped to the
+        shortest decode-time candidate that holds them (``grounding.decodable``)."""
+        if not self._grounded:
+            return value
+        return grounding.decodable(value, self.schema_ or {}, dict(inputs), lang)
+
     def locate(self, value: Any, inputs: Inputs = None) -> Any:
         """The answer with the character offsets of its grounded spans (``grounding.locate``)."""
         if not self._grounded or inputs is None:
