@@ -653,7 +653,7 @@ def grounded_grammar(
     span's ``maxLength`` is not enforced (check it after decoding). Grounded numbers are constrained
     as in ``specialise``. The JSON around the spans is xgrammar's own grammar for the schema, with a
     placeholder string where each span goes; ``separators`` as in ``compile_json_schema``
-    (vLLM without whitespace: the default; the transformers engine: ``(", ", ": ")``).
+    (both engines write compact JSON, the default).
     """
     import xgrammar as xgr
 
