@@ -28,7 +28,7 @@ from domain_lm.errors import DataError
 #: Longest TAT-QA text (table + relevant paragraphs) kept; longer contexts are skipped.
 TATQA_MAX_CHARS = 1600
 #: Characters of an ECTSum transcript the model sees (the sentences with figures, in order).
-ECTSUM_MAX_CHARS = 1500
+ECTSUM_MAX_CHARS = 1200
 CLUENER_TYPES = {"company": "ORG", "organization": "ORG", "government": "ORG", "name": "PER", "address": "LOC", "scene": "LOC"}
 FINFE_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 NER_TYPES = ("ORG", "PER", "LOC")
