@@ -312,6 +312,13 @@ class SftSection(Section):
         default_factory=dict, description="Task -> share multiplier (2: twice the examples, 0.5: half); default 1."
     )
     max_examples_per_task: int | None = Field(None, ge=1, description="Cap on rendered training examples per task (seeded sample).")
+    examples_per_task: int | None = Field(
+        None,
+        ge=1,
+        description="Task-balanced sampling: every task gets this many rendered examples (times its task_weights entry): "
+        "a seeded sample of a larger task, a smaller task's records again with other phrasings and few-shot prompts. "
+        "None: each record once (variants_per_example), then task_weights and max_examples_per_task.",
+    )
     instruct_sources: list[InstructSource] = Field(default_factory=list)
     per_task_adapters: bool = False
     qlora: bool = Field(False, description="Load the base in 4-bit (QLoRA) when bitsandbytes and CUDA are available; else plain LoRA.")

@@ -79,7 +79,7 @@ def test_entities_with_known_predictions(registry):
 
 def test_extraction_numeric_tolerance(registry):
     t = registry.get("extraction")
-    gold = {"value": 12.5, "unit": "million dollars", "period": "2022", "evidence": "revenue of 12.5 million dollars"}
+    gold = {"value": 12.5, "unit": "USD million", "period": "2022", "evidence": "revenue of 12.5 million dollars"}
     recs = [
         Record("extraction", "en", {"text": "X revenue of 12.5 million dollars in 2022.", "field": "revenue", "period": None}, gold),
         Record(
@@ -90,7 +90,7 @@ def test_extraction_numeric_tolerance(registry):
         ),
     ]
     near = json.dumps({**gold, "value": 12.6})  # within 1 %
-    far = json.dumps({"value": 3.5, "unit": "million dollars", "period": "2022", "evidence": "revenue of 3 million dollars"})
+    far = json.dumps({"value": 3.5, "unit": "USD million", "period": "2022", "evidence": "revenue of 3 million dollars"})
     s = H.evaluate_records(_scripted({"X revenue": near, "Y revenue": far}), t, recs)
     assert s["exact_match"] == pytest.approx(0.5)
     assert s["numeric_match"] == pytest.approx(0.5) and s["numeric_n"] == 2

@@ -45,6 +45,10 @@ EXPECTED: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], Callable[[
         lambda row: {"text": row["text"]},
         lambda row: [{"text": e["text"], "type": e["type"]} for e in row["entities"]],
     ),
+    "fin_ner/train.jsonl": (
+        lambda row: {"text": row["text"]},
+        lambda row: [{"text": e["text"], "type": e["type"]} for e in row["entities"] if e["type"] != "MISC"],
+    ),
     "cluener/train.jsonl": (
         lambda row: {"text": row["text"]},
         lambda row: [{"text": e["text"], "type": CLUENER[e["type"]]} for e in row["entities"] if e["type"] in CLUENER],

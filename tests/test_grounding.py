@@ -49,26 +49,25 @@ def _template_schema(name: str) -> dict:
 
 
 def entities_schema() -> dict:
-    """The bundled entities schema with its entity text grounded."""
+    """The bundled entities schema (its entity text is grounded)."""
     schema = _template_schema("entities")
-    schema["items"]["properties"]["text"][KEYWORD] = dict(SPAN)
+    assert schema["items"]["properties"]["text"][KEYWORD] == SPAN
     return schema
 
 
-def extraction_schema(as_bundled: bool = False) -> dict:
-    """The bundled extraction schema with value and evidence grounded; unless ``as_bundled``, also
-    the period grounded and the unit a closed list (a free bounded string is slow to compile)."""
+def extraction_schema(free_unit: bool = False) -> dict:
+    """The bundled extraction schema (evidence, value and period grounded, unit a closed list); with
+    ``free_unit``, the unit a free bounded string (slow to compile per request: verification only)."""
     schema = _template_schema("extraction")
     props = schema["properties"]
-    props["value"][KEYWORD] = dict(NUMBER)
-    props["evidence"][KEYWORD] = dict(EVIDENCE)
-    if not as_bundled:
-        props["period"][KEYWORD] = dict(SPAN, offsets=None)
-        props["unit"]["anyOf"][0] = {"type": "string", "enum": UNITS}
+    assert (props["value"][KEYWORD], props["evidence"][KEYWORD]) == (NUMBER, EVIDENCE)
+    assert props["period"][KEYWORD] == dict(SPAN, max_words=6, offsets=None)
+    if free_unit:
+        props["unit"]["anyOf"][0] = {"type": "string", "maxLength": 40}
     return schema
 
 
-UNITS = ["USD", "USD thousand", "USD million", "USD billion", "thousand", "million", "billion", "%", "元", "万元", "亿元"]
+UNITS = _template_schema("extraction")["properties"]["unit"]["anyOf"][0]["enum"]
 
 
 EN = ("Northbridge Capital said on Tuesday that Maria Lopez will lead its new office in Singapore. "
@@ -203,7 +202,7 @@ def test_covering_candidate_snaps_real_kpi_evidence_to_an_offered_span():
 
 def test_grounded_fields_lists_paths_in_schema_order():
     fields = grounded_fields(extraction_schema())
-    assert [(f.path, f.grounding.kind) for f in fields] == [("$.value", "number"), ("$.period", "span"), ("$.evidence", "span")]
+    assert [(f.path, f.grounding.kind) for f in fields] == [("$.evidence", "span"), ("$.value", "number"), ("$.period", "span")]
     assert grounded_fields(entities_schema(), input_names={"text"})[0].path == "$[*].text"
 
 
@@ -283,7 +282,7 @@ def test_number_candidates_respect_the_node_bounds():
 
 
 def test_a_free_bounded_string_keeps_the_cached_template_schema():
-    schema = bound_schema(extraction_schema(as_bundled=True))
+    schema = bound_schema(extraction_schema(free_unit=True))
     sp = specialise(schema, {"text": EN, "field": "revenue"})
     assert not sp.fully_enforced and sp.schema_ == strip(schema)
     assert all("$.unit" in f.reason for f in sp.fields)
@@ -350,7 +349,7 @@ def test_xgrammar_accepts_grounded_answers_and_rejects_others(tiny_model_dir):
     # Numbers keep the input's literal: 85.6, not the 17-digit "85.599999999999994" of a float enum.
     sp = specialise(extraction_schema(), {"text": ZH, "field": "收入"}, lang="zh")
     grammar = compiler.compile_json_schema(json.dumps(sp.schema_), any_whitespace=False)
-    answer = '{"value": %s, "unit": "亿元", "period": "2022年", "evidence": "85.6亿元"}'
+    answer = '{"evidence": "85.6亿元", "value": %s, "unit": "亿元", "period": "2022年"}'
     assert accepts(answer % "85.6") and accepts(answer % "2022") and accepts(answer % "null")
     assert not accepts(answer % "85.599999999999994") and not accepts(answer % "85.5") and not accepts(answer % "2021")
 
@@ -382,18 +381,18 @@ def test_grounded_grammar_accepts_every_token_aligned_span_and_nothing_else(tiny
     text = 'Total sales | $1,496.5 | $1,202.9\nThe "core" unit of Acme Inc. grew 9% in the year; 公司收入85.6亿元，同比增长7.3%。'
     ebnf = grounded_grammar(extraction_schema(), {"text": text, "field": "sales"})
     accepts = _acceptor(tok, compiler.compile_grammar(ebnf))
-    answer = '{"value":%s,"unit":null,"period":null,"evidence":%s}'
+    answer = '{"evidence":%s,"value":%s,"unit":null,"period":null}'
     for span in ["Total sales | $1,496.5 | $1,202.9\nThe \"core\" unit of Acme Inc. grew 9% in the year", "$1,202.9",
                  "公司收入85.6亿元，同比增长7.3%", "Acme Inc."]:
-        assert accepts(answer % ("1496.5", json.dumps(span, ensure_ascii=False))), span
-    assert accepts(answer % ("null", "null")) and accepts(answer % ("85.6", '"9%"'))
+        assert accepts(answer % (json.dumps(span, ensure_ascii=False), "1496.5")), span
+    assert accepts(answer % ("null", "null")) and accepts(answer % ('"9%"', "85.6"))
     for span in ["Total sales $1,496.5", "otal sales", " Total", "sales ", "| $1,496.5", "Acme Inc. grew 10%", ""]:
-        assert not accepts(answer % ("null", json.dumps(span, ensure_ascii=False))), span
-    assert not accepts(answer % ("1496.6", "null"))
+        assert not accepts(answer % (json.dumps(span, ensure_ascii=False), "null")), span
+    assert not accepts(answer % ("null", "1496.6"))
 
 
 def test_grounded_grammar_gives_way_to_verification_when_too_costly():
-    assert grounded_grammar(extraction_schema(as_bundled=True), {"text": EN}) is None  # a free bounded string
+    assert grounded_grammar(extraction_schema(free_unit=True), {"text": EN}) is None  # a free bounded string
     assert grounded_grammar(entities_schema(), {"text": EN}, max_input_tokens=10) is None
     assert grounded_grammar(entities_schema(), {"text": EN}) is not None
 
@@ -433,7 +432,7 @@ def test_ungrounded_names_the_paths_of_values_not_in_the_input():
     assert ungrounded(ext, extraction_schema(), {"text": EN}) == []
     ext_bad = dict(ext, value=1496.6, period="2023", evidence=None)
     assert ungrounded(ext_bad, extraction_schema(), {"text": EN}) == ["$.value", "$.period"]
-    assert ungrounded(ext, extraction_schema(), {}) == ["$.value", "$.period", "$.evidence"]
+    assert ungrounded(ext, extraction_schema(), {}) == ["$.evidence", "$.value", "$.period"]
     require_grounded(ext, extraction_schema(), {"text": EN}, raw="{}")
     with pytest.raises(UngroundedError, match=re.escape("$.value, $.period")) as err:
         require_grounded(ext_bad, extraction_schema(), {"text": EN}, raw=json.dumps(ext_bad), task="extraction")
@@ -492,8 +491,8 @@ def _must_answer(task: str) -> dict:
     """The task's grounded schema where the answer cannot dodge: at least one entity, no nulls for
     the grounded value and evidence (so a random model has to write grounded text)."""
     if task == "entities":
-        schema = bound_schema(entities_schema(), max_items=3)
-        schema["minItems"] = 1
+        schema = bound_schema(entities_schema())
+        schema["minItems"], schema["maxItems"] = 1, 3
         return schema
     schema = bound_schema(extraction_schema())
     for key in ("value", "evidence"):

@@ -305,3 +305,38 @@ def test_entity_gold_with_offsets_and_uncovered_types(registry):
     # an unmapped type still breaks the contract loudly instead of being dropped silently
     with pytest.raises(Exception, match="BOOK"):
         t.parse_output(t.target_text(t.coerce_output(raw)), "en")
+
+
+def test_task_balanced_sampling_gives_every_task_the_same_count(tmp_path, registry, tokenizer):
+    """examples_per_task: a large task is sampled down, a small one repeated with other phrasings or few-shot prompts."""
+    cfg = build_config(
+        {
+            "tasks": {"templates_dir": TEMPLATES, "demo_tasks": ["sentiment", "extraction"], "demo_langs": ["en"]},
+            "sft": {"examples_per_task": 240, "few_shot_fraction": 0.0, "train": {"max_seq_len": 4096}},
+        }
+    )
+    split = R.load_split(cfg, registry)
+    small = len(split.train_by_task()["extraction"])
+    assert small < 240 < len(split.train_by_task()["sentiment"])
+    stats = S.build_sft_data(cfg, tokenizer, tmp_path / "bal", registry=registry)
+    assert stats.train_examples == {"sentiment": 240, "extraction": 240}
+    train = [json.loads(x) for x in (tmp_path / "bal" / "train.jsonl").read_text().splitlines()]
+    extraction = [ex for ex in train if ex["task"] == "extraction"]
+    # Repeats are not word-for-word copies: the first pass is zero-shot, repeats use other phrasings or examples.
+    assert len({S.example_key(ex) for ex in extraction}) > small and sum(ex["few_shot"] > 0 for ex in extraction) > 0
+
+
+def test_training_targets_are_answers_the_decoder_can_write(registry):
+    """A KPI-EDGAR evidence cut mid-clause is not among the decode-time spans: the target is the clause holding it."""
+    from domain_lm.data import embedded
+    from domain_lm.inference.schema_bounds import bound_schema
+    from domain_lm.tasks.grounding import specialise
+
+    t = registry.get("extraction")
+    ex = next(x for x in embedded.task_examples("kpi_edgar/extraction") if x.output["evidence"] and x.output["evidence"].endswith("million"))
+    record = R.TaskRecord("extraction", "en", dict(ex.inputs), ex.output, ex.doc)
+    target = json.loads(S.render_example(t, record)["messages"][-1]["content"])
+    offered = specialise(bound_schema(t.output.schema_), t.validate_inputs(ex.inputs), "en").schema_["properties"]["evidence"]
+    assert ex.output["evidence"] not in offered["anyOf"][0]["enum"] and target["evidence"] in offered["anyOf"][0]["enum"]
+    assert ex.output["evidence"] in target["evidence"] and list(target) == ["evidence", "value", "unit", "period"]
+    assert {k: target[k] for k in ("value", "unit", "period")} == {k: ex.output[k] for k in ("value", "unit", "period")}

@@ -65,9 +65,10 @@ def test_label_parsing_accepts_display_strings_and_returns_canonical(reg):
 
 def test_json_parsing_tolerates_fences_but_checks_schema(reg):
     t = reg.get("extraction")
-    value = {"value": 12.4, "unit": "billion yuan", "period": "2022", "evidence": "revenue of 12.4 billion yuan"}
+    value = {"value": 12.4, "unit": "CNY billion", "period": "2022", "evidence": "revenue of 12.4 billion yuan"}
     compact = t.target_text(value)
-    assert compact == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # Compact, keys in schema order (evidence first): what constrained decoding writes.
+    assert compact == json.dumps({"evidence": value["evidence"], **value}, ensure_ascii=False, separators=(",", ":"))
     assert t.parse_output(f"\n ```json\n{compact}\n```  ", "en") == value
     assert t.parse_output(f"```\n{json.dumps(value, indent=2)}\n```") == value
     broken = {

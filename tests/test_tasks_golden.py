@@ -95,9 +95,9 @@ GOLDEN = [
         {"text": "截至年末，本行不良贷款率为1.32%，较上年末下降0.05个百分点。", "field": "不良贷款率"},
         [
             _sys(
-                '你负责从金融文件中抽取数据。只输出一个 JSON 对象 {"value": 数值, "unit": 单位, '
-                '"period": 期间, "evidence": 原文依据}，evidence 须逐字摘自原文。'
-                '若文中没有给出该数据，所有字段均填 null，不要猜测。'
+                '你负责从金融文件中抽取数据。只输出一个 JSON 对象 {"evidence": 原文依据, "value": 数值, "unit": 单位, '
+                '"period": 期间}：evidence 为给出该数据的原文句子或短语，须逐字摘自原文；value 为原文所写的数值；'
+                "unit 为货币与量级（如 亿元）或 %。若文中没有给出该数据，所有字段均填 null，不要猜测。"
             ),
             _user("根据下面的文件，不良贷款率是多少？\n\n截至年末，本行不良贷款率为1.32%，较上年末下降0.05个百分点。"),
         ],
@@ -106,13 +106,23 @@ GOLDEN = [
         "extraction",
         "en",
         0,
-        0,
+        1,
         {"text": "Revenue was 3 million dollars in 2021.", "field": "revenue", "period": "2021"},
         [
             _sys(
-                'You extract figures from financial documents. Answer with one JSON object {"value": number, "unit": string, '
-                '"period": string, "evidence": string}, where evidence is copied exactly from the text. If the text does not '
-                "state the figure, answer with every field null. Never guess."
+                'You extract figures from financial documents. Answer with one JSON object {"evidence": string, "value": number, '
+                '"unit": string, "period": string}: evidence is the line, sentence or phrase that states the figure, copied '
+                "exactly from the text; value is the number as written there; unit is the currency and scale (e.g. USD million) "
+                "or %. If the text does not state the figure, answer with every field null. Never guess."
+            ),
+            _user(
+                "Document:\nIn 2022 the group reported main business revenue of 12.4 billion yuan, up 9% year on year, while net "
+                "profit fell slightly.\n\nExtract: main business revenue for 2022."
+            ),
+            # Keys in schema order (evidence first), compact: what constrained decoding writes.
+            _bot(
+                '{"evidence":"In 2022 the group reported main business revenue of 12.4 billion yuan","value":12.4,'
+                '"unit":"CNY billion","period":"2022"}'
             ),
             _user("Document:\nRevenue was 3 million dollars in 2021.\n\nExtract: revenue for 2021."),
         ],

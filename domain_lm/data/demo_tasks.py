@@ -357,6 +357,10 @@ EN_AMOUNTS = ["net profit", "operating revenue", "net interest income", "fee inc
 ZH_AMOUNTS = ["净利润", "营业收入", "利息净收入", "手续费收入", "存款总额", "信用减值损失"]
 
 
+#: Units as written in the demo sentences -> the extraction template's closed unit list.
+UNIT_CODES = {"million dollars": "USD million", "billion dollars": "USD billion", "billion yuan": "CNY billion", "million euros": "EUR million"}
+
+
 def extraction_examples(lang: str, n: int = 240, seed: int = 0) -> list[dict[str, Any]]:
     """Sentences reporting figures; ``fields`` holds the asked metric and value/unit/period/evidence
     (all None when the asked metric is not in the text, about one example in seven)."""
@@ -388,7 +392,7 @@ def extraction_examples(lang: str, n: int = 240, seed: int = 0) -> list[dict[str
             tail = rng.choice(["", f"，同比增长{rng.choice([3, 5, 9])}%", f"，{rng.choice(ZH_AMOUNTS)}小幅下降"])
             text = f"{c}{period}{evidence}{tail}。"
         asked, ask_period = metric, (period if rng.random() < 0.5 else None)
-        fields: dict[str, Any] = {"value": value, "unit": unit, "period": period, "evidence": evidence}
+        fields: dict[str, Any] = {"value": value, "unit": UNIT_CODES.get(unit, unit), "period": period, "evidence": evidence}
         if rng.random() < 0.14:  # ask for a metric the text does not report: everything null
             others = [m for m in ((EN_RATIOS + EN_AMOUNTS) if en else (ZH_RATIOS + ZH_AMOUNTS)) if m not in text]
             asked = rng.choice(others)

@@ -7,9 +7,15 @@ template, so what the model is trained on is exactly what it is sent at inferenc
 Pipeline (``build_sft_data``): ``records.load_split`` (the one load -> dedupe -> split every stage
 uses: by a seeded hash of the record or of its document, so adding data never moves old records)
 -> render each train record with ``variants_per_example`` phrasings, a ``few_shot_fraction`` share
-as few-shot prompts, in its language -> weight/cap tasks -> dedupe -> drop examples over ``max_seq_len`` tokens -> write
+as few-shot prompts, in its language -> weight/cap tasks (or, with ``examples_per_task``, sample every
+task to the same count) -> dedupe -> drop examples over ``max_seq_len`` tokens -> write
 ``train.jsonl`` (messages), ``eval.jsonl`` (messages) and ``eval_records.jsonl`` (inputs + gold
 output, what the eval stage scores).
+
+Targets are right-sized: the contract's JSON with only the fields it declares (dataset offsets are
+dropped when records are read), keys in schema order, and grounded spans as the decode-time
+constraint offers them (``OutputContract.training_value``: an evidence string cut mid-clause becomes
+the shortest sentence or clause holding it), so the model learns answers it can write when served.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ __all__ = [
     "BuildStats",
     "Record",
     "apply_weights",
+    "balance_tasks",
     "build_sft_data",
     "data_hashes",
     "dedupe_records",
@@ -95,7 +102,7 @@ class BuildStats:
 def render_example(template: Any, record: TaskRecord, variant: int = 0, few_shot: int = 0) -> dict[str, Any]:
     """The chat example for one record: the service's prompt turns + the exact target answer."""
     messages = template.render_messages(record.inputs, lang=record.lang, variant=variant, few_shot=few_shot)
-    answer = template.target_text(record.output, lang=record.lang)
+    answer = template.target_text(template.output.training_value(record.output, record.inputs, record.lang), lang=record.lang)
     return {
         "messages": [*messages, {"role": "assistant", "content": answer}],
         "task": record.task,
@@ -132,6 +139,24 @@ def apply_weights(examples: list[dict[str, Any]], weight: float, cap: int | None
     if cap is not None and len(examples) > cap:
         examples = rng.sample(examples, cap)
     return examples
+
+
+def balance_tasks(
+    template: Any, records: list[TaskRecord], count: int, sft: Any, rng: random.Random
+) -> list[dict[str, Any]]:
+    """Exactly ``count`` rendered examples of one task (task-balanced sampling): a seeded sample of
+    its records when it has more, else every record, and again with other phrasings and few-shot
+    prompts (``render_train_examples``) until the count is reached, so a small task is not drowned
+    by a large one nor repeated word for word."""
+    if not records:
+        return []
+    order = rng.sample(records, len(records))
+    out: list[dict[str, Any]] = []
+    while len(out) < count:
+        # Repeats differ from the first pass: another seeded phrasing, and more often a few-shot prompt.
+        share = sft.few_shot_fraction if not out else max(0.5, sft.few_shot_fraction)
+        out += render_train_examples(template, order[: count - len(out)], 1, share, sft.max_few_shot, rng)
+    return out
 
 
 def example_key(ex: dict[str, Any]) -> str:
@@ -191,8 +216,11 @@ def build_sft_data(config: PipelineConfig, tokenizer: Any, out_dir: str | Path, 
     for task, t in split.templates.items():
         train, held = train_by_task[task], held_by_task[task]
         stats.records[task], stats.train_records[task], stats.eval_records[task] = len(train) + len(held), len(train), len(held)
-        exs = render_train_examples(t, train, sft.variants_per_example, sft.few_shot_fraction, sft.max_few_shot, rng)
-        exs = apply_weights(exs, sft.task_weights.get(task, 1.0), sft.max_examples_per_task, rng)
+        if sft.examples_per_task is not None:
+            exs = balance_tasks(t, train, int(round(sft.examples_per_task * sft.task_weights.get(task, 1.0))), sft, rng)
+        else:
+            exs = render_train_examples(t, train, sft.variants_per_example, sft.few_shot_fraction, sft.max_few_shot, rng)
+            exs = apply_weights(exs, sft.task_weights.get(task, 1.0), sft.max_examples_per_task, rng)
         train_examples += exs
         # Eval prompts are zero-shot, variant 0: the form the service sends by default.
         eval_examples += [render_example(t, r) for r in held]
@@ -203,6 +231,8 @@ def build_sft_data(config: PipelineConfig, tokenizer: Any, out_dir: str | Path, 
     # deliberate up-weighting: repeats introduced by ``task_weights`` > 1 are allowed.
     kept, seen = [], Counter()
     allowed = {task: max(1, int(sft.task_weights.get(task, 1.0) + 0.999)) for task in split.templates}
+    if sft.examples_per_task is not None:  # balanced: a small task's repeats are deliberate
+        allowed = {task: sft.examples_per_task for task in split.templates}
     for ex in train_examples:
         k = example_key(ex)
         seen[k] += 1

@@ -60,7 +60,9 @@ def to_prediction(template: Any, answer: Any) -> Prediction:
     from domain_lm.tasks import ContractError, InputError
 
     if isinstance(answer, ContractError):
-        return Prediction(None, getattr(answer, "raw", "") or "", str(answer))
+        # An ungrounded answer (UngroundedError) keeps its value: its ungrounded spans count as wrong
+        # and in the contract's ungrounded metric; any other broken contract scores None.
+        return Prediction(getattr(answer, "value", None), getattr(answer, "raw", "") or "", str(answer))
     if isinstance(answer, InputError):
         # The record does not fit the template (e.g. too long): no answer, so it scores as wrong.
         log.warning("task %s: input rejected: %s", template.name, answer)

@@ -325,7 +325,8 @@ class HFEngine:
             cache.move_to_end(key)
             return cache[key]
         if r.json_schema is not None:
-            g = self._compiler.compile_json_schema(json.dumps(r.json_schema), any_whitespace=False)
+            # Compact separators: what SFT targets (``JsonOutput.target_text``) and the vLLM engine write.
+            g = self._compiler.compile_json_schema(json.dumps(r.json_schema), any_whitespace=False, separators=(",", ":"))
         else:
             g = self._compiler.compile_regex(r.regex)
         cache[key] = g

@@ -2,6 +2,13 @@
 
 Every answer returned satisfies the template's output contract; otherwise ``ContractError``
 (carrying the raw model text) is raised. Used by the service, eval and RLHF alike.
+
+Grounded answers (``x-grounded`` fields, docs/grounding.md): the decode-time schema offers only
+the request input's spans and numbers when the per-request grammar is cheap enough (the contract's
+``constraint`` with the inputs); otherwise, or if a value still is not in the input, the answer is
+verified after decoding and regenerated once by sampling (``resample``), and a second ungrounded
+answer raises ``UngroundedError`` (a ``ContractError``, carrying the answer). Answers carry the
+character offsets of their grounded spans (the contract's ``locate``).
 """
 
 from __future__ import annotations
@@ -16,8 +23,12 @@ from pydantic import BaseModel, ConfigDict
 from domain_lm.inference.base import Engine, GenerationRequest, GenerationResult
 from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING, fit_schema
 from domain_lm.tasks import ContractError, TaskTemplate
+from domain_lm.tasks.grounding import UngroundedError
 
 log = logging.getLogger(__name__)
+
+#: Sampling temperature of the one retry an ungrounded answer gets (greedy would repeat it).
+RESAMPLE_TEMPERATURE = 0.7
 
 
 class Usage(BaseModel):
@@ -111,8 +122,9 @@ class TaskRunner:
         inputs: dict[str, Any] | None = None,
     ) -> TaskAnswer:
         """Parse and check the engine's text against the contract (and ``inputs``, the request's, for
-        kinds grounded in them); ``ContractError`` (with ``.raw``) if it breaks the contract."""
-        output = template.parse_output(result.text, lang=lang, inputs=inputs)
+        kinds grounded in them, which also locate its spans); ``ContractError`` (with ``.raw``) if it
+        breaks the contract, ``UngroundedError`` if it quotes what the inputs do not hold."""
+        output = template.output.locate(template.parse_output(result.text, lang=lang, inputs=inputs), inputs)
         return TaskAnswer(
             task=template.name,
             version=template.version,
@@ -143,6 +155,12 @@ class TaskRunner:
         fitted = fit_schema(request.json_schema, request.max_tokens)
         return request.model_copy(update={"json_schema": fitted}) if fitted != request.json_schema else None
 
+    @staticmethod
+    def resample(request: GenerationRequest) -> GenerationRequest:
+        """The one retry of an ungrounded answer: the same request, sampled (seeded when the request is)."""
+        seed = None if request.seed is None else request.seed + 1
+        return request.model_copy(update={"temperature": max(request.temperature, RESAMPLE_TEMPERATURE), "seed": seed})
+
     async def agenerate(self, request: GenerationRequest) -> tuple[GenerationRequest, GenerationResult]:
         """Generate, with the budget retry of ``retry_request``; returns the request actually answered."""
         result = await self.engine.generate(request)
@@ -156,8 +174,12 @@ class TaskRunner:
     ) -> TaskAnswer:
         request = self.build_request(template, inputs, lang, adapter, **kw)
         t0 = time.perf_counter()
-        request, result = await self.agenerate(request)
-        return self.to_answer(template, request, result, lang, (time.perf_counter() - t0) * 1000, inputs)
+        answered, result = await self.agenerate(request)
+        try:
+            return self.to_answer(template, answered, result, lang, (time.perf_counter() - t0) * 1000, inputs)
+        except UngroundedError:
+            answered, result = await self.agenerate(self.resample(request))
+            return self.to_answer(template, answered, result, lang, (time.perf_counter() - t0) * 1000, inputs)
 
     async def arun_batch(
         self,
@@ -208,12 +230,25 @@ class TaskRunner:
         if retries:
             for (k, req), res in zip(retries, self.engine.generate_batch([r for _, r in retries])):
                 requests[k], results[k] = (requests[k][0], req), res
+        answers = [self._attempt(template, req, res, lang, inputs[i]) for (i, req), res in zip(requests, results)]
+        again = [k for k, a in enumerate(answers) if isinstance(a, UngroundedError)]
+        if again:
+            for k, res in zip(again, self.engine.generate_batch([self.resample(requests[k][1]) for k in again])):
+                answers[k] = self._attempt(template, requests[k][1], res, lang, inputs[requests[k][0]])
         latency = (time.perf_counter() - t0) * 1000 / max(1, len(requests))
-        for (i, req), res in zip(requests, results):
-            try:
-                out[i] = self.to_answer(template, req, res, lang, latency, inputs[i])
-            except ContractError as e:
+        for (i, _), a in zip(requests, answers):
+            if isinstance(a, ContractError):
                 if not return_exceptions:
-                    raise
-                out[i] = e
+                    raise a
+                out[i] = a
+            else:
+                out[i] = a.model_copy(update={"latency_ms": latency})
         return out  # type: ignore[return-value]
+
+    def _attempt(
+        self, template: TaskTemplate, request: GenerationRequest, result: GenerationResult, lang: str, inputs: dict[str, Any]
+    ) -> TaskAnswer | ContractError:
+        try:
+            return self.to_answer(template, request, result, lang, 0.0, inputs)
+        except ContractError as e:
+            return e

@@ -45,6 +45,10 @@ class ContractError(DomainLMError, ValueError):
         shown = raw if len(raw) <= 300 else raw[:300] + "…"
         super().__init__(f"{prefix}{message} (raw output: {shown!r})")
 
+    def with_task(self, task: str) -> "ContractError":
+        """The same error naming ``task`` (subclasses with other fields override it to keep them)."""
+        return ContractError(self.message, raw=self.raw, task=task)
+
 
 class UnknownTaskError(DomainLMError, KeyError):
     """No template with that name (or version) is registered."""

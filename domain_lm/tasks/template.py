@@ -126,6 +126,8 @@ class TaskTemplate(TemplateSpec):
             )
         for path, message in self.output.check_languages(self.languages):
             raise self._err(("output", *path), message)
+        for path, message in self.output.check_inputs({name: f.type for name, f in self.inputs.items()}):
+            raise self._err(("output", *path), message)
         for i, ex in enumerate(self.examples):
             if ex.lang not in langs:
                 raise self._err(("examples", i, "lang"), f"example language {ex.lang!r} is not in languages {sorted(langs)}")
@@ -278,7 +280,7 @@ class TaskTemplate(TemplateSpec):
         except ContractError as e:
             if e.task is not None:
                 raise
-            raise ContractError(e.message, raw=e.raw, task=self.name) from None
+            raise e.with_task(self.name) from None
 
     def choices(self, lang: str = "en") -> list[str] | None:
         """The exact strings the answer must be one of (decode-time constraint), for closed answer sets."""

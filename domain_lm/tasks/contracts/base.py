@@ -83,6 +83,11 @@ class OutputContract(BaseModel, ABC):
         """Problems with the template's languages (e.g. a display language the task does not have)."""
         return []
 
+    def check_inputs(self, inputs: Mapping[str, str]) -> list[Problem]:
+        """Problems with what the contract needs of the template's inputs (name -> input type),
+        e.g. an answer grounded in an input the task does not declare."""
+        return []
+
     # ------------------------------------------------------------------ answers
 
     @abstractmethod
@@ -99,6 +104,16 @@ class OutputContract(BaseModel, ABC):
     def coerce(self, raw: Any) -> Any:
         """A dataset's raw gold value shaped into this kind's typed value (``ContractError`` if it cannot be)."""
         return raw
+
+    def training_value(self, value: Any, inputs: Mapping[str, Any], lang: str) -> Any:
+        """The gold ``value`` as the model should learn to write it for ``inputs`` (SFT targets): an
+        answer the decode-time constraint admits; ``value`` itself by default."""
+        return value
+
+    def locate(self, value: Any, inputs: Inputs = None) -> Any:
+        """The answer as the service returns it: ``value`` plus what is computed from the request's
+        ``inputs`` after decoding (character offsets of spans copied from them); the value itself by default."""
+        return value
 
     # ------------------------------------------------------------------ decoding
 

@@ -1,18 +1,26 @@
-"""``JsonOutput``: the answer is a JSON document matching a JSON schema (extraction, entities, key points)."""
+"""``JsonOutput``: the answer is a JSON document matching a JSON schema (extraction, entities, key points).
+
+Fields marked ``x-grounded`` (``domain_lm.tasks.grounding``, docs/grounding.md) must copy their
+value from a request input: the decode-time schema offers only the input's spans and numbers when
+the per-request grammar is cheap enough (``specialise``), ``parse`` with the request's inputs
+verifies them (``UngroundedError``), ``locate`` adds the spans' character offsets, and ``score``
+counts the ungrounded spans of located answers.
+"""
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import jsonschema
 from pydantic import Field, PrivateAttr, model_validator
 
 from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING, bound_schema
-from domain_lm.tasks.contracts.base import DecodeConstraint, Inputs, OutputContract, Rejection
+from domain_lm.tasks import grounding
+from domain_lm.tasks.contracts.base import DecodeConstraint, Inputs, OutputContract, Problem, Rejection
 from domain_lm.tasks.contracts.negatives import contract_breaking, numbers_in, source_text, with_numbers_changed
 from domain_lm.tasks.errors import ContractError
 
@@ -31,6 +39,7 @@ class JsonOutput(OutputContract):
     default_max_tokens = 768
 
     _validator: Any = PrivateAttr(None)
+    _grounded: bool = PrivateAttr(False)  # the schema has x-grounded fields
 
     @model_validator(mode="after")
     def _check(self) -> "JsonOutput":
@@ -40,10 +49,27 @@ class JsonOutput(OutputContract):
             jsonschema.Draft202012Validator.check_schema(self.schema_)
         except jsonschema.exceptions.SchemaError as e:
             raise ValueError(f"`schema` is not a valid JSON schema: {e.message}") from None
+        try:
+            grounding.grounded_fields(self.schema_)
+        except grounding.GroundingError as e:
+            raise ValueError(f"`schema`: {e}") from None
         return self
 
     def _build(self) -> None:
         self._validator = jsonschema.Draft202012Validator(self.schema_ or {})
+        self._grounded = bool(grounding.grounded_fields(self.schema_ or {}))
+
+    def check_inputs(self, inputs: Mapping[str, str]) -> list[Problem]:
+        """A grounded field must name a declared ``string`` input."""
+        try:
+            fields = grounding.grounded_fields(self.schema_ or {}, set(inputs))
+        except grounding.GroundingError as e:
+            return [(("schema",), str(e))]
+        return [
+            (("schema",), f"{f.path}: {grounding.KEYWORD} input {f.grounding.input!r} is of type {inputs[f.grounding.input]}, not string")
+            for f in fields
+            if inputs[f.grounding.input] != "string"
+        ]
 
     # ------------------------------------------------------------------ answers
 
@@ -57,11 +83,27 @@ class JsonOutput(OutputContract):
         except json.JSONDecodeError as e:
             raise ContractError(f"answer is not valid JSON ({e.msg} at char {e.pos})", raw=text) from None
         self._check_value(value, raw=text)
+        if self._grounded and inputs is not None:
+            grounding.require_grounded(value, self.schema_ or {}, dict(inputs), raw=text)
         return value
 
+    def training_value(self, value: Any, inputs: Mapping[str, Any], lang: str) -> Any:
+        """Grounded spans an enforced request could not write (evidence cut mid-clause) snapped to the
+        shortest decode-time candidate that holds them (``grounding.decodable``)."""
+        if not self._grounded:
+            return value
+        return grounding.decodable(value, self.schema_ or {}, dict(inputs), lang)
+
+    def locate(self, value: Any, inputs: Inputs = None) -> Any:
+        """The answer with the character offsets of its grounded spans (``grounding.locate``)."""
+        if not self._grounded or inputs is None:
+            return value
+        return grounding.locate(value, self.schema_ or {}, dict(inputs))
+
     def target_text(self, value: Any, lang: str) -> str:
+        """Compact JSON with object keys in schema order: the order constrained decoding writes them in."""
         self._check_value(value, raw=repr(value))
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(schema_ordered(value, self.schema_ or {}), ensure_ascii=False, separators=(",", ":"))
 
     def _check_value(self, value: Any, raw: str) -> None:
         err = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
@@ -98,19 +140,26 @@ class JsonOutput(OutputContract):
     def constraint(
         self, lang: str, inputs: Inputs = None, json_max_string: int = DEFAULT_MAX_STRING, json_max_items: int = DEFAULT_MAX_ITEMS
     ) -> DecodeConstraint:
-        """The schema with limits added where it has none, so a constrained answer always closes."""
-        return DecodeConstraint(json_schema=bound_schema(self.schema_ or {}, json_max_string, json_max_items))
+        """The schema with limits added where it has none, so a constrained answer always closes; with
+        the request's ``inputs``, grounded fields restricted to the input's spans and numbers when the
+        per-request grammar fits ``grounding.Budget`` (else the same schema for every request, and
+        ``parse`` verifies the answer)."""
+        schema = bound_schema(self.schema_ or {}, json_max_string, json_max_items)
+        if self._grounded and inputs is not None:
+            return DecodeConstraint(json_schema=grounding.specialise(schema, dict(inputs), lang).schema_)
+        return DecodeConstraint(json_schema=grounding.strip(schema))
 
     # ------------------------------------------------------------------ schemas, pairs, metrics
 
     def json_schema(self) -> dict[str, Any] | None:
-        return copy.deepcopy(self.schema_)
+        return grounding.strip(self.schema_ or {})
 
     def value_schema(self) -> dict[str, Any]:
-        return copy.deepcopy(self.schema_) or {}
+        """The answer as returned: the schema plus the offset keys ``locate`` adds (optional integers)."""
+        return grounding.located_schema(self.schema_ or {})
 
     def describe_answer(self, lang: str) -> str:
-        return f"answer must be JSON matching: {json.dumps(self.schema_, ensure_ascii=False)}"
+        return f"answer must be JSON matching: {json.dumps(grounding.strip(self.schema_ or {}), ensure_ascii=False)}"
 
     def rejected_answers(self, gold: Any, inputs: dict[str, Any], lang: str, rng: random.Random) -> list[Rejection]:
         """Numbers the source does not hold (``unfaithful_numbers``), a list missing its last item
@@ -127,6 +176,14 @@ class JsonOutput(OutputContract):
             out.append(("contract", broken))
         return out
 
+    def score(self, metric: str, gold: Sequence[Any], pred: Sequence[Any | None], lang: str | None = None) -> dict[str, Any]:
+        """The metric, plus for grounded schemas the counts of ``grounding.located_counts`` over the
+        predictions (answers as ``locate`` returned them: a span without offsets is ungrounded)."""
+        out = super().score(metric, gold, pred, lang)
+        if self._grounded:
+            out.update(grounding.located_counts(self.schema_ or {}, pred))
+        return out
+
     def metric_value(self, value: Any, metric: str) -> Any:
         """Entity lists and key-point lists are compared without their one-key wrapper object."""
         if isinstance(value, dict) and len(value) == 1 and metric in _LIST_METRICS:
@@ -134,3 +191,19 @@ class JsonOutput(OutputContract):
             if isinstance(inner, list):
                 return inner
         return value
+
+
+def schema_ordered(value: Any, schema: Any) -> Any:
+    """``value`` with each object's keys in the order its schema declares them (others after, as they were)."""
+    if not isinstance(schema, dict):
+        return value
+    branches = [b for key in ("anyOf", "oneOf", "allOf") for b in schema.get(key) or [] if isinstance(b, dict)]
+    if isinstance(value, dict):
+        node = next((b for b in [schema, *branches] if b.get("properties")), schema)
+        props = node.get("properties") or {}
+        keys = [k for k in props if k in value] + [k for k in value if k not in props]
+        return {k: schema_ordered(value[k], props.get(k)) for k in keys}
+    if isinstance(value, list):
+        node = next((b for b in [schema, *branches] if isinstance(b.get("items"), dict)), schema)
+        return [schema_ordered(v, node.get("items")) for v in value]
+    return value

@@ -1,0 +1,142 @@
+"""Task-interaction bench: does training on one bank task help or hurt the others?
+
+Trains each task of the mix alone and all of them together (the same N training examples per task,
+the same recipe), optionally also every leave-one-out mix, and scores every run on the held-out
+records of every task (split by document). Prints:
+
+* the score matrix: rows = what was trained (each task alone, all together, all but one), columns =
+  the task scored, plus the untrained model;
+* the interaction matrix: entry (i, j) is how much training on task i changes the score of task j.
+  With ``--leave-one-out`` it is score(all)[j] - score(all but i)[j], task i's contribution inside
+  the mix; without, score(i alone)[j] - score(base)[j] off the diagonal (transfer from i to j) and
+  score(all)[j] - score(j alone)[j] on it (what the other tasks add to j).
+
+    flock /work/cpu.lock python bench/task_interaction.py --lang en --per-task 300
+    flock /work/cpu.lock python bench/task_interaction.py --lang zh --per-task 300 --leave-one-out
+
+Writes ``<out>/task_interaction_<lang>.{json,md,png}`` (the png is the interaction matrix as a
+heat map). Cells are resumable (``benchlib``): a rerun skips the runs already done; the
+all-together run is shared with ``data_budget.py`` when both use the same ``--out``, N and recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import benchlib as B  # noqa: E402 - the bench's own helpers, imported from this directory
+from data_budget import default_mix  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lang", default="en", choices=["en", "zh"])
+    ap.add_argument("--tasks", default=None, help="Comma list of bench tasks (default: the language's mix).")
+    ap.add_argument("--per-task", type=int, default=300, help="Training examples per task in every run.")
+    ap.add_argument("--leave-one-out", action="store_true", help="Also train every mix without one task (pairwise contributions).")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--data", type=Path, default=B.DATA)
+    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--max-steps", type=int, default=-1)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--top-layers", type=int, default=None)
+    ap.add_argument("--max-seq-len", type=int, default=1024)
+    ap.add_argument("--test-max", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--out", type=Path, default=B.REPO / "runs" / "bench-data-budget")
+    args = ap.parse_args()
+    B.setup_logging()
+
+    tasks = B.tasks_of(args.tasks or default_mix(args.lang))
+    keys = [t.key for t in tasks]
+    model = B.model_dir(args.model or B.MODELS[args.lang])
+    data = {t.key: B.task_data(t, args.data, args.seed) for t in tasks}
+    if args.test_max:
+        data = {k: B.TaskData(d.train, d.test[: args.test_max], d.held_out_total) for k, d in data.items()}
+    recipe = B.Recipe(lr=args.lr, rank=args.rank, epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps,
+                      top_layers=args.top_layers, max_seq_len=args.max_seq_len, seed=args.seed)
+    counts = {k: min(args.per_task, len(data[k].train)) for k in keys}
+    rows: dict[str, dict[str, Any]] = {"base": {"scores": B.base_scores(model, tasks, data, args.out)}}
+    # The all-together run first: it is the data-budget bench's cell for the same N.
+    plan = [("all", counts)] + [(k, {k: counts[k]}) for k in keys]
+    if args.leave_one_out:
+        plan += [(f"all-{k}", {j: c for j, c in counts.items() if j != k}) for k in keys]
+    label = {"all": f"{args.lang}-n{args.per_task}"}
+    for name, mix in plan:
+        rows[name] = B.run_cell(B.Cell(label.get(name, f"{args.lang}-{name}-n{args.per_task}"), mix, recipe), model, data, tasks, args.out)
+        write(args, tasks, rows)
+
+
+def matrices(tasks: list[B.BenchTask], rows: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float | None]]]:
+    """(scores: trained -> scored task -> headline, interaction: task i -> task j -> change) from the runs done so far."""
+    keys = [t.key for t in tasks]
+    score = {name: {t.key: B.headline(t, r["scores"][t.key]) for t in tasks} for name, r in rows.items()}
+    effect: dict[str, dict[str, float | None]] = {}
+    for i in keys:
+        effect[i] = {}
+        for j in keys:
+            if f"all-{i}" in score and "all" in score:
+                effect[i][j] = score["all"][j] - score[f"all-{i}"][j] if i != j else score["all"][j] - score.get(j, {}).get(j, float("nan"))
+            elif i == j:
+                effect[i][j] = score["all"][j] - score[j][j] if "all" in score and j in score else None
+            else:
+                effect[i][j] = score[i][j] - score["base"][j] if i in score else None
+    return score, effect
+
+
+def write(args: argparse.Namespace, tasks: list[B.BenchTask], rows: dict[str, dict[str, Any]]) -> None:
+    keys = [t.key for t in tasks]
+    score, effect = matrices(tasks, rows)
+    stem = args.out / f"task_interaction_{args.lang}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({"lang": args.lang, "per_task": args.per_task, "scores": score, "interaction": effect,
+                                                     "leave_one_out": args.leave_one_out}, indent=1), encoding="utf-8")
+    head = "| trained on | " + " | ".join(f"{t.key} ({t.headline})" for t in tasks) + " |"
+    sep = "|" + "---|" * (len(keys) + 1)
+    lines = [head, sep] + [f"| {name} | " + " | ".join(f"{s[k]:.3f}" for k in keys) + " |" for name, s in score.items()]
+    how = ("(i, j) = score(all)[j] - score(all but i)[j]; diagonal: score(all)[j] - score(j alone)[j]" if args.leave_one_out else
+           "off the diagonal: score(i alone)[j] - score(base)[j]; diagonal: score(all)[j] - score(j alone)[j] (what the other tasks add)")
+    inter = ["| effect of task (row) on task (column) | " + " | ".join(keys) + " |", sep] + [
+        f"| {i} | " + " | ".join("-" if effect[i][j] is None else f"{effect[i][j]:+.3f}" for j in keys) + " |" for i in keys
+    ]
+    md = (f"## Task interaction ({args.lang}, {args.per_task} examples per task, {args.epochs:g} epochs)\n\nScores:\n\n" + "\n".join(lines)
+          + f"\n\nInteraction ({how}):\n\n" + "\n".join(inter) + "\n")
+    stem.with_suffix(".md").write_text(md, encoding="utf-8")
+    print(md)
+    plot(stem.with_suffix(".png"), keys, effect, args.lang)
+
+
+def plot(path: Path, keys: list[str], effect: dict[str, dict[str, float | None]], lang: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.array([[np.nan if effect[i][j] is None else effect[i][j] for j in keys] for i in keys], dtype=float)
+    lim = float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 1.0
+    fig, ax = plt.subplots(figsize=(1.4 * len(keys) + 2.5, 1.1 * len(keys) + 1.6))
+    im = ax.imshow(m, cmap="RdBu", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right")
+    ax.set_yticks(range(len(keys)), keys)
+    ax.set_xlabel("task scored")
+    ax.set_ylabel("task trained")
+    for (i, j), v in np.ndenumerate(m):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title(f"How training on one task changes another ({lang})")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
