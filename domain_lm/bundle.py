@@ -39,8 +39,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from domain_lm import signing
 from domain_lm.core import atomic
-from domain_lm.errors import DomainLMError
 from domain_lm.core.hashing import sha256_file
+from domain_lm.errors import DomainLMError
 
 log = logging.getLogger(__name__)
 

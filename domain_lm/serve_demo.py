@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 
 from domain_lm.config import PipelineConfig
-from domain_lm.errors import DomainLMError
 from domain_lm.core.progress import console
+from domain_lm.errors import DomainLMError
 
 
 def free_port() -> int:

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from domain_lm.errors import DomainLMError
 from domain_lm.core.progress import console
+from domain_lm.errors import DomainLMError
 
 app = typer.Typer(no_args_is_help=True)
 

@@ -26,9 +26,9 @@ COMMAND_GROUP = "domain_lm.commands"
 
 def resolve_model(spec: str) -> tuple[Path, dict[str, str]]:
     """A model directory and adapters for a model dir, adapter dir, run dir, stage dir or store name."""
-    from domain_lm.pipeline.graph import FINAL_MODEL_ORDER
     from domain_lm.models import registry
     from domain_lm.models.loading import adapter_base, is_adapter_dir
+    from domain_lm.pipeline.graph import FINAL_MODEL_ORDER
     from domain_lm.pipeline.store import MANIFEST, Run, StageResult
 
     p = Path(spec).expanduser()

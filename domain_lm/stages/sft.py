@@ -13,7 +13,6 @@ from typing import Any
 from domain_lm.config import PipelineConfig
 from domain_lm.pipeline.stage import Stage, StageContext
 from domain_lm.pipeline.store import ModelCard
-from domain_lm.train.sft import SftTrainResult
 
 
 def data_hashes(config: PipelineConfig) -> dict[str, str]:
