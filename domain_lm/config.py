@@ -530,6 +530,12 @@ class PipelineConfig(Section):
         # alike: the same seed and a corpus fraction at least the task one hold out every held-out
         # task document from continued pretraining too (else its text would leak into evaluation).
         c, t = self.corpus, self.tasks
+        if corpus_split_by_doc(c):
+            # Unset, they follow the task split (a config that only changes tasks.eval_fraction stays valid).
+            if "heldout_fraction" not in c.model_fields_set:
+                c.heldout_fraction = max(c.heldout_fraction, t.eval_fraction)
+            if "seed" not in c.model_fields_set:
+                c.seed = t.seed
         if corpus_split_by_doc(c) and (c.heldout_fraction < t.eval_fraction or c.seed != t.seed):
             raise ValueError(
                 f"the corpus is split by document id (the embedded corpus, or a source with doc_column), so "

@@ -198,7 +198,7 @@ def test_demo_tasks_cover_every_synthetic_bundled_task_in_its_languages(registry
 
 def test_demo_build_mixes_tasks_and_languages(tmp_path, registry, tokenizer):
     cfg = build_config(
-        {"tasks": {"templates_dir": TEMPLATES, "demo_tasks": ["sentiment", "entities"]}, "sft": {"train": {"max_seq_len": 2048}}}
+        {"tasks": {"templates_dir": TEMPLATES, "demo_tasks": ["sentiment", "entities"], "demo_langs": ["en", "zh"]}, "sft": {"train": {"max_seq_len": 2048}}}
     )
     stats = S.build_sft_data(cfg, tokenizer, tmp_path / "demo", registry=registry)
     train = [json.loads(x) for x in (tmp_path / "demo" / "train.jsonl").read_text().splitlines()]
@@ -311,7 +311,8 @@ def test_task_balanced_sampling_gives_every_task_the_same_count(tmp_path, regist
     """examples_per_task: a large task is sampled down, a small one repeated with other phrasings or few-shot prompts."""
     cfg = build_config(
         {
-            "tasks": {"templates_dir": TEMPLATES, "demo_tasks": ["sentiment", "extraction"], "demo_langs": ["en"]},
+            "tasks": {"templates_dir": TEMPLATES, "demo_tasks": ["sentiment", "extraction"], "demo_langs": ["en"],
+                      "demo_datasets": ["twitter_fin_sentiment/sentiment"]},  # extraction: the small synthetic set
             "sft": {"examples_per_task": 240, "few_shot_fraction": 0.0, "train": {"max_seq_len": 4096}},
         }
     )
@@ -340,3 +341,24 @@ def test_training_targets_are_answers_the_decoder_can_write(registry):
     assert ex.output["evidence"] not in offered["anyOf"][0]["enum"] and target["evidence"] in offered["anyOf"][0]["enum"]
     assert ex.output["evidence"] in target["evidence"] and list(target) == ["evidence", "value", "unit", "period"]
     assert {k: target[k] for k in ("value", "unit", "period")} == {k: ex.output[k] for k in ("value", "unit", "period")}
+
+
+def test_rows_whose_answer_breaks_the_contract_are_skipped_and_counted(tmp_path, registry, tokenizer):
+    """An extraction row whose evidence is over the schema's maxLength is skipped with a warning (the
+    others train); a file where no row fits is a clear DataError."""
+    text = "Revenue rose to $12.4 million in 2022. " + "The board met. " * 40
+    good = {"text": text, "field": "revenue", "answer": {"evidence": "Revenue rose to $12.4 million in 2022",
+                                                         "value": 12.4, "unit": "USD million", "period": "2022"}}
+    bad = {**good, "text": text + "x", "answer": {**good["answer"], "evidence": text.strip()}}  # > 500 characters
+    assert len(bad["answer"]["evidence"]) > 500
+
+    def cfg(rows, name):
+        path = _write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        ds = {"task": "extraction", "path": str(path), "fields": {"text": "text", "field": "field"}, "label_field": "answer"}
+        return build_config({"tasks": {"templates_dir": TEMPLATES, "eval_fraction": 0.0, "datasets": [ds]},
+                             "sft": {"few_shot_fraction": 0.0, "train": {"max_seq_len": 4096}}})
+
+    stats = S.build_sft_data(cfg([good, bad], "mixed"), tokenizer, tmp_path / "mixed", registry=registry)
+    assert stats.train_examples == {"extraction": 1} and stats.records == {"extraction": 1}
+    with pytest.raises(DataError, match="fits the output contract"):
+        S.build_sft_data(cfg([bad], "bad"), tokenizer, tmp_path / "bad", registry=registry)

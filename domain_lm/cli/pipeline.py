@@ -44,7 +44,7 @@ def run_cmd(
             console.print(f"[bold]serving[/] the {stage} model: {model}")
             serve_and_answer(cfg, model, keep_serving=keep_serving, log_path=run.root / "serve.log")
     if log is not None:
-        console.print(f"[bold]log[/]: {log} (library warnings and engine output)")
+        console.print(f"[bold]log[/]: {log} (library and engine messages)", soft_wrap=True)
 
 
 @app.command("status")

@@ -186,7 +186,7 @@ def records_from_rows(template: TaskTemplate, rows: list[dict[str, Any]], ds: Ta
             f"Task {template.name!r} data {ds.path}: columns {missing_cols} are missing (columns are {sorted(rows[0])}). "
             f"Set `fields` (template field -> column; template fields are {list(template.inputs)}), `label_field` and `group_field`."
         )
-    out = []
+    out, bad_outputs = [], 0
     for i, row in enumerate(rows):
         try:
             inputs = template.validate_inputs({f: _clean(row[c]) for f, c in fmap.items()})
@@ -196,8 +196,14 @@ def records_from_rows(template: TaskTemplate, rows: list[dict[str, Any]], ds: Ta
         try:
             output = template.coerce_output(map_label(_clean(row[ds.label_field]), ds.label_map))
         except ContractError as e:
-            raise DataError(f"Task {template.name!r}: {e.message}. Map it with `label_map` in the task dataset config.") from None
+            if template.choices(ds.lang) is not None:  # an unmapped label is a mapping error, not one bad row
+                raise DataError(f"Task {template.name!r}: {e.message}. Map it with `label_map` in the task dataset config.") from None
+            log.warning("task %s row %d skipped: its %s does not fit the output contract: %s", template.name, i, ds.label_field, e.message)
+            bad_outputs += 1
+            continue
         out.append(TaskRecord(template.name, ds.lang, inputs, output, _group(row, ds)))
+    if bad_outputs and not out:
+        raise DataError(f"Task {template.name!r} data {ds.path}: no row's {ds.label_field!r} fits the output contract (see the warnings).")
     return out
 
 

@@ -41,6 +41,7 @@ from domain_lm.data.records import (
     split_records,
 )
 from domain_lm.errors import DataError
+from domain_lm.tasks.errors import ContractError
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class BuildStats:
     few_shot: int = 0
     duplicates: int = 0
     too_long: int = 0
+    bad_targets: int = 0  # records whose training answer breaks the contract (e.g. an evidence sentence over its maxLength)
     skipped: dict[str, str] = field(default_factory=dict)  # task -> why it was skipped
     max_tokens: int = 0
 
@@ -89,6 +91,7 @@ class BuildStats:
             "few_shot_examples": self.few_shot,
             "duplicates_dropped": self.duplicates,
             "too_long_dropped": self.too_long,
+            "bad_targets_dropped": self.bad_targets,
             "max_example_tokens": self.max_tokens,
         }
         for t, n in self.train_examples.items():
@@ -187,6 +190,17 @@ def instruct_examples(sources: list[InstructSource]) -> list[dict[str, Any]]:
     return out
 
 
+def has_target(template: Any, record: TaskRecord) -> bool:
+    """Whether the record's training answer fits the output contract (a dataset's gold can be valid
+    while the decodable form the model is taught to write is not, e.g. a sentence over maxLength)."""
+    try:
+        template.target_text(template.output.training_value(record.output, record.inputs, record.lang), lang=record.lang)
+    except ContractError as e:
+        log.warning("task %s: a record is not trained on: its answer breaks the contract: %s", template.name, e)
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- build
 
 
@@ -215,7 +229,10 @@ def build_sft_data(config: PipelineConfig, tokenizer: Any, out_dir: str | Path, 
     eval_records: list[TaskRecord] = []
     for task, t in split.templates.items():
         train, held = train_by_task[task], held_by_task[task]
-        stats.records[task], stats.train_records[task], stats.eval_records[task] = len(train) + len(held), len(train), len(held)
+        stats.records[task], stats.eval_records[task] = len(train) + len(held), len(held)
+        trainable = [r for r in train if has_target(t, r)]
+        stats.bad_targets += len(train) - len(trainable)
+        train, stats.train_records[task] = trainable, len(trainable)
         if sft.examples_per_task is not None:
             exs = balance_tasks(t, train, int(round(sft.examples_per_task * sft.task_weights.get(task, 1.0))), sft, rng)
         else:
@@ -223,7 +240,7 @@ def build_sft_data(config: PipelineConfig, tokenizer: Any, out_dir: str | Path, 
             exs = apply_weights(exs, sft.task_weights.get(task, 1.0), sft.max_examples_per_task, rng)
         train_examples += exs
         # Eval prompts are zero-shot, variant 0: the form the service sends by default.
-        eval_examples += [render_example(t, r) for r in held]
+        eval_examples += [render_example(t, r) for r in held if has_target(t, r)]
         eval_records += held
     train_examples += instruct_examples(sft.instruct_sources)
 

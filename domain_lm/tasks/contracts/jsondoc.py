@@ -133,6 +133,7 @@ class JsonOutput(OutputContract):
                 if item_props:
                     value = [{k: e[k] for k in item_props if isinstance(e, dict) and k in e} for e in value]
                 value = {name: value}
+        self._check_value(value, raw=repr(raw)[:300])  # a gold answer the contract cannot train or score on
         return value
 
     # ------------------------------------------------------------------ decoding
