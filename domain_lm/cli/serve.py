@@ -47,7 +47,8 @@ def resolve_model(spec: str) -> tuple[Path, dict[str, str]]:
             if result is not None and result.has("model"):
                 return result.artefact("model"), {}
         raise ModelNotFoundError(
-            f"{p} is neither a model directory, an adapter directory nor a run with a finished model stage ({', '.join(FINAL_MODEL_ORDER)})."
+            f"{p} is neither a model directory, an adapter directory nor a run with a finished model stage "
+            f"({', '.join(FINAL_MODEL_ORDER)})."
         )
     return registry.resolve(spec), {}
 

@@ -358,7 +358,9 @@ ZH_AMOUNTS = ["净利润", "营业收入", "利息净收入", "手续费收入",
 
 
 #: Units as written in the demo sentences -> the extraction template's closed unit list.
-UNIT_CODES = {"million dollars": "USD million", "billion dollars": "USD billion", "billion yuan": "CNY billion", "million euros": "EUR million"}
+UNIT_CODES = {
+    "million dollars": "USD million", "billion dollars": "USD billion", "billion yuan": "CNY billion", "million euros": "EUR million",
+}
 
 
 def extraction_examples(lang: str, n: int = 240, seed: int = 0) -> list[dict[str, Any]]:
