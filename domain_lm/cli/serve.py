@@ -21,7 +21,6 @@ from domain_lm.errors import DomainLMError, ModelNotFoundError
 
 #: Entry point group through which other packages add commands to ``domain-lm``.
 COMMAND_GROUP = "domain_lm.commands"
-#: Stages whose ``model`` artefact is served for a run, most refined first.
 
 
 def resolve_model(spec: str) -> tuple[Path, dict[str, str]]:
