@@ -176,7 +176,8 @@ def train(model_path: Path, examples: list[dict[str, Any]], recipe: Recipe, out:
     seconds = time.time() - t0
     tokens = next((r["num_tokens"] for r in reversed(history) if "num_tokens" in r), None)
     shutil.rmtree(out / "work", ignore_errors=True)  # checkpoints: not needed once the adapter is saved
-    return {**m, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds if tokens else None, "loss_curve": [r["loss"] for r in history]}
+    return {**m, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds if tokens else None,
+            "loss_curve": [r["loss"] for r in history]}
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -218,9 +219,12 @@ def evaluate(model_path: Path, tasks: list[BenchTask], tests: dict[str, list[Any
             out[task.key] = scores
             if preds_dir is not None:
                 preds_dir.mkdir(parents=True, exist_ok=True)
-                rows = [{"inputs": r.inputs, "gold": r.output, "pred": p.output, "raw": p.raw, "error": p.error} for r, p in zip(recs, preds)]
-                (preds_dir / f"{task.key}.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows), encoding="utf-8")
-            log.warning("[eval] %s %s=%.4f invalid=%s (%.0fs)", task.key, task.headline, headline(task, scores), scores.get("invalid"), scores["eval_seconds"])
+                rows = [{"inputs": r.inputs, "gold": r.output, "pred": p.output, "raw": p.raw, "error": p.error}
+                        for r, p in zip(recs, preds)]
+                (preds_dir / f"{task.key}.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows),
+                                                             encoding="utf-8")
+            log.warning("[eval] %s %s=%.4f invalid=%s (%.0fs)", task.key, task.headline, headline(task, scores), scores.get("invalid"),
+                        scores["eval_seconds"])
     finally:
         engine.close()
     return out
@@ -316,7 +320,8 @@ def base_scores(model_path: Path, tasks: list[BenchTask], data: dict[str, TaskDa
     """The untrained model's scores per task (cached per model and task)."""
     return {
         t.key: cached(out / "base" / Path(model_path).name / f"{t.key}.json",
-                      lambda t=t: evaluate(model_path, [t], {t.key: data[t.key].test}, preds_dir=out / "base" / Path(model_path).name)[t.key])
+                      lambda t=t: evaluate(model_path, [t], {t.key: data[t.key].test},
+                                           preds_dir=out / "base" / Path(model_path).name)[t.key])
         for t in tasks
     }
 

@@ -86,14 +86,15 @@ def write(args: argparse.Namespace, tasks: list[B.BenchTask], data: dict[str, B.
         for n, r in sorted(rows.items())
     }
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"lang": args.lang, "model": str(args.model or B.MODELS[args.lang]), "epochs": args.epochs,
-                                                     "held_out": {t.key: len(data[t.key].test) for t in tasks}, "table": table},
-                                                    indent=1), encoding="utf-8")
+    summary = {"lang": args.lang, "model": str(args.model or B.MODELS[args.lang]), "epochs": args.epochs,
+               "held_out": {t.key: len(data[t.key].test) for t in tasks}, "table": table}
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     head = "| examples per task | " + " | ".join(f"{t.key} ({t.headline})" for t in tasks) + " | train s |"
     lines = [head, "|" + "---|" * (len(tasks) + 2)]
     for n, row in table.items():
         # "(n=...)": the task has fewer training records than the budget and used them all.
-        cells = [f"{row[t.key]['score']:.3f}" + (f" (n={row[t.key]['examples']})" if n and row[t.key]["examples"] < n else "") for t in tasks]
+        cells = [f"{row[t.key]['score']:.3f}" + (f" (n={row[t.key]['examples']})" if n and row[t.key]["examples"] < n else "")
+                 for t in tasks]
         secs = row.get("train_seconds")
         lines.append(f"| {n or 'base'} | " + " | ".join(cells) + f" | {f'{secs:.0f}' if secs else '-'} |")
     held = ", ".join(f"{t.key} {len(data[t.key].test)}" for t in tasks)

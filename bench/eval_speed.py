@@ -129,7 +129,8 @@ def before(stages: list[Any], tasks: dict[str, Any], cap: int, ref: str) -> dict
         "templates": str(src / "task_templates"),
         "models": [str(s.model) for s in stages],
         "cap": cap,
-        "tasks": {t: [{"task": r.task, "lang": r.lang, "inputs": r.inputs, "output": r.output} for r in recs] for t, (_, recs) in tasks.items()},
+        "tasks": {t: [{"task": r.task, "lang": r.lang, "inputs": r.inputs, "output": r.output} for r in recs]
+                  for t, (_, recs) in tasks.items()},
     }
     (src / "job.json").write_text(json.dumps(job))
     env = {**os.environ, "PYTHONPATH": str(src)}

@@ -23,7 +23,8 @@ CASES = {
     "six-digit numbers": ("123456 " * 14_286)[:100_000],
     "keywords": "account " * 12_500,
     "phones": ("+1 (212) 555-0199 " * 5_556)[:100_000],
-    "realistic": ("Refund card 4111 1111 1111 1111 to jane.doe@bank.com; revenue 1,234,567 in 2024. 客户手机 13812345678。" * 1200)[:100_000],
+    "realistic": ("Refund card 4111 1111 1111 1111 to jane.doe@bank.com; revenue 1,234,567 in 2024. "
+                  "客户手机 13812345678。" * 1200)[:100_000],
 }
 
 

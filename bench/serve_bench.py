@@ -124,7 +124,8 @@ def main() -> None:
     ap.add_argument("--templates", default=str(REPO / "task_templates"))
     ap.add_argument("--task", default="sentiment")
     ap.add_argument("--concurrency", default="1,8,32")
-    ap.add_argument("--requests", type=int, default=0, help="Requests per level (default: 4x concurrency, at least 16; --quick: 2x, at least 8).")
+    ap.add_argument("--requests", type=int, default=0,
+                    help="Requests per level (default: 4x concurrency, at least 16; --quick: 2x, at least 8).")
     ap.add_argument("--quick", action="store_true", help="A short run.")
     ap.add_argument("--kv-cache-gib", type=float, default=1.0)
     ap.add_argument("--max-model-len", type=int, default=2048)
@@ -154,7 +155,8 @@ def main() -> None:
         req = runner.build_request(template, inputs, lang)
         task_bodies.append({"input": inputs, "lang": lang})
         so = {"choice": req.choices} if req.choices else {"json": req.json_schema} if req.json_schema else {"regex": req.regex}
-        raw_bodies.append({"model": "m", "messages": req.messages, "max_tokens": req.max_tokens, "temperature": 0, "structured_outputs": so})
+        raw_bodies.append({"model": "m", "messages": req.messages, "max_tokens": req.max_tokens, "temperature": 0,
+                           "structured_outputs": so})
 
     # level -> its slice of the bodies: a warm-up and n_for(c) measured requests, none shared between levels
     ends = [sum(n_for(c) + 1 for c in levels[: i + 1]) for i in range(len(levels))]
@@ -183,8 +185,8 @@ def main() -> None:
 
     port = free_port()
     raw = start(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "m", "--host", "127.0.0.1",
-         "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", str(args.max_model_len),
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "m",
+         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", str(args.max_model_len),
          "--kv-cache-memory-bytes", kv, "--max-num-seqs", "64", "--seed", "0",
          "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}), "--disable-log-stats"],
         logs / "vllm.log",
@@ -210,7 +212,8 @@ def main() -> None:
     # the throughput loss on a quiet machine (the engine runs in other processes).
     p50_raw = results["raw_vllm"][str(levels[0])]["p50_ms"]
     overhead["share_of_raw_p50_at_c1"] = overhead["cpu_ms_per_request"] / p50_raw
-    print(f"\nservice layer CPU time: {overhead['cpu_ms_per_request']:.2f} ms/request (fake engine, in-process, {overhead['requests']} requests)"
+    print(f"\nservice layer CPU time: {overhead['cpu_ms_per_request']:.2f} ms/request"
+          f" (fake engine, in-process, {overhead['requests']} requests)"
           f" = {overhead['share_of_raw_p50_at_c1']:.1%} of the raw server's p50 at c={levels[0]}")
     results["service_overhead"] = overhead
     if args.out:

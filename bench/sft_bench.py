@@ -44,10 +44,12 @@ from data_budget import default_mix  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lang", default="en", choices=["en", "zh"])
-    ap.add_argument("--tasks", default=None, help="Comma list of bench tasks (default: the language's mix; add key_points_en to score key points).")
+    ap.add_argument("--tasks", default=None,
+                    help="Comma list of bench tasks (default: the language's mix; add key_points_en to score key points).")
     ap.add_argument("--per-task", type=int, default=1000, help="Training records per task (all when a task has fewer).")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--rlhf", action="append", default=[], help="LANG=DIR: also score this (merged) RLHF model, e.g. a pipeline run's ppo model.")
+    ap.add_argument("--rlhf", action="append", default=[],
+                    help="LANG=DIR: also score this (merged) RLHF model, e.g. a pipeline run's ppo model.")
     ap.add_argument("--data", type=Path, default=B.DATA)
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--max-steps", type=int, default=-1)
@@ -72,7 +74,8 @@ def main() -> None:
                       top_layers=args.top_layers, max_seq_len=args.max_seq_len, seed=args.seed)
     systems: dict[str, dict[str, dict[str, Any]]] = {}
     for t in tasks:
-        b = B.cached(args.out / "baselines" / f"{t.key}-{args.seed}-{len(data[t.key].test)}.json", lambda t=t: B.baseline(t, data[t.key], args.seed))
+        b = B.cached(args.out / "baselines" / f"{t.key}-{args.seed}-{len(data[t.key].test)}.json",
+                     lambda t=t: B.baseline(t, data[t.key], args.seed))
         if b is not None:
             systems.setdefault("baseline", {})[t.key] = b
     if not args.skip_base:
@@ -95,8 +98,9 @@ def write(args: argparse.Namespace, tasks: list[B.BenchTask], data: dict[str, B.
     lines = [head, "|" + "---|" * (len(order) + 6)]
     for t in tasks:
         vals = [f"{B.headline(t, systems[s][t.key]):.3f}" if t.key in systems[s] else "-" for s in order]
-        inv = " / ".join(str(systems[s].get(t.key, {}).get("invalid", "-")) for s in ("base", "sft") if s in systems)
-        ung = " / ".join(str(systems[s].get(t.key, {}).get("grounding", {}).get("ungrounded_answers", "-")) for s in ("base", "sft") if s in systems)
+        scored = [systems[s].get(t.key, {}) for s in ("base", "sft") if s in systems]
+        inv = " / ".join(str(sc.get("invalid", "-")) for sc in scored)
+        ung = " / ".join(str(sc.get("grounding", {}).get("ungrounded_answers", "-")) for sc in scored)
         used = cell["examples_used"].get(t.key, 0)
         lines.append(f"| {t.key} | {t.headline} | {len(data[t.key].test)} of {data[t.key].held_out_total} | {used} | " + " | ".join(vals)
                      + f" | {inv} | {ung} |")
@@ -110,13 +114,14 @@ def write(args: argparse.Namespace, tasks: list[B.BenchTask], data: dict[str, B.
             extra.append(f"- {t.key}: precision {s.get('precision', 0):.3f}, recall {s.get('recall', 0):.3f}, per type "
                          + ", ".join(f"{k} {v['f1']:.2f}" for k, v in s.get("per_type", {}).items()))
     tr = cell["train"]
-    md = (f"## SFT bench ({args.lang}: {Path(args.model or B.MODELS[args.lang]).name}, LoRA r={args.rank}, lr {args.lr:g}, {args.epochs:g} epochs, "
-          f"{tr.get('steps')} steps, {tr.get('seconds', 0):.0f} s)\n\n" + "\n".join(lines) + "\n\n" + "\n".join(extra) + "\n")
+    md = (f"## SFT bench ({args.lang}: {Path(args.model or B.MODELS[args.lang]).name}, LoRA r={args.rank}, lr {args.lr:g}, "
+          f"{args.epochs:g} epochs, {tr.get('steps')} steps, {tr.get('seconds', 0):.0f} s)\n\n"
+          + "\n".join(lines) + "\n\n" + "\n".join(extra) + "\n")
     stem = args.out / f"sft_bench_{args.lang}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".md").write_text(md, encoding="utf-8")
-    stem.with_suffix(".json").write_text(json.dumps({"systems": systems, "train": tr, "examples_used": cell["examples_used"]}, indent=1, default=str),
-                                         encoding="utf-8")
+    summary = {"systems": systems, "train": tr, "examples_used": cell["examples_used"]}
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     print(md)
 
 

@@ -74,7 +74,9 @@ def main() -> None:
         write(args, tasks, rows)
 
 
-def matrices(tasks: list[B.BenchTask], rows: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float | None]]]:
+def matrices(
+    tasks: list[B.BenchTask], rows: dict[str, dict[str, Any]],
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float | None]]]:
     """(scores: trained -> scored task -> headline, interaction: task i -> task j -> change) from the runs done so far."""
     keys = [t.key for t in tasks]
     score = {name: {t.key: B.headline(t, r["scores"][t.key]) for t in tasks} for name, r in rows.items()}

@@ -23,7 +23,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(model: Path, templates: str, engine: str, port: int, extra: list[str] | None = None, log_path: Path | None = None) -> subprocess.Popen:
+def start_service(
+    model: Path, templates: str, engine: str, port: int, extra: list[str] | None = None, log_path: Path | None = None,
+) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "domain_lm", "serve", "--model", str(model), "--templates", templates,
            "--engine", engine, "--host", "127.0.0.1", "--port", str(port), "--no-auth", *(extra or [])]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
@@ -92,7 +94,8 @@ def serve_and_answer(config: PipelineConfig, model: Path, keep_serving: bool = F
             if len(shown) > 300:
                 shown = shown[:300] + "…"
             latency = body.get("latency_ms")
-            console.print(f"  [bold cyan]{task}[/] [{lang}] -> {shown}" + (f"  [dim]({latency:.0f} ms)[/]" if isinstance(latency, (int, float)) else ""))
+            timing = f"  [dim]({latency:.0f} ms)[/]" if isinstance(latency, (int, float)) else ""
+            console.print(f"  [bold cyan]{task}[/] [{lang}] -> {shown}" + timing)
         if keep_serving:
             console.print(f"Serving at {base}; press Ctrl-C to stop.")
             proc.wait()

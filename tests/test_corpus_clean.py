@@ -21,7 +21,8 @@ def test_page_number_lines_dropped(line):
 
 def test_running_headers_and_legal_paragraphs_dropped():
     page = "ACME Bank 10-K 2023\nBody text {i} about loans and deposits."
-    raw = "\n\f\n".join(page.format(i=i) for i in range(3)) + "\n\nFORWARD-LOOKING STATEMENTS: this report contains forward-looking statements.\n\n© 2023 ACME. All rights reserved."
+    raw = ("\n\f\n".join(page.format(i=i) for i in range(3))
+           + "\n\nFORWARD-LOOKING STATEMENTS: this report contains forward-looking statements.\n\n© 2023 ACME. All rights reserved.")
     text, dropped = clean_document(raw)
     assert "ACME Bank 10-K" not in text and "forward-looking" not in text.lower() and "rights reserved" not in text
     assert all(f"Body text {i}" in text for i in range(3))

@@ -82,7 +82,8 @@ def test_repository_paths_named_in_the_doc_exist():
     assert not missing, f"docs/deploy.md names files that do not exist: {missing}"
 
 
-@pytest.mark.parametrize("target", ["deploy/docker-compose.yaml", "deploy/docker-compose.gpu.yaml", "deploy/Dockerfile.cpu", "deploy/Dockerfile.gpu",
-                                    "deploy/systemd/domain-lm.service", "deploy/offline/install.sh", "deploy/nginx/domain-lm.conf"])
+@pytest.mark.parametrize("target", ["deploy/docker-compose.yaml", "deploy/docker-compose.gpu.yaml", "deploy/Dockerfile.cpu",
+                                    "deploy/Dockerfile.gpu", "deploy/systemd/domain-lm.service", "deploy/offline/install.sh",
+                                    "deploy/nginx/domain-lm.conf"])
 def test_each_deploy_file_is_documented(target):
     assert target in DOC.read_text()

@@ -35,7 +35,8 @@ class _Backend(http.server.BaseHTTPRequestHandler):
 
     def _reply(self) -> None:
         n = int(self.headers.get("Content-Length") or 0)
-        body = json.dumps({"path": self.path, "method": self.command, "headers": dict(self.headers), "body": self.rfile.read(n).decode()}).encode()
+        body = json.dumps({"path": self.path, "method": self.command, "headers": dict(self.headers),
+                           "body": self.rfile.read(n).decode()}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

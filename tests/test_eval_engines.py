@@ -22,7 +22,8 @@ def _lora(model_dir, out, seed):
     from domain_lm.models.loading import load_causal_lm, load_tokenizer, merge_adapter
 
     torch.manual_seed(seed)
-    model = get_peft_model(load_causal_lm(model_dir), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(load_causal_lm(model_dir), lora)
     model.save_pretrained(out / "adapter")
     load_tokenizer(model_dir).save_pretrained(out / "adapter")
     merge_adapter(out / "adapter", out / "model")
@@ -66,7 +67,8 @@ def test_full_fine_tune_starts_one_more_engine_not_one_per_stage(chain):
 def test_stage_models_trust_an_adapter_only_on_its_own_parent(chain, tmp_path):
     def result(stage, path, fp, lineage=(), adapter=True):
         arts = {"model": "model", **({"adapter": "adapter"} if adapter else {})}
-        return StageResult(stage, path, fingerprint=fp, artefacts=arts, lineage=[{"stage": s, "fingerprint": f, "path": ""} for s, f in lineage])
+        return StageResult(stage, path, fingerprint=fp, artefacts=arts,
+                           lineage=[{"stage": s, "fingerprint": f, "path": ""} for s, f in lineage])
 
     base = StageResult("base", chain["base"].parent, fingerprint="b0", artefacts={"model": chain["base"].name})
     pre = result("pretrain", chain["pretrain"], "p0", [("base", "b0")])
@@ -109,7 +111,8 @@ def test_eval_report_scores_every_stage_on_one_engine(chain, monkeypatch, tmp_pa
         return _SwapEngine(engines[-1], loaded) if strategy == "swap" else engines[-1]
 
     monkeypatch.setattr(inference, "create_engine", fake)
-    cfg = build_config({"tasks": {"templates_dir": str(REPO / "task_templates")}, "eval": {"max_examples": 30, "strategy": strategy, "baseline": strategy == "adapters"}})
+    cfg = build_config({"tasks": {"templates_dir": str(REPO / "task_templates")},
+                        "eval": {"max_examples": 30, "strategy": strategy, "baseline": strategy == "adapters"}})
     registry = TemplateRegistry.load(cfg.tasks.templates_dir)
     report, preds = eval_stage.build_report(cfg, registry, _models(chain), tmp_path)
     requests = [r for e in engines for r in e.requests]

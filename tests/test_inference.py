@@ -120,7 +120,8 @@ def test_json_cut_off_by_the_budget_is_retried_with_a_fitted_schema(registry):
         def _answer(self, request):
             res = super()._answer(request)
             if len(self.requests) == 1:
-                return GenerationResult(text='{"performance": ["Rev', prompt_tokens=3, completion_tokens=request.max_tokens, finish_reason="length")
+                return GenerationResult(text='{"performance": ["Rev', prompt_tokens=3, completion_tokens=request.max_tokens,
+                                        finish_reason="length")
             return res
 
     # key_points: free strings whose worst case passes the budget (a grounded extraction schema no longer does).

@@ -52,7 +52,8 @@ def test_label_is_the_most_likely_choice(engine, tiny_model_dir):
     model, tok = load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir)
     choices = ["credit_card", "loan", "neither of them"]
     # two requests of different prompt lengths in one padded batch
-    reqs = [GenerationRequest(messages=MSGS, choices=choices), GenerationRequest(messages=[{"role": "user", "content": "hi"}], choices=choices)]
+    reqs = [GenerationRequest(messages=MSGS, choices=choices),
+            GenerationRequest(messages=[{"role": "user", "content": "hi"}], choices=choices)]
     got = engine.generate_batch(reqs)
     for r, res in zip(reqs, got):
         prompt = render_prompt(tok, r)

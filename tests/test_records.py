@@ -101,7 +101,8 @@ def test_every_stage_sees_the_same_split(tmp_path, registry, tiny_model_dir, mon
     from domain_lm.stages import eval as eval_stage
 
     engines: list[FakeEngine] = []
-    monkeypatch.setattr(inference, "create_engine", lambda path, **kw: engines.append(FakeEngine(adapters=kw.get("adapters"))) or engines[-1])
+    monkeypatch.setattr(inference, "create_engine",
+                        lambda path, **kw: engines.append(FakeEngine(adapters=kw.get("adapters"))) or engines[-1])
     cfg.eval.max_examples, cfg.eval.baseline = None, False
     eval_stage.build_report(cfg, registry, {"base": "unused"})  # records the eval stage scores
     asked = [m["content"] for req in engines[0].requests for m in req.messages if m["role"] == "user"]

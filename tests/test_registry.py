@@ -141,7 +141,8 @@ def test_gemma_style_template_folds_system_into_first_user_turn():
     template, end = default_template(Tok())
     assert (template, end) == (GEMMA, "<end_of_turn>")
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)  # as transformers renders
-    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A"}, {"role": "user", "content": "Q2"}]
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A"}, {"role": "user", "content": "Q2"}]
     out = env.from_string(template).render(messages=msgs, bos_token="<bos>", add_generation_prompt=True)
     assert out == (
         "<bos><start_of_turn>user\nS\n\nQ1<end_of_turn>\n<start_of_turn>model\nA<end_of_turn>\n"

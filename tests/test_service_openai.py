@@ -70,7 +70,8 @@ def test_json_schema_response_format_is_passed_as_a_constraint(live):
     c = openai.OpenAI(base_url=base_url, api_key=KEY)
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
     r = c.chat.completions.create(
-        model="bank-lm", messages=[{"role": "user", "content": "q"}], response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+        model="bank-lm", messages=[{"role": "user", "content": "q"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
     )
     assert json.loads(r.choices[0].message.content) == {"answer": "yes"}
     assert engine.requests[-1].json_schema == schema

@@ -334,7 +334,8 @@ def test_training_targets_are_answers_the_decoder_can_write(registry):
     from domain_lm.tasks.grounding import specialise
 
     t = registry.get("extraction")
-    ex = next(x for x in embedded.task_examples("kpi_edgar/extraction") if x.output["evidence"] and x.output["evidence"].endswith("million"))
+    ex = next(x for x in embedded.task_examples("kpi_edgar/extraction")
+              if x.output["evidence"] and x.output["evidence"].endswith("million"))
     record = R.TaskRecord("extraction", "en", dict(ex.inputs), ex.output, ex.doc)
     target = json.loads(S.render_example(t, record)["messages"][-1]["content"])
     offered = specialise(bound_schema(t.output.schema_), t.validate_inputs(ex.inputs), "en").schema_["properties"]["evidence"]

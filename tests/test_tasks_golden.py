@@ -35,7 +35,8 @@ GOLDEN = [
                 "the bank's intent list spells it (for example card arrival, lost or stolen card, transfer fee charged). "
                 "Answer with the intent only."
             ),
-            _user("Customer message: It has been ten days since you posted my new card and it is still not here.\n\nWhich customer-service intent is this?"),
+            _user("Customer message: It has been ten days since you posted my new card and it is still not here.\n\n"
+                  "Which customer-service intent is this?"),
             _bot("card arrival"),
             _user("Customer message: My card payment was declined at the supermarket.\n\nWhich customer-service intent is this?"),
         ],

@@ -21,7 +21,6 @@ from domain_lm.errors import DomainLMError, ModelNotFoundError
 
 #: Entry point group through which other packages add commands to ``domain-lm``.
 COMMAND_GROUP = "domain_lm.commands"
-#: Stages whose ``model`` artefact is served for a run, most refined first.
 
 
 def resolve_model(spec: str) -> tuple[Path, dict[str, str]]:
@@ -47,7 +46,8 @@ def resolve_model(spec: str) -> tuple[Path, dict[str, str]]:
             if result is not None and result.has("model"):
                 return result.artefact("model"), {}
         raise ModelNotFoundError(
-            f"{p} is neither a model directory, an adapter directory nor a run with a finished model stage ({', '.join(FINAL_MODEL_ORDER)})."
+            f"{p} is neither a model directory, an adapter directory nor a run with a finished model stage "
+            f"({', '.join(FINAL_MODEL_ORDER)})."
         )
     return registry.resolve(spec), {}
 

@@ -1,4 +1,4 @@
-"""The bottom layer: atomic writes, content hashes and the shared progress display.
+"""The bottom layer: atomic writes, append-only JSON logs, content hashes, PNG figures and the shared progress display.
 
 Every other package may import these; they import nothing else from ``domain_lm``.
 """

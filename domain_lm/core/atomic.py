@@ -69,3 +69,13 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     os.replace(staging, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def dir_writable(path: str | Path) -> bool:
+    """The directory exists (or can be made) and this process may create files in it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK)

@@ -115,7 +115,8 @@ def tatqa(data: Path, max_chars: int = TATQA_MAX_CHARS) -> list[TaskRecord]:
             percent = answer.endswith("%") or q["scale"] == "percent"
             unit = "%" if percent else " ".join(u for u in ("USD" if "$" in answer else None, q["scale"] or None) if u) or None
             output = {"evidence": evidence, "value": value, "unit": unit, "period": period}
-            out.append(TaskRecord("extraction", "en", {"text": text, "field": field_[:200], "period": None}, output, f"tatqa:{ctx['table']['uid']}"))
+            inputs = {"text": text, "field": field_[:200], "period": None}
+            out.append(TaskRecord("extraction", "en", inputs, output, f"tatqa:{ctx['table']['uid']}"))
     return out
 
 
@@ -176,7 +177,8 @@ def ectsum(data: Path, max_chars: int = ECTSUM_MAX_CHARS) -> list[TaskRecord]:
     """ECTSum earnings calls -> ``report_summary``: the salient sentences in, the bullet summary out
     (one bullet a line). A company's calls share a group (``id`` is TICKER_qN_YEAR)."""
     return [
-        TaskRecord("report_summary", "en", {"text": salient_sentences(r["transcript"], max_chars)}, _bullets(r["summary"]), _ticker(r["id"]))
+        TaskRecord("report_summary", "en", {"text": salient_sentences(r["transcript"], max_chars)}, _bullets(r["summary"]),
+                   _ticker(r["id"]))
         for r in _ectsum_rows(data)
     ]
 
@@ -186,7 +188,8 @@ def ectsum_key_points(data: Path, max_chars: int = ECTSUM_MAX_CHARS) -> list[Tas
     out = []
     for r in _ectsum_rows(data):
         points = _bullets(r["summary"]).split("\n")[:8]
-        out.append(TaskRecord("key_points", "en", {"text": salient_sentences(r["transcript"], max_chars)}, {"performance": points, "risks": []}, _ticker(r["id"])))
+        out.append(TaskRecord("key_points", "en", {"text": salient_sentences(r["transcript"], max_chars)},
+                              {"performance": points, "risks": []}, _ticker(r["id"])))
     return out
 
 
@@ -203,12 +206,14 @@ def _ticker(call_id: str) -> str:
 
 def finfe(data: Path) -> list[TaskRecord]:
     """BBT-FinCUGE FinFE social-media posts: 0 negative / 1 neutral / 2 positive."""
-    return [TaskRecord("sentiment", "zh", {"text": r["text"]}, FINFE_LABELS[int(r["label"])]) for r in read_jsonl(data / "bbt_fincuge" / "finfe" / "train.jsonl")]
+    rows = read_jsonl(data / "bbt_fincuge" / "finfe" / "train.jsonl")
+    return [TaskRecord("sentiment", "zh", {"text": r["text"]}, FINFE_LABELS[int(r["label"])]) for r in rows]
 
 
 def finna(data: Path) -> list[TaskRecord]:
     """BBT-FinCUGE FinNA news: the article in, its one-line summary out."""
-    return [TaskRecord("report_summary", "zh", {"text": r["text"]}, r["summary"].strip()) for r in read_jsonl(data / "bbt_fincuge" / "finna" / "train.jsonl")]
+    rows = read_jsonl(data / "bbt_fincuge" / "finna" / "train.jsonl")
+    return [TaskRecord("report_summary", "zh", {"text": r["text"]}, r["summary"].strip()) for r in rows]
 
 
 def cluener(data: Path) -> list[TaskRecord]:

@@ -40,6 +40,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 from domain_lm.config import CorpusSection, CorpusSource
 from domain_lm.core import atomic
+from domain_lm.core.figures import pyplot, save_figure
 from domain_lm.core.hashing import sha256_file, sha256_json
 from domain_lm.data.corpus_clean import clean_document, detect_lang, effective_length
 from domain_lm.data.dedupe import Deduper, exact_key
@@ -294,10 +295,7 @@ def build_part(
 
 
 def _plot_lengths(parts: dict[str, PartStats], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, st in parts.items():
@@ -307,9 +305,7 @@ def _plot_lengths(parts: dict[str, PartStats], path: Path) -> None:
     ax.set_ylabel("documents")
     ax.set_title("Document length")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _markdown(report: dict[str, Any]) -> str:

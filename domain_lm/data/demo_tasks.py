@@ -238,24 +238,15 @@ def sentiment_examples(lang: str, n: int = 360, seed: int = 0) -> list[dict[str,
             tries += 1
             c = rng.choice(comps)
             if label == "neutral":
-                if lang == "en":
-                    text = rng.choice(EN_NEUTRAL).format(
-                        c=c,
-                        d=rng.choice(EN_DATES),
-                        p=rng.choice(EN_PEOPLE),
-                        r=rng.choice(EN_ROLES),
-                        l=rng.choice(EN_PLACES),
-                        m=rng.choice(EN_METRICS)[0],
-                    )
-                else:
-                    text = rng.choice(ZH_NEUTRAL).format(
-                        c=c,
-                        d=rng.choice(ZH_DATES),
-                        p=rng.choice(ZH_PEOPLE),
-                        r=rng.choice(ZH_ROLES),
-                        l=rng.choice(ZH_PLACES),
-                        m=rng.choice(ZH_METRICS)[0],
-                    )
+                en = lang == "en"
+                text = rng.choice(EN_NEUTRAL if en else ZH_NEUTRAL).format(
+                    c=c,
+                    d=rng.choice(EN_DATES if en else ZH_DATES),
+                    p=rng.choice(EN_PEOPLE if en else ZH_PEOPLE),
+                    r=rng.choice(EN_ROLES if en else ZH_ROLES),
+                    l=rng.choice(EN_PLACES if en else ZH_PLACES),
+                    m=rng.choice(EN_METRICS if en else ZH_METRICS)[0],
+                )
             else:
                 metric, good = rng.choice(EN_METRICS if lang == "en" else ZH_METRICS)
                 up = good == (label == "positive")  # a rising NPL ratio is bad news
@@ -358,7 +349,9 @@ ZH_AMOUNTS = ["净利润", "营业收入", "利息净收入", "手续费收入",
 
 
 #: Units as written in the demo sentences -> the extraction template's closed unit list.
-UNIT_CODES = {"million dollars": "USD million", "billion dollars": "USD billion", "billion yuan": "CNY billion", "million euros": "EUR million"}
+UNIT_CODES = {
+    "million dollars": "USD million", "billion dollars": "USD billion", "billion yuan": "CNY billion", "million euros": "EUR million",
+}
 
 
 def extraction_examples(lang: str, n: int = 240, seed: int = 0) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from domain_lm.core import atomic
+from domain_lm.core.figures import pyplot, save_figure
 from domain_lm.eval.metrics import PRIMARY, primary
 
 #: Secondary numbers worth a column in the markdown table, per metric family.
@@ -72,10 +73,7 @@ def engines_text(report: dict[str, Any]) -> str:
 
 def bar_plot(report: dict[str, Any], path: str | Path) -> Path | None:
     """Grouped bars: one group per task, one bar per system, height = the task's headline metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     tasks = list(report["tasks"])
     systems = systems_order(report)
@@ -99,12 +97,7 @@ def bar_plot(report: dict[str, Any], path: str | Path) -> Path | None:
     ax.set_ylabel("score")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "report") -> dict[str, Path]:

@@ -139,7 +139,8 @@ def markdown(scorecard: dict[str, Any]) -> str:
     for row in rows:
         task = row["task"] + (" (synthetic data)" if row.get("synthetic") else "")
         cells = [_cell(row["cells"].get(s)) for s in systems]
-        lines.append(f"| {task} | {row['metric_name']} | {row['n']} | " + " | ".join(cells) + f" | {beats_base_text(row)} | {needs_llm_text(row)} |")
+        lines.append(f"| {task} | {row['metric_name']} | {row['n']} | " + " | ".join(cells)
+                     + f" | {beats_base_text(row)} | {needs_llm_text(row)} |")
     final = next((r["final"] for r in rows if r.get("final")), None)
     legend = (
         f"Cells: score [95% bootstrap interval] ({scorecard.get('n_boot', N_BOOT)} seeded resamples of the held-out examples, "

@@ -3,7 +3,7 @@
 It answers from the raw inputs (their text, see ``fewshot.input_text``), not from rendered chat
 messages, so it does not implement the ``Engine`` protocol: the task handler routes a task to it
 when the template says ``engine: classical`` (or ``auto`` picked it). Same pipeline as the eval
-baseline (``domain_lm.eval.baseline.make_pipeline``). Nothing is pickled: the model is refitted
+baseline (``make_pipeline`` below; ``domain_lm.eval.baseline`` uses it). Nothing is pickled: the model is refitted
 from the stored examples (deterministic: fixed seed, lbfgs), which takes about a second for a few
 thousand examples, so a writable volume never holds code that the service would unpickle.
 """
@@ -20,6 +20,32 @@ from domain_lm.tasks.template import TaskTemplate
 
 #: What a classical answer names as its model.
 CLASSICAL_MODEL = "tfidf-logreg"
+
+
+def make_pipeline(lang: str = "en", seed: int = 42):
+    """TF-IDF + logistic regression (unfitted); character n-grams for Chinese, which has no spaces between words."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline as sk_pipeline
+
+    if lang == "zh":
+        vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=1, sublinear_tf=True)
+    else:
+        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True, lowercase=True)
+    clf = LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced", random_state=seed)
+    return sk_pipeline(vec, clf)
+
+
+def fit_predict(
+    train_texts: Sequence[str], train_labels: Sequence[str], test_texts: Sequence[str], lang: str = "en", seed: int = 42
+) -> list[str] | None:
+    """Fit on the train split and label the test texts; None when the train split has one class."""
+    if len(set(train_labels)) < 2:
+        return None
+    pipe = make_pipeline(lang, seed)
+    pipe.fit(list(train_texts), list(train_labels))
+    return [str(x) for x in pipe.predict(list(test_texts))]
+
 
 
 class ClassicalModel:
@@ -40,8 +66,6 @@ class ClassicalModel:
 
     def fit(self, inputs: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> "ClassicalModel":
         """Fit on examples (inputs, canonical label); ``ValueError`` with fewer than two labels."""
-        from domain_lm.eval.baseline import make_pipeline
-
         if len(set(labels)) < 2:
             raise ValueError("the classical model needs examples of at least two labels")
         pipe = make_pipeline(self.lang, self.seed)

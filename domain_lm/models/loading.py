@@ -290,7 +290,8 @@ def combine_lora_adapters(adapters: "list[str | Path]", out_dir: str | Path, bas
         for pairs, scale, r in stacks:
             ab = pairs.get(module)
             if ab is not None and (ab["B"].shape[0], ab["A"].shape[1]) != shape:
-                raise AdapterStackError(f"{module}: adapters disagree on its shape ({tuple(shape)} vs {ab['B'].shape[0]}x{ab['A'].shape[1]})")
+                raise AdapterStackError(
+                    f"{module}: adapters disagree on its shape ({tuple(shape)} vs {ab['B'].shape[0]}x{ab['A'].shape[1]})")
             a_blocks.append(scale * ab["A"] if ab is not None else torch.zeros(r, shape[1]))
             b_blocks.append(ab["B"] if ab is not None else torch.zeros(shape[0], r))
         tensors[f"{module}.lora_A.weight"] = torch.cat(a_blocks, dim=0).contiguous()

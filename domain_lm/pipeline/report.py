@@ -17,6 +17,7 @@ from typing import Any
 
 from domain_lm.config import PipelineConfig
 from domain_lm.core import atomic
+from domain_lm.core.figures import pyplot, save_figure
 from domain_lm.pipeline.graph import NODES
 from domain_lm.pipeline.store import Run, StageResult
 
@@ -42,10 +43,7 @@ def _fmt(v: object) -> str:
 def timeline_plot(stages: list[StageResult], path: Path) -> Path | None:
     if not stages:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     t0 = min(s.started_at for s in stages)
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(stages) + 1))
@@ -56,10 +54,7 @@ def timeline_plot(stages: list[StageResult], path: Path) -> Path | None:
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first stage started")
     ax.set_title("Stage timeline")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def scorecard(run: Run) -> dict[str, Any] | None:

@@ -71,7 +71,8 @@ def _notes(config: PipelineConfig, registry: Any, tasks: dict[str, Any]) -> list
     notes = []
     for t, info in tasks.items():
         names = ", ".join(f"{d} ({n})" for d, n in info["datasets"].items())
-        notes.append(f"{t}: held-out examples from {names}" + (" — **synthetic** (code-generated), not real data" if info["synthetic"] else ""))
+        synthetic = " — **synthetic** (code-generated), not real data" if info["synthetic"] else ""
+        notes.append(f"{t}: held-out examples from {names}" + synthetic)
     if not config.tasks.datasets and not config.tasks.demo_tasks:
         missing = [n for n in registry.names() if n not in tasks and not embedded.available("task", n)]
         if missing:

@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from domain_lm.core import atomic
-from domain_lm.core.atomic import FILE_MODE
+from domain_lm.core import atomic, jsonlog
 from domain_lm.data.records import TaskRecord
 
 AUDIT_FILE = "audit.jsonl"
@@ -102,11 +101,7 @@ class AdapterStore:
         return f"AdapterStore({str(self.root)!r})"
 
     def writable(self) -> bool:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return False
-        return os.access(self.root, os.W_OK | os.X_OK)
+        return atomic.dir_writable(self.root)
 
     # ------------------------------------------------------------------ reading
 
@@ -232,24 +227,10 @@ class AdapterStore:
 
     def audit(self, entry: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
-        fd = os.open(self.root / AUDIT_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-        try:
-            os.write(fd, line)  # one O_APPEND write: lines from several replicas do not interleave
-        finally:
-            os.close(fd)
+        jsonlog.append_entry(self.root / AUDIT_FILE, entry)
 
     def audit_entries(self) -> list[dict[str, Any]]:
-        path = self.root / AUDIT_FILE
-        if not path.is_file():
-            return []
-        out = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+        return jsonlog.read_entries(self.root / AUDIT_FILE)
 
 
 def _alive(pid: int) -> bool:

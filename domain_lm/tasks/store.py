@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from domain_lm.core import atomic, jsonlog
 from domain_lm.core.atomic import FILE_MODE
 from domain_lm.tasks.errors import TemplateError
 
@@ -56,11 +56,7 @@ class TemplateStore:
 
     def writable(self) -> bool:
         """The directory exists (or can be made) and this process may create files in it."""
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return False
-        return os.access(self.root, os.W_OK | os.X_OK)
+        return atomic.dir_writable(self.root)
 
     def write(self, name: str, version: int, text: str, author: str, request_id: str | None = None) -> Path:
         """Create ``<name>@<version>.yaml`` with ``text`` in one step; ``VersionTaken`` if it exists."""
@@ -110,21 +106,7 @@ class TemplateStore:
             os.close(dfd)
 
     def _audit(self, entry: dict[str, Any]) -> None:
-        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
-        fd = os.open(self.root / AUDIT_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-        try:
-            os.write(fd, line)  # one O_APPEND write: lines from several replicas do not interleave
-        finally:
-            os.close(fd)
+        jsonlog.append_entry(self.root / AUDIT_FILE, entry)
 
     def audit_entries(self) -> list[dict[str, Any]]:
-        path = self.root / AUDIT_FILE
-        if not path.is_file():
-            return []
-        out = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+        return jsonlog.read_entries(self.root / AUDIT_FILE)

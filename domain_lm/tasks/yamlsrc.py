@@ -75,7 +75,8 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                raise TemplateError("YAML anchors and aliases (&name / *name) are not allowed in templates", file=file, line=event.start_mark.line + 1)
+                raise TemplateError("YAML anchors and aliases (&name / *name) are not allowed in templates",
+                                    file=file, line=event.start_mark.line + 1)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import torch
 
 from domain_lm.config import TrainSection
+from domain_lm.core.figures import pyplot, save_figure
 
 
 def on_gpu() -> bool:
@@ -141,10 +142,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def plot_curves(history: Iterable[dict[str, Any]], keys: list[str], path: str | Path, title: str = "") -> Path | None:
     """Plot ``keys`` against ``step`` from a log history into one PNG (one panel per key)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = list(history)
     present = [k for k in keys if any(k in r for r in rows)]
@@ -159,9 +157,4 @@ def plot_curves(history: Iterable[dict[str, Any]], keys: list[str], path: str | 
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

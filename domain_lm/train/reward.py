@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from domain_lm.config import RewardSection
+from domain_lm.core.figures import pyplot, save_figure
 from domain_lm.data.preference import PreferencePair
 
 log = logging.getLogger(__name__)
@@ -90,20 +91,14 @@ def pair_metrics(
 
 
 def margin_histogram(margins: torch.Tensor, path: Path, title: str = "reward margin (chosen - rejected), held-out pairs") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.hist(margins.numpy(), bins=30, color="#3b7dd8")
     ax.axvline(0.0, color="k", lw=1)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("margin")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- training

@@ -96,7 +96,8 @@ def build_trainer(
     if not getattr(tokenizer, "chat_template", None):
         from domain_lm.errors import DomainLMError
 
-        raise DomainLMError(f"Model {model_path} has no chat template; SFT renders prompts with it (as the service does). Use an instruct model or add a chat template to its tokenizer_config.json.")
+        raise DomainLMError(f"Model {model_path} has no chat template; SFT renders prompts with it (as the service does). "
+                            "Use an instruct model or add a chat template to its tokenizer_config.json.")
     if section.qlora and section.peft.method == "lora" and qlora_available():
         model = _load_4bit(model_path)
     else:

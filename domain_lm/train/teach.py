@@ -263,23 +263,10 @@ def teach(job: TeachJob) -> dict[str, Any]:
         pools = _pools(t, train, t.few_shot.max_chars if t.few_shot else 2000)
         k = t.few_shot.k if t.few_shot else cfg.few_shot_k
         serving = "adapter" if adapter else ("few_shot" if t.few_shot else "zero_shot")
-        _check(job)
-        job.progress("evaluating", 0.0, f"scoring the {SYSTEM_NAMES[serving]} answers on {len(held_eval)} held-out examples")
-        run = run_llm(
-            job.engine,
-            t,
-            held_eval,
-            adapter,
-            pools if serving == "few_shot" else None,
-            k,
-            cfg,
-            lambda f: job.progress("evaluating", f, f"scoring {SYSTEM_NAMES[serving]}"),
-        )
-        systems[serving] = summarize(t, held_eval, run, cfg.n_boot, cfg.seed)
+        started = f"scoring the {SYSTEM_NAMES[serving]} answers on {len(held_eval)} held-out examples"
+        systems[serving] = _score_llm(job, "evaluating", started, serving, held_eval, adapter, pools, k)
         if adapter:
             systems[serving].update(adapter=adapter, train={k: v for k, v in train_info.items() if not isinstance(v, (list, dict))})
-        if serving == "few_shot":
-            systems[serving]["k"] = k
         timings["to_serving_s"] = time.perf_counter() - t_start
         report = {
             "task": t.name,
@@ -323,6 +310,36 @@ def _check(job: TeachJob) -> None:
         raise JobCancelled("the job was cancelled")
 
 
+def _score_llm(
+    job: TeachJob,
+    phase: str,
+    started: str,
+    system: str,
+    held: list[TaskRecord],
+    adapter: str | None,
+    pools: dict[str, ExampleIndex],
+    k: int,
+) -> dict[str, Any]:
+    """Score one LLM serving system (zero-shot, few-shot or adapter) on ``held``, reporting progress as ``phase``."""
+    t, cfg = job.template, job.config
+    _check(job)
+    job.progress(phase, 0.0, started)
+    run = run_llm(
+        job.engine,
+        t,
+        held,
+        adapter,
+        pools if system == "few_shot" else None,
+        k,
+        cfg,
+        lambda f: job.progress(phase, f, f"scoring {SYSTEM_NAMES[system]}"),
+    )
+    out = summarize(t, held, run, cfg.n_boot, cfg.seed)
+    if system == "few_shot":
+        out["k"] = k
+    return out
+
+
 def _compare(
     job: TeachJob, v: TaskVersion, held: list[TaskRecord], pools: dict[str, ExampleIndex], k: int, systems: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
@@ -333,21 +350,8 @@ def _compare(
         for system in ("zero_shot", "few_shot"):
             if system in systems:
                 continue
-            _check(job)
-            job.progress("comparing", 0.0, f"scoring {SYSTEM_NAMES[system]} on {len(held)} held-out examples")
-            run = run_llm(
-                job.engine,
-                t,
-                held,
-                None,
-                pools if system == "few_shot" else None,
-                k,
-                cfg,
-                lambda f, s=system: job.progress("comparing", f, f"scoring {SYSTEM_NAMES[s]}"),
-            )
-            comp["systems"][system] = summarize(t, held, run, cfg.n_boot, cfg.seed)
-            if system == "few_shot":
-                comp["systems"][system]["k"] = k
+            started = f"scoring {SYSTEM_NAMES[system]} on {len(held)} held-out examples"
+            comp["systems"][system] = _score_llm(job, "comparing", started, system, held, None, pools, k)
         everything = {**systems, **comp["systems"]}
         pairs = [("adapter", "zero_shot"), ("adapter", "classical"), ("few_shot", "zero_shot"), ("classical", "zero_shot")]
         comp["diffs"] = {

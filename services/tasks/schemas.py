@@ -1,4 +1,4 @@
-"""Request and response models of the task endpoints (the OpenAI ones live in ``routers/openai``)."""
+"""Request and response models of the task endpoints (the OpenAI ones live in ``services.openai.schemas``)."""
 
 from __future__ import annotations
 
