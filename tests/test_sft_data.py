@@ -198,7 +198,10 @@ def test_demo_tasks_cover_every_synthetic_bundled_task_in_its_languages(registry
 
 def test_demo_build_mixes_tasks_and_languages(tmp_path, registry, tokenizer):
     cfg = build_config(
-        {"tasks": {"templates_dir": TEMPLATES, "demo_tasks": ["sentiment", "entities"], "demo_langs": ["en", "zh"]}, "sft": {"train": {"max_seq_len": 2048}}}
+        {
+            "tasks": {"templates_dir": TEMPLATES, "demo_tasks": ["sentiment", "entities"], "demo_langs": ["en", "zh"]},
+            "sft": {"train": {"max_seq_len": 2048}},
+        }
     )
     stats = S.build_sft_data(cfg, tokenizer, tmp_path / "demo", registry=registry)
     train = [json.loads(x) for x in (tmp_path / "demo" / "train.jsonl").read_text().splitlines()]
