@@ -216,11 +216,14 @@ def test_run_sentiment(live, browser):
 def test_run_json_task(live, browser):
     base, _ = live
     go(browser, base, "/try/entities")
-    visible(browser, "#in-text").send_keys("HSBC and the People's Bank of China met in Shanghai.")
+    text = "HSBC and the People's Bank of China met in Shanghai."
+    visible(browser, "#in-text").send_keys(text)
     browser.find_element(By.ID, "run-btn").click()
     output = visible(browser, "#result-output")
     value = json.loads(output.text)  # the typed output is rendered as JSON
-    assert isinstance(value, list) and all(set(item) == {"text", "type"} for item in value)
+    # Each entity with its character offsets in the input (grounded spans).
+    assert isinstance(value, list) and all(set(item) == {"text", "type", "start", "end"} for item in value)
+    assert all(text[item["start"] : item["end"]] == item["text"] for item in value)
     assert browser.find_element(By.ID, "result-raw").text.strip().startswith("[")
     shot(browser, "05-run-json-task")
 

@@ -100,4 +100,4 @@ def test_every_bundled_task_through_the_fallback(engine):
     for t in reg:
         ex = next(x for x in t.examples if x.lang == "en")
         ans = runner.run(t, ex.inputs, lang="en")
-        assert ans.output == t.parse_output(ans.raw_text, "en")
+        assert ans.output == t.output.locate(t.parse_output(ans.raw_text, "en", inputs=ex.inputs), ex.inputs)  # with offsets

@@ -104,8 +104,10 @@ def test_every_bundled_task_satisfies_its_contract(engine, templates_dir):
     for (t, lang), r in zip(expect, responses):
         assert r.status_code == 200, (t.name, lang, r.text)
         body = r.json()
-        # The returned output is exactly what the template's own contract check makes of the raw text.
-        assert t.parse_output(body["raw_text"], lang) == body["output"], (t.name, lang)
+        # The returned output is exactly what the template's own contract check makes of the raw text
+        # (grounded spans with their character offsets in the input).
+        inputs = next(e for e in t.examples if e.lang == lang).inputs
+        assert t.output.locate(t.parse_output(body["raw_text"], lang, inputs=inputs), inputs) == body["output"], (t.name, lang)
         assert body["model"] == "tiny" and body["usage"]["completion_tokens"] > 0
         if t.output.kind == "label":
             assert body["raw_text"] in t.choices(lang)

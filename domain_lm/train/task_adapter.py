@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain_lm.config import LoraSection, PeftSection, SftSection, TaskDataset, TrainSection
+from domain_lm.config import LoraSection, PeftSection, SftSection, TaskDataset
 from domain_lm.data.records import TaskRecord, default_field_map, records_from_rows
 from domain_lm.errors import DataError, DomainLMError
 from domain_lm.tasks import InputError, TaskTemplate
@@ -181,7 +181,7 @@ def sft_section(cfg: TeachConfig, steps: int) -> SftSection:
     return SftSection(
         peft=PeftSection(lora=LoraSection(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout), top_layers=cfg.top_layers),
         few_shot_fraction=0.0,
-        train=TrainSection(
+        train=dict(  # validated into the SFT stage's own train section (its defaults)
             learning_rate=cfg.learning_rate,
             max_steps=steps,
             batch_size=cfg.batch_size,
