@@ -360,7 +360,7 @@ def test_rows_whose_answer_breaks_the_contract_are_skipped_and_counted(tmp_path,
         path = _write_jsonl(tmp_path / f"{name}.jsonl", rows)
         ds = {"task": "extraction", "path": str(path), "fields": {"text": "text", "field": "field"}, "label_field": "answer"}
         return build_config({"tasks": {"templates_dir": TEMPLATES, "eval_fraction": 0.0, "datasets": [ds]},
-                             "sft": {"few_shot_fraction": 0.0, "train": {"max_seq_len": 4096}}})
+                             "sft": {"examples_per_task": None, "few_shot_fraction": 0.0, "train": {"max_seq_len": 4096}}})
 
     stats = S.build_sft_data(cfg([good, bad], "mixed"), tokenizer, tmp_path / "mixed", registry=registry)
     assert stats.train_examples == {"extraction": 1} and stats.records == {"extraction": 1}

@@ -169,7 +169,7 @@ def test_sft_stage_writes_adapter_model_card_and_curve(tmp_path, tiny_model_dir)
             "run": {"name": "s", "output_dir": str(tmp_path / "runs")},
             "base_model": {"name": str(tiny_model_dir)},
             "tasks": {"templates_dir": TEMPLATES, "demo_tasks": ["sentiment", "business_line"], "demo_langs": ["en"]},
-            "sft": {"max_examples_per_task": 16, "per_task_adapters": True, "lora": {"r": 4, "alpha": 8},
+            "sft": {"examples_per_task": None, "max_examples_per_task": 16, "per_task_adapters": True, "lora": {"r": 4, "alpha": 8},
                     "train": {"max_steps": 3, "batch_size": 2, "max_seq_len": 512, "logging_steps": 1, "save_steps": 2}},
         }
     )
