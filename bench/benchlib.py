@@ -15,6 +15,7 @@ The benches import this module from their own directory (``python bench/<bench>.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -334,3 +335,32 @@ def model_dir(name: str) -> Path:
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+
+def add_training_args(ap: argparse.ArgumentParser, out: str) -> None:
+    """The arguments every training bench shares: model, data, the SFT recipe, held-out cap, seed, output folder."""
+    ap.add_argument("--model", default=None, help="Registry name or directory (default: smollm2-135m for en, gemma3-270m for zh).")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--max-steps", type=int, default=-1, help="Cap on optimiser steps per run (-1: epochs decide).")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--top-layers", type=int, default=None)
+    ap.add_argument("--max-seq-len", type=int, default=1024)
+    ap.add_argument("--test-max", type=int, default=None, help="Cap on held-out records per task (default: the task's).")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / out)
+
+
+def prepare(args: argparse.Namespace, default_tasks: str) -> tuple[list[BenchTask], Path, dict[str, TaskData], Recipe]:
+    """Logging on; the bench tasks, the model directory, each task's split data and the recipe from ``args``."""
+    setup_logging()
+    tasks = tasks_of(args.tasks or default_tasks)
+    model = model_dir(args.model or MODELS[args.lang])
+    data = {t.key: task_data(t, args.data, args.seed) for t in tasks}
+    if args.test_max:
+        data = {k: TaskData(d.train, d.test[: args.test_max], d.held_out_total) for k, d in data.items()}
+    recipe = Recipe(lr=args.lr, rank=args.rank, epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps,
+                    top_layers=args.top_layers, max_seq_len=args.max_seq_len, seed=args.seed)
+    return tasks, model, data, recipe

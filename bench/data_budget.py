@@ -32,28 +32,9 @@ def main() -> None:
     ap.add_argument("--lang", default="en", choices=["en", "zh"])
     ap.add_argument("--tasks", default=None, help="Comma list of bench tasks (default: the language's mix, see --help of sft_bench).")
     ap.add_argument("--budgets", default="100,300,1000,3000", help="Training examples per task, comma list.")
-    ap.add_argument("--model", default=None, help="Registry name or directory (default: smollm2-135m for en, gemma3-270m for zh).")
-    ap.add_argument("--data", type=Path, default=B.DATA)
-    ap.add_argument("--epochs", type=float, default=2.0)
-    ap.add_argument("--max-steps", type=int, default=-1, help="Cap on optimiser steps per run (-1: epochs decide).")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--top-layers", type=int, default=None)
-    ap.add_argument("--max-seq-len", type=int, default=1024)
-    ap.add_argument("--test-max", type=int, default=None, help="Cap on held-out records per task (default: the task's).")
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--out", type=Path, default=B.REPO / "runs" / "bench-data-budget")
+    B.add_training_args(ap, "bench-data-budget")
     args = ap.parse_args()
-    B.setup_logging()
-
-    tasks = B.tasks_of(args.tasks or default_mix(args.lang))
-    model = B.model_dir(args.model or B.MODELS[args.lang])
-    data = {t.key: B.task_data(t, args.data, args.seed) for t in tasks}
-    if args.test_max:
-        data = {k: B.TaskData(d.train, d.test[: args.test_max], d.held_out_total) for k, d in data.items()}
-    recipe = B.Recipe(lr=args.lr, rank=args.rank, epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps,
-                      top_layers=args.top_layers, max_seq_len=args.max_seq_len, seed=args.seed)
+    tasks, model, data, recipe = B.prepare(args, default_mix(args.lang))
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
     base = B.base_scores(model, tasks, data, args.out)
     rows: dict[int, dict[str, Any]] = {0: {"scores": base, "examples_used": {t.key: 0 for t in tasks}}}

@@ -39,29 +39,10 @@ def main() -> None:
     ap.add_argument("--tasks", default=None, help="Comma list of bench tasks (default: the language's mix).")
     ap.add_argument("--per-task", type=int, default=300, help="Training examples per task in every run.")
     ap.add_argument("--leave-one-out", action="store_true", help="Also train every mix without one task (pairwise contributions).")
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--data", type=Path, default=B.DATA)
-    ap.add_argument("--epochs", type=float, default=2.0)
-    ap.add_argument("--max-steps", type=int, default=-1)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--top-layers", type=int, default=None)
-    ap.add_argument("--max-seq-len", type=int, default=1024)
-    ap.add_argument("--test-max", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--out", type=Path, default=B.REPO / "runs" / "bench-data-budget")
+    B.add_training_args(ap, "bench-task-interaction")
     args = ap.parse_args()
-    B.setup_logging()
-
-    tasks = B.tasks_of(args.tasks or default_mix(args.lang))
+    tasks, model, data, recipe = B.prepare(args, default_mix(args.lang))
     keys = [t.key for t in tasks]
-    model = B.model_dir(args.model or B.MODELS[args.lang])
-    data = {t.key: B.task_data(t, args.data, args.seed) for t in tasks}
-    if args.test_max:
-        data = {k: B.TaskData(d.train, d.test[: args.test_max], d.held_out_total) for k, d in data.items()}
-    recipe = B.Recipe(lr=args.lr, rank=args.rank, epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps,
-                      top_layers=args.top_layers, max_seq_len=args.max_seq_len, seed=args.seed)
     counts = {k: min(args.per_task, len(data[k].train)) for k in keys}
     rows: dict[str, dict[str, Any]] = {"base": {"scores": B.base_scores(model, tasks, data, args.out)}}
     # The all-together run first: it is the data-budget bench's cell for the same N.
