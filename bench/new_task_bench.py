@@ -15,6 +15,13 @@ Tasks: ``fpb`` (Financial PhraseBank sentence sentiment, 3 classes; CC BY-NC-SA,
 shared data, never copied) and ``banking77`` (77 customer intents). Goals (2 CPU cores): the
 adapter serves within 10 minutes of the upload, and on the three-class task it beats zero-shot by
 at least 0.3 weighted F1.
+
+Measured 2026-11-29 (2 cores, vLLM CPU, defaults; weighted F1 on the held-out examples, 95% CI):
+  fpb (778 train / 200 scored): zero-shot 0.050, few-shot 0.352, adapter 0.407 [0.333, 0.493],
+    classical 0.663; adapter - zero-shot +0.358 [+0.264, +0.459]; adapter serving 586 s after upload.
+  banking77 (826 / 174): zero-shot 0.001, few-shot 0.482, adapter 0.247, classical 0.631; adapter
+    serving 521 s after upload. Both tasks then serve with the classical model (at least as good).
+  Another task during the jobs: 1,117 requests, 0 errors.
 """
 
 from __future__ import annotations
