@@ -25,30 +25,17 @@ def tweets_csv(path, n=60):
     return path
 
 
+def train_args(data, *extra: str) -> list[str]:
+    """``domain-lm tasks train sentiment`` on the tweets file, mapped to the template, plus ``extra``."""
+    return ["tasks", "train", "sentiment", "--data", str(data), "--fields", '{"text": "tweet"}', "--label-map", MAP, *extra]
+
+
 def test_train_locally_writes_a_version_and_prints_the_comparison(tmp_path, tiny_model_dir):
     templates = tmp_path / "task_templates"
     shutil.copytree(REPO / "task_templates", templates)
     data = tweets_csv(tmp_path / "tweets.csv")
-    args = [
-        "tasks",
-        "train",
-        "sentiment",
-        "--data",
-        str(data),
-        "--fields",
-        '{"text": "tweet"}',
-        "--label-map",
-        MAP,
-        "--no-adapter",
-        "--model",
-        str(tiny_model_dir),
-        "--dir",
-        str(templates),
-        "--set",
-        "max_eval=12",
-        "--set",
-        "n_boot=100",
-    ]
+    args = train_args(data, "--no-adapter", "--model", str(tiny_model_dir), "--dir", str(templates),
+                      "--set", "max_eval=12", "--set", "n_boot=100")
     r = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     assert "zero_shot" in r.output and "few_shot" in r.output and "classical" in r.output and "serving" in r.output
@@ -84,19 +71,7 @@ def test_train_against_a_running_service(tmp_path):
         time.sleep(0.05)
     try:
         data = tweets_csv(tmp_path / "tweets.csv")
-        base = [
-            "tasks",
-            "train",
-            "sentiment",
-            "--data",
-            str(data),
-            "--fields",
-            '{"text": "tweet"}',
-            "--label-map",
-            MAP,
-            "--url",
-            f"http://127.0.0.1:{port}",
-        ]
+        base = train_args(data, "--url", f"http://127.0.0.1:{port}")
         r = runner.invoke(app, [*base, "--key", "cli-admin"], env={"COLUMNS": "200"})
         assert r.exit_code == 0, r.output
         assert "succeeded" in r.output and "adapter" in r.output and "engine: auto" in r.output

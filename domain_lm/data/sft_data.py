@@ -196,7 +196,7 @@ def has_target(template: Any, record: TaskRecord) -> bool:
     try:
         template.target_text(template.output.training_value(record.output, record.inputs, record.lang), lang=record.lang)
     except ContractError as e:
-        log.warning("task %s: a record is not trained on: its answer breaks the contract: %s", template.name, e)
+        log.warning("task %s: a record is left out of the rendered examples: its answer breaks the contract: %s", template.name, e)
         return False
     return True
 
