@@ -94,7 +94,7 @@ def test_upload_trains_and_the_task_answers_with_what_serves(templates):
     app = make(templates, engine)
     with client(app) as c:
         before = c.post("/v1/tasks/sentiment", json={"input": {"text": "Profit rose."}}).json()
-        assert before["engine"] == "llm" and before["adapter"] is None and before["calibrated"] is False
+        assert before["engine"] == "llm" and before["adapter"] is None and before["confidence"] is None  # not scored: no need
         r = upload(c)
         assert r.status_code == 202, r.text
         body = r.json()
@@ -144,6 +144,25 @@ def test_template_options_choose_the_engine(templates):
         bad = (templates / "extraction.yaml").read_text().replace("version: 1\n", "")
         r = c.put("/v1/tasks/extraction", content="engine: classical\n" + bad)
         assert r.status_code == 400 and "label tasks only" in r.json()["detail"]["message"]
+
+
+def test_a_label_answer_is_scored_only_when_it_needs_a_probability(templates):
+    # Scoring every label costs a prompt pass per label: the default answer is one constrained decode.
+    engine = FakeEngine(model_name="fake", choice_margin=0.1)
+    with client(make(templates, engine)) as c:
+        plain = c.post("/v1/tasks/sentiment", json={"input": {"text": "Profit rose."}}).json()
+        assert plain["confidence"] is None and engine.requests[-1].score_choices is False
+        asked = c.post("/v1/tasks/sentiment", json={"input": {"text": "Profit rose."}, "confidence": True}).json()
+        assert engine.requests[-1].score_choices is True and asked["output"] == plain["output"]
+        assert asked["confidence"] == pytest.approx(1 / (1 + 2 * 2.718281828**-0.1), rel=1e-6)
+        batch = c.post("/v1/tasks/sentiment:batch", json={"inputs": [{"text": "a"}, {"text": "b"}], "confidence": True}).json()
+        assert [item["result"]["confidence"] is not None for item in batch["items"]] == [True, True]
+    engine = FakeEngine(model_name="fake")
+    with client(make(templates, engine, label_probabilities=True)) as c:
+        always = c.post("/v1/tasks/sentiment", json={"input": {"text": "Profit rose."}}).json()
+        assert always["confidence"] is not None and engine.requests[-1].score_choices is True
+        off = c.post("/v1/tasks/sentiment", json={"input": {"text": "Profit rose."}, "confidence": False}).json()
+        assert off["confidence"] is None and engine.requests[-1].score_choices is False
 
 
 def test_abstains_below_the_threshold(templates):

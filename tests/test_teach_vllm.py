@@ -94,7 +94,7 @@ def test_teach_a_task_while_serving_with_no_error_and_no_restart(engine, tmp_pat
     with TestClient(app, headers=headers) as c:
         put = c.put("/v1/tasks/stance", content=STANCE, headers={"Content-Type": "application/yaml"})
         assert put.status_code == 200, put.text
-        before = c.post("/v1/tasks/stance", json={"input": {"text": "Stocks crash."}}).json()
+        before = c.post("/v1/tasks/stance", json={"input": {"text": "Stocks crash."}, "confidence": True}).json()
         assert before["adapter"] is None and before["engine"] == "llm" and before["confidence"] is not None
 
     async def scenario():

@@ -132,8 +132,12 @@ class TaskHandler(Handler):
 
     # ------------------------------------------------------------------ answer
 
-    async def answer(self, t: TaskTemplate, inputs: dict[str, Any], lang: str, adapter: str | None) -> TaskResponse:
-        """One answer by the task's serving plan (a request's ``adapter`` forces that LLM adapter)."""
+    async def answer(
+        self, t: TaskTemplate, inputs: dict[str, Any], lang: str, adapter: str | None, confidence: bool | None = None
+    ) -> TaskResponse:
+        """One answer by the task's serving plan (a request's ``adapter`` forces that LLM adapter). A label answer
+        is scored (every label's likelihood: a probability) when the task abstains, its plan is calibrated, the
+        request asks or the service always scores; otherwise it is one constrained decode, the fast path."""
         state = self.state
         runner = self.runner
         plan = state.taught.plan(t, runner.engine.adapters)
@@ -145,7 +149,8 @@ class TaskHandler(Handler):
             return TaskResponse.model_validate(answer.model_dump())
         use = adapter if adapter is not None else plan.adapter
         shots = await state.taught.shots(t, inputs, lang, plan.few_shot_k) if use is None else []
-        score = labels and self.settings.label_probabilities and scores_labels(t, lang, self.settings.max_scored_choices)
+        wanted = confidence if confidence is not None else self.settings.label_probabilities or self._needs_scores(t, plan, use)
+        score = labels and wanted and scores_labels(t, lang, self.settings.max_scored_choices)
         request = llm_request(runner, t, inputs, lang, use, shots, score)
         t0 = time.perf_counter()
         request, result = await runner.agenerate(request)
@@ -157,6 +162,12 @@ class TaskHandler(Handler):
             probs = t.output.probabilities(result.choice_logprobs, lang, temperature or 1.0)
             out = self._decided(out, t, probs, temperature is not None)
         return out
+
+    @staticmethod
+    def _needs_scores(t: TaskTemplate, plan: ServingPlan, use: str | None) -> bool:
+        """The answer itself depends on the probability: an abstain threshold, or a calibrated taught adapter."""
+        abstains = getattr(t.output, "abstain_below", None) is not None
+        return abstains or (plan.temperature is not None and use == plan.adapter)
 
     @staticmethod
     def _decided(out: TaskResponse, t: TaskTemplate, probs: dict[str, float], calibrated: bool) -> TaskResponse:
@@ -194,7 +205,7 @@ class TaskHandler(Handler):
             call.note(body=inputs)
         self.runner  # noqa: B018 - 503 before taking a slot while the engine loads
         async with self.guarded(1, task=name):
-            response = await self.answer(t, inputs, body.lang, body.adapter)
+            response = await self.answer(t, inputs, body.lang, body.adapter, body.confidence)
         return self._count(response)
 
     async def run_batch(self, call: Call, name: str, body: BatchRequest) -> BatchResponse:
@@ -208,7 +219,8 @@ class TaskHandler(Handler):
         self.runner  # noqa: B018
         t0 = time.perf_counter()
         async with self.guarded(len(inputs), task=name):
-            results = await asyncio.gather(*(self.answer(t, x, body.lang, body.adapter) for x in inputs), return_exceptions=True)
+            answers = (self.answer(t, x, body.lang, body.adapter, body.confidence) for x in inputs)
+            results = await asyncio.gather(*answers, return_exceptions=True)
         items = []
         for i, res in enumerate(results):
             if isinstance(res, TaskResponse):

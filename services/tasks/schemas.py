@@ -16,6 +16,11 @@ class TaskRequest(BaseModel):
     lang: str = Field("en", max_length=16)
     version: int | None = Field(None, ge=1, description="A template version; default: the current one.")
     adapter: str | None = Field(None, max_length=128, description="LoRA adapter; default: the task's own, else the base model.")
+    confidence: bool | None = Field(
+        None,
+        description="Label tasks: true scores every label and returns the answer's probability; default: only when the task "
+        "needs it (an abstain threshold or a calibrated adapter) or the service is set to always.",
+    )
 
 
 class BatchRequest(BaseModel):
@@ -25,6 +30,11 @@ class BatchRequest(BaseModel):
     lang: str = Field("en", max_length=16)
     version: int | None = Field(None, ge=1)
     adapter: str | None = Field(None, max_length=128)
+    confidence: bool | None = Field(
+        None,
+        description="Label tasks: true scores every label and returns the answer's probability; default: only when the task "
+        "needs it (an abstain threshold or a calibrated adapter) or the service is set to always.",
+    )
 
 
 class TaskResponse(BaseModel):

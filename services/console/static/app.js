@@ -350,7 +350,7 @@ async function pageTry(name) {
     btn.disabled = true;
     result.replaceChildren(h("h2", {}, "Answer"), spinner("Asking the model…"));
     try {
-      const answer = await api(`/v1/tasks/${encodeURIComponent(t.name)}`, { method: "POST", json: { input: readInputs(form, t), lang: langSel.value } });
+      const answer = await api(`/v1/tasks/${encodeURIComponent(t.name)}`, { method: "POST", json: { input: readInputs(form, t), lang: langSel.value, confidence: true } });
       result.replaceChildren(h("h2", {}, "Answer"), answerView(t, answer));
     } catch (e) {
       result.replaceChildren(h("h2", {}, "Answer"), errorView(e, form));
