@@ -240,3 +240,49 @@ def test_invalid_sampling_values_are_client_errors_not_500(engine, templates_dir
     assert too_long.status_code == 400 and too_long.json()["detail"]["error"] == "engine_rejected", too_long.text
     assert ok.status_code == 200
     assert engine.is_ready()  # the engine survived both
+
+
+def test_a_greedy_label_walks_the_token_trie_one_step_per_branch(tiny_model_dir):
+    """The label fast path asks the engine for one token only where the labels branch, among the
+    branch's tokens, and the answer is the path its greedy picks spell (a stub engine prefers fixed tokens)."""
+    from types import SimpleNamespace
+
+    from domain_lm.inference import GenerationRequest
+    from domain_lm.inference._loop import LoopThread
+    from domain_lm.inference.vllm_engine import VllmEngine
+    from domain_lm.models.loading import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    choices = ["card arrival", "card linking", "loan", "loan top up"]
+    ids = {c: tok(c, add_special_tokens=False)["input_ids"] for c in choices}
+    assert ids["card arrival"][0] == ids["card linking"][0] and ids["loan top up"][: len(ids["loan"])] == ids["loan"]
+    prefer = set(ids["card linking"])
+    asked: list[tuple[int, list[int]]] = []
+
+    class StubLLM:
+        async def generate(self, prompt, params, request_id, lora_request=None):
+            allowed = list(params.allowed_token_ids)
+            assert params.max_tokens == 1 and params.temperature == 0.0 and len(allowed) > 1
+            asked.append((len(prompt["prompt_token_ids"]), allowed))
+            pick = next((t for t in allowed if t in prefer), allowed[0])
+            yield SimpleNamespace(outputs=[SimpleNamespace(token_ids=[pick])])
+
+    eng = object.__new__(VllmEngine)
+    eng.tokenizer, eng.adapters, eng._llm, eng._lora, eng._loop = tok, {}, StubLLM(), {}, LoopThread("stub")
+    try:
+        msgs = [{"role": "user", "content": "Which intent?"}]
+        got = eng.generate_batch([GenerationRequest(messages=msgs, choices=choices)])[0]
+        n_prompt = got.prompt_tokens
+        branch = next(i for i, (a, b) in enumerate(zip(ids["card arrival"], ids["card linking"])) if a != b)
+        assert got.text == "card linking" and got.completion_tokens == len(ids["card linking"])
+        # a step at the root (card... / loan...), then one where "card arrival" and "card linking" part
+        assert [n - n_prompt for n, _ in asked] == [0, branch]
+        assert sorted(asked[0][1]) == sorted({ids["card arrival"][0], ids["loan"][0]})
+        # "loan" is a prefix of "loan top up": end of sequence is one of the branch's tokens
+        asked.clear()
+        prefer.clear()
+        prefer.update({ids["loan"][0], tok.eos_token_id})
+        got = eng.generate_batch([GenerationRequest(messages=msgs, choices=choices)])[0]
+        assert got.text == "loan" and tok.eos_token_id in asked[-1][1]
+    finally:
+        eng._loop.stop()

@@ -1,7 +1,8 @@
 """The vLLM engine (the only module that imports vllm): async engine, structured outputs, LoRA.
 
-Labels are decoded with ``StructuredOutputsParams(choice=...)`` and JSON with ``(json=schema)``, so
-the contract holds by construction; each request may name one of the adapters loaded at start, or
+Greedy label answers walk the labels' token trie (a step only where labels branch: usually the
+prompt pass alone); sampled labels are decoded with ``StructuredOutputsParams(choice=...)`` and JSON
+with ``(json=schema)``, so the contract holds by construction; each request may name one of the adapters loaded at start, or
 one added while serving (``add_adapter``, when the engine was started with ``lora_slots``). A label
 request with ``score_choices`` is answered by scoring every choice instead (one step per node of the
 choices' token trie).
@@ -281,12 +282,50 @@ class VllmEngine:
     async def _generate(self, request: GenerationRequest) -> GenerationResult:
         if request.score_choices:
             return await self._score_choices(request)
+        if request.choices is not None and request.temperature == 0.0 and request.stop is None:
+            return await self._pick_choice(request)
         final = None
         async for final in self._results(request):
             pass
         if final is None:
             raise EngineError("vLLM returned no output.")
         return final
+
+    async def _pick_choice(self, request: GenerationRequest) -> GenerationResult:
+        """A greedy label answer by walking the choices' token trie: one step (``max_tokens=1``,
+        ``allowed_token_ids`` = the node's children) only where the choices branch; a node with one
+        child costs nothing. When the first tokens tell the labels apart this is the prompt pass
+        alone, where grammar-constrained decoding spends a step per token plus end of sequence.
+        The answer is the greedy path over the choices' canonical tokens (the path scoring walks)."""
+        from vllm.exceptions import VLLMValidationError
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import SamplingParams
+
+        if self._llm is None:
+            raise EngineError("The vLLM engine is closed.")
+        check_adapter(self, request.adapter)
+        prompt = encode_prompt(self.tokenizer, request)
+        lora = self._lora_request(request.adapter)
+        live = choice_continuations(self.tokenizer, request, self.tokenizer.eos_token_id)
+        depth = 0
+        while len(live) > 1:
+            children = sorted({cont[depth] for _, cont in live})
+            if len(children) > 1:
+                params = SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=children, detokenize=False)
+                ids = TokensPrompt(prompt_token_ids=prompt + live[0][1][:depth])
+                final = None
+                try:
+                    async for final in self._llm.generate(ids, params, uuid.uuid4().hex, lora_request=lora):
+                        pass
+                except (ValueError, TypeError, VLLMValidationError) as e:
+                    raise EngineError(f"vLLM rejected the request: {e}") from e
+                if final is None or not final.outputs or not final.outputs[0].token_ids:
+                    raise EngineError("vLLM returned no token for a label answer")
+                token = final.outputs[0].token_ids[0]
+                live = [(c, cont) for c, cont in live if cont[depth] == token]
+            depth += 1
+        text, cont = live[0]
+        return GenerationResult(text=text, prompt_tokens=len(prompt), completion_tokens=len(cont) - 1, finish_reason="stop")
 
     async def _score_choices(self, request: GenerationRequest) -> GenerationResult:
         """Each choice's log-likelihood (its tokens + EOS after the prompt); the answer is the most
