@@ -77,3 +77,16 @@ def test_score_dispatch_and_primary():
     assert M.primary("classification", s) == pytest.approx(s["weighted_f1"])
     with pytest.raises(ValueError):
         M.score("bleu", [], [])
+
+
+def test_extraction_exact_match_is_the_answer_and_the_evidence_is_scored_apart():
+    from domain_lm.tasks.metrics import extraction_scores
+
+    gold = {"evidence": "which resulted in a $902 million gain", "value": 902, "unit": "USD million", "period": "2020"}
+    other_span = {**gold, "evidence": "a $902 million gain"}  # another span of the text that states the figure
+    wrong_unit = {**gold, "unit": "USD thousand"}
+    s = extraction_scores([gold, gold, gold], [other_span, wrong_unit, None])
+    assert s["exact_match"] == pytest.approx(1 / 3)
+    assert s["per_field_accuracy"]["evidence"] == pytest.approx(1 / 3) and s["per_field_accuracy"]["unit"] == pytest.approx(1 / 3)
+    # token F1 after SQuAD normalisation ("902 million gain" in "which resulted in 902 million gain"), 1.0, 0 for no answer
+    assert s["evidence_overlap"] == pytest.approx((2 * 3 / 9 + 1.0 + 0.0) / 3)

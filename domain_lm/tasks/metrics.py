@@ -156,30 +156,50 @@ def _field_match(g: Any, p: Any, rel_tol: float) -> bool:
     return exact_match(g, p)
 
 
+#: Fields of an extraction answer that support it rather than answer it (see ``extraction_scores``).
+PROVENANCE = ("evidence",)
+
+
+def _token_f1(gold: str, pred: str) -> float:
+    g, p = normalize_text(gold).split(), normalize_text(pred).split()
+    common = sum((Counter(g) & Counter(p)).values())
+    return 0.0 if not common else 2 * common / (len(g) + len(p))
+
+
 def extraction_scores(gold: Sequence[Any], pred: Sequence[Any | None], rel_tol: float = 0.01) -> dict[str, Any]:
     """Exact match and numeric match for extraction / table QA.
 
     Values may be scalars or JSON objects. For objects, a field matches when strings are equal after
-    normalisation and numbers are within ``rel_tol``; ``exact_match`` needs every gold field right,
-    ``field_accuracy`` is the share of gold fields right. ``numeric_match`` is over examples whose
-    gold value (or gold ``value`` field) is a number.
+    normalisation and numbers are within ``rel_tol``; ``exact_match`` needs every gold *answer* field
+    right: the provenance fields (``PROVENANCE``: the evidence span) are not part of the answer, since
+    any span of the text that states the figure supports it and an annotator's exact span boundaries
+    are not a property of a correct extraction; their grounding is enforced at decode time and counted
+    apart. ``evidence_overlap`` is the mean token F1 of the answer's evidence with the gold one.
+    ``field_accuracy`` is the share of gold fields right (provenance included, exactly);
+    ``numeric_match`` is over examples whose gold value (or gold ``value`` field) is a number.
     """
     if len(gold) != len(pred):
         raise ValueError(f"gold has {len(gold)} items but pred has {len(pred)}")
     em = fields_ok = fields_total = num_ok = num_total = 0
+    overlaps: list[float] = []
     per_field: dict[str, Counter] = {}
     for g, p in zip(gold, pred):
         if isinstance(g, dict):
             pd_ = p if isinstance(p, dict) else {}
-            oks = []
+            oks, answer_ok = [], []
             for k, gv in g.items():
                 ok = p is not None and _field_match(gv, pd_.get(k), rel_tol)
                 oks.append(ok)
+                if k not in PROVENANCE:
+                    answer_ok.append(ok)
                 per_field.setdefault(k, Counter())["ok"] += ok
                 per_field[k]["n"] += 1
             fields_ok += sum(oks)
             fields_total += len(oks)
-            em += p is not None and all(oks)
+            em += p is not None and all(answer_ok)
+            for k in PROVENANCE:
+                if isinstance(g.get(k), str) and g[k].strip():
+                    overlaps.append(_token_f1(g[k], pd_[k]) if isinstance(pd_.get(k), str) else 0.0)
             gnum, pnum = g.get("value"), pd_.get("value")
         else:
             ok = p is not None and _field_match(g, p, rel_tol)
@@ -195,6 +215,7 @@ def extraction_scores(gold: Sequence[Any], pred: Sequence[Any | None], rel_tol: 
         "n": n,
         "exact_match": em / n if n else 0.0,
         "field_accuracy": fields_ok / fields_total if fields_total else 0.0,
+        "evidence_overlap": sum(overlaps) / len(overlaps) if overlaps else None,
         "numeric_match": num_ok / num_total if num_total else None,
         "numeric_n": num_total,
         "invalid": sum(p is None for p in pred),
