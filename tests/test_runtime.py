@@ -159,3 +159,17 @@ def test_thread_tuning_callback_switches_and_restores():
         assert torch.get_num_threads() == 2  # what the process had before training
     finally:
         torch.set_num_threads(before)
+
+
+def test_threads_are_tuned_only_where_other_work_loads_the_host(monkeypatch):
+    # A quiet host keeps every CPU (a task mix's own step spread once read as load); a loaded one
+    # measures each count first.
+    monkeypatch.delenv(R.THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(R, "available_cpus", lambda: 2)
+    monkeypatch.setattr(R.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(R.os, "getloadavg", lambda: (2.2, 2.0, 2.0))  # the previous stage's own load
+    assert R.thread_tuning(lambda: 0, world_size=1) is None
+    monkeypatch.setattr(R.os, "getloadavg", lambda: (7.0, 6.0, 5.0))
+    cb = R.thread_tuning(lambda: 0, world_size=1)
+    assert cb is not None and cb.tuner.pending == [1]
