@@ -170,3 +170,20 @@ def test_mask_based_attention_switches_to_segments_once(attn):
     model = _model(attn)
     assert use_segment_attention(model) == SEGMENT_ATTENTION
     assert use_segment_attention(model) == SEGMENT_ATTENTION  # idempotent
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_per_example_loss_weighs_every_answer_the_same(packed):
+    """With per_example, the batch loss is the mean of the examples' own mean answer NLLs (packed
+    row or padded batch alike), not the mean over tokens where long answers dominate."""
+    register_segment_attention()
+    model = _model(SEGMENT_ATTENTION).eval()
+    feats = _features()
+    collate = padding_free_collator(PAD) if packed else _padded
+    with torch.no_grad():
+        each = [_plain_loss(model, _padded([f])).item() for f in feats]
+        got = answer_loss(model, collate(feats), per_example=True)
+        by_token = answer_loss(model, collate(feats)).loss.item()
+    assert got.loss.item() == pytest.approx(sum(each) / len(each), abs=1e-5)
+    assert by_token == pytest.approx(sum(e * a for e, a in zip(each, ANSWER)) / sum(ANSWER), abs=1e-5)
+    assert abs(got.loss.item() - by_token) > 1e-3 and got.tokens == sum(ANSWER)
