@@ -305,10 +305,12 @@ class SftSection(Section):
     packing: bool = Field(False, description="TRL packing of several examples into one row (per-example attention kept).")
     padding_free: bool = Field(True, description="Flatten each batch into one row without padding (per-example attention).")
     group_by_length: bool = Field(False, description="Length-grouped batches (only matters for padded batches).")
-    loss_per_example: bool = Field(
-        True,
-        description="Every example's answer weighs the same in the loss (not every token): a one-word label answer beside "
-        "long JSON answers otherwise gets a few percent of the gradient and its task does not learn.",
+    loss_weighting: Literal["token", "example", "task"] = Field(
+        "example",
+        description="How answer tokens weigh in the loss. 'token': every token the same (a one-word label answer beside long "
+        "JSON answers gets a few percent of the gradient and its task does not learn); 'example': every example's answer "
+        "the same (label tasks learn, but a short empty answer then outweighs a long one within a task); 'task': every "
+        "token of a task the same and every task the same share (the tasks' mean answer lengths).",
     )
     few_shot_fraction: float = Field(0.2, ge=0, le=1)
     max_few_shot: int = Field(2, ge=1, description="Few-shot examples in a few-shot prompt (1..max).")

@@ -130,7 +130,7 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks or [],
-        loss_per_example=section.loss_per_example,
+        loss_weighting=section.loss_weighting,
     )
     if not on_gpu():
         use_uniform_lora_dropout(trainer.model)

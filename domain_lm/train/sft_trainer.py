@@ -82,7 +82,7 @@ def batch_size_of(inputs: dict[str, Any]) -> tuple[int, int]:
 
 class AnswerSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss applies the LM head at the answer positions only (:func:`answer_loss`),
-    every token counting the same or (``loss_per_example``) every example's answer.
+    every token counting the same or (``loss_weighting``) every example's answer.
 
     Logs, with every loss: answer-token ``entropy`` and ``mean_token_accuracy`` (TRL's names, now over
     the answer tokens only), cumulative ``num_tokens``, and ``samples_per_s`` / ``tokens_per_s`` since
@@ -90,9 +90,9 @@ class AnswerSFTTrainer(SFTTrainer):
     the training loop's wall time. On a CPU, a :class:`ThreadTuner` picks the thread count per step.
     """
 
-    def __init__(self, *args: Any, loss_per_example: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, loss_weighting: str = "token", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.loss_per_example = loss_per_example
+        self.loss_weighting = loss_weighting
         self.meter = ThroughputMeter()
         self.add_callback(self.meter)
         tuning = thread_tuning(lambda: self.meter.tokens_total, self.args.world_size)
@@ -102,7 +102,7 @@ class AnswerSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:  # evaluation that wants the logits: TRL's full path
             return super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        out = answer_loss(model, inputs, num_items_in_batch, per_example=self.loss_per_example)
+        out = answer_loss(model, inputs, num_items_in_batch, per_example=self.loss_weighting == "example")
         loss = out.loss
         # As TRL (and Trainer.compute_loss): num_items_in_batch counts every rank's tokens and DDP averages gradients.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
