@@ -187,3 +187,33 @@ def test_per_example_loss_weighs_every_answer_the_same(packed):
     assert got.loss.item() == pytest.approx(sum(each) / len(each), abs=1e-5)
     assert by_token == pytest.approx(sum(e * a for e, a in zip(each, ANSWER)) / sum(ANSWER), abs=1e-5)
     assert abs(got.loss.item() - by_token) > 1e-3 and got.tokens == sum(ANSWER)
+
+
+def test_task_weights_equalise_tasks_and_keep_tokens_equal_within_a_task():
+    from domain_lm.train.answer_loss import task_weights
+
+    tasks = ["sentiment", "sentiment", "entities", "entities"]
+    lengths = [2, 2, 3, 57]  # an empty entity list beside a long one
+    w = task_weights(tasks, lengths)
+    assert w[0] == w[1] and w[2] == w[3]  # within a task every token weighs the same: no bias to short answers
+    assert w[0] * 2 == pytest.approx(w[2] * 30)  # per example, the tasks' mean answers weigh the same
+    assert sum(wi * n for wi, n in zip(w, lengths)) == pytest.approx(sum(lengths))  # the tokens' total is kept
+    assert task_weights([], []) == []
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_example_weights_reach_every_token_of_their_example(packed):
+    from domain_lm.train.packing import WEIGHT_COLUMN, WeightedCollator
+
+    register_segment_attention()
+    model = _model(SEGMENT_ATTENTION).eval()
+    feats = _features()
+    weights = [0.5, 2.0, 3.0, 1.0]
+    inner = padding_free_collator(PAD) if packed else _padded
+    batch = WeightedCollator(inner)([{**f, WEIGHT_COLUMN: w} for f, w in zip(feats, weights)])
+    assert batch["token_weights"].shape == batch["labels"].shape
+    with torch.no_grad():
+        each = [_plain_loss(model, _padded([f])).item() for f in feats]
+        got = answer_loss(model, batch).loss.item()
+    expected = sum(w * e * a for w, e, a in zip(weights, each, ANSWER)) / sum(ANSWER)
+    assert got == pytest.approx(expected, abs=1e-5)

@@ -4,6 +4,7 @@ through the engine, the stage writes adapter + merged model + card, and training
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -205,3 +206,28 @@ def test_adapter_serves_through_vllm(tmp_path, tiny_model_dir, registry):
         engine.close()
     assert all(a.output in t.output.labels and a.adapter == "sft" for a in answers)
     json.dumps([a.model_dump() for a in answers])
+
+
+def test_task_loss_weighting_reaches_the_loss_through_the_trainer(tmp_path, tiny_model_dir, registry):
+    """sft.loss_weighting: task. The weight column survives TRL's dataset preparation, the collator
+    spreads it over each example's tokens, and training runs on it."""
+    from domain_lm.train.packing import WEIGHT_COLUMN
+
+    _, examples, _ = _sentiment_examples(registry, 4)
+    long = [{**e, "task": "report_summary", "messages": [*e["messages"][:-1], {"role": "assistant", "content": "Revenue rose. " * 12}]}
+            for e in examples]
+    mixed = [*examples, *long]
+    section = _section(max_steps=2, batch_size=8)
+    section.loss_weighting = "task"
+    trainer = T.build_trainer(tiny_model_dir, mixed, section, tmp_path / "w")
+    from domain_lm.models.loading import load_tokenizer
+
+    want = T.example_task_weights(mixed, load_tokenizer(tiny_model_dir))
+    assert want[0] > 5 * want[-1]  # one-word answers weigh more per token than 36-word ones
+    assert sorted(trainer.train_dataset[WEIGHT_COLUMN]) == pytest.approx(sorted(want))
+    batch = next(iter(trainer.get_train_dataloader()))
+    weights = batch["token_weights"]
+    assert weights.shape == batch["labels"].shape
+    assert sorted(weights.unique().tolist()) == pytest.approx(sorted(set(want)), rel=1e-6)  # both tasks' weights, in the batch of all eight
+    losses = _losses(trainer)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)

@@ -64,16 +64,21 @@ def answer_loss(
     accumulation), else by the number of scored tokens: the same reduction as TRL's SFT loss. With
     ``per_example`` each token's NLL is weighted by (scored tokens / examples) / (its example's scored
     tokens): every example's answer counts the same and the weights still sum to the scored tokens.
+    ``inputs["token_weights"]`` (B, T), when present, multiplies each scored token's NLL (the weight
+    of the example the token belongs to; see ``task_weights``).
     """
     labels = inputs["labels"]
     keep = scored_positions(labels)  # (K,)
-    forward = {k: v for k, v in inputs.items() if k != "labels"}
+    forward = {k: v for k, v in inputs.items() if k not in ("labels", "token_weights")}
     logits = model(**forward, use_cache=False, logits_to_keep=keep).logits  # (B, K, V)
     target = labels[:, 1:].index_select(1, keep)  # (B, K)
     flat_logits = logits.float().reshape(-1, logits.shape[-1])
     mask = target != IGNORE_INDEX
     tokens = int(mask.sum())
     per_token = torch.nn.functional.cross_entropy(flat_logits, target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+    weights = inputs.get("token_weights")
+    if weights is not None:  # per-example weights (sft.loss_weighting: task), carried to every token
+        per_token = per_token * weights[:, 1:].index_select(1, keep).reshape(-1).to(per_token.dtype)
     if per_example and tokens:
         owner = example_ids(inputs)[:, 1:].index_select(1, keep)[mask]  # (tokens,) the example of each scored token
         _, inverse, counts = torch.unique(owner, return_inverse=True, return_counts=True)
@@ -88,3 +93,20 @@ def answer_loss(
         entropy = -(logp.exp() * logp).sum(-1).view_as(target)
         correct = (logits.detach().argmax(-1) == target) & mask
     return AnswerLoss(loss=nll / denom, tokens=tokens, entropy_sum=float(entropy[mask].sum()), correct=int(correct.sum()))
+
+
+def task_weights(tasks: list[str], answer_tokens: list[int]) -> list[float]:
+    """Per-example loss weights that give every task the same share of the gradient per example and
+    every token of a task the same weight: (mean answer tokens over all examples) / (the mean of the
+    example's task). A task of one-word answers then counts per example as much as one of long JSON
+    answers, and an empty answer does not outweigh a long one of the same task (``per_example`` does)."""
+    if len(tasks) != len(answer_tokens):
+        raise ValueError(f"{len(tasks)} tasks but {len(answer_tokens)} answer lengths")
+    if not tasks:
+        return []
+    sums: dict[str, list[int]] = {}
+    for t, n in zip(tasks, answer_tokens):
+        sums.setdefault(t, []).append(max(1, n))
+    overall = sum(max(1, n) for n in answer_tokens) / len(answer_tokens)
+    mean = {t: sum(v) / len(v) for t, v in sums.items()}
+    return [overall / mean[t] for t in tasks]

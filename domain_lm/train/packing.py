@@ -88,3 +88,32 @@ def padding_free_collator(pad_token_id: int):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     return DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=True)
+
+
+#: The dataset column holding an example's loss weight (``sft.loss_weighting: task``).
+WEIGHT_COLUMN = "loss_weight"
+
+
+class WeightedCollator:
+    """Wraps a collator: each feature's ``loss_weight`` becomes ``token_weights`` (same shape as
+    ``labels``: the example's weight at each of its positions, in a padded batch or a packed row)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        weights = [float(f.get(WEIGHT_COLUMN, 1.0)) for f in features]
+        batch = self.inner([{k: v for k, v in f.items() if k != WEIGHT_COLUMN} for f in features])
+        labels = batch["labels"]
+        w = torch.tensor(weights, dtype=torch.float32)
+        if labels.shape[0] == len(features):  # padded: one row per example
+            batch["token_weights"] = w.unsqueeze(1).expand_as(labels).contiguous()
+        else:  # one packed row: the examples in order, each its own length
+            lengths = torch.tensor([len(f["input_ids"]) for f in features])
+            row = torch.repeat_interleave(w, lengths)
+            if row.numel() != labels.shape[1]:
+                raise ValueError(f"a packed row of {labels.shape[1]} tokens from examples of {int(lengths.sum())}")
+            batch["token_weights"] = row.unsqueeze(0)
+        return batch

@@ -40,10 +40,23 @@ def to_prompt_completion(example: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": msgs[:-1], "completion": [msgs[-1]]}
 
 
-def make_dataset(examples: list[dict[str, Any]]):
+def make_dataset(examples: list[dict[str, Any]], weights: list[float] | None = None):
     from datasets import Dataset
 
-    return Dataset.from_list([to_prompt_completion(e) for e in examples])
+    from domain_lm.train.packing import WEIGHT_COLUMN
+
+    rows = [to_prompt_completion(e) for e in examples]
+    if weights is not None:
+        rows = [{**r, WEIGHT_COLUMN: w} for r, w in zip(rows, weights)]
+    return Dataset.from_list(rows)
+
+
+def example_task_weights(examples: list[dict[str, Any]], tokenizer: Any) -> list[float]:
+    """``answer_loss.task_weights`` of SFT examples: their ``task`` and answer length in tokens (+ end of turn)."""
+    from domain_lm.train.answer_loss import task_weights
+
+    lengths = [len(tokenizer(e["messages"][-1]["content"], add_special_tokens=False)["input_ids"]) + 1 for e in examples]
+    return task_weights([str(e.get("task", "")) for e in examples], lengths)
 
 
 def read_examples(path: str | Path) -> list[dict[str, Any]]:
@@ -83,7 +96,7 @@ def build_trainer(
     from domain_lm.models.loading import load_causal_lm, load_tokenizer, lora_config
     from domain_lm.train.common import on_gpu, quiet_trainer, training_arguments
     from domain_lm.train.dropout import use_uniform_lora_dropout
-    from domain_lm.train.packing import padding_free_collator, use_segment_attention
+    from domain_lm.train.packing import WeightedCollator, padding_free_collator, use_segment_attention
     from domain_lm.train.sft_trainer import AnswerSFTTrainer
 
     # Until the config has these fields (issue 18), read them with their defaults.
@@ -92,10 +105,10 @@ def build_trainer(
     if group_by_length is None:
         group_by_length = section.group_by_length
 
+    from domain_lm.errors import DomainLMError
+
     tokenizer = load_tokenizer(model_path)
     if not getattr(tokenizer, "chat_template", None):
-        from domain_lm.errors import DomainLMError
-
         raise DomainLMError(f"Model {model_path} has no chat template; SFT renders prompts with it (as the service does). "
                             "Use an instruct model or add a chat template to its tokenizer_config.json.")
     if section.qlora and section.peft.method == "lora" and qlora_available():
@@ -122,11 +135,19 @@ def build_trainer(
     if padding_free or section.packing:
         use_segment_attention(model)
     collator = padding_free_collator(tokenizer.pad_token_id) if padding_free else None
+    weights = None
+    if section.loss_weighting == "task":
+        if section.packing:
+            raise DomainLMError("sft.loss_weighting: task needs example borders per batch; use padding_free instead of sft.packing")
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        weights = example_task_weights(examples, tokenizer)
+        collator = WeightedCollator(collator or DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id))
     trainer = AnswerSFTTrainer(
         model=model,
         args=args,
         data_collator=collator,
-        train_dataset=make_dataset(examples),
+        train_dataset=make_dataset(examples, weights),
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks or [],

@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from domain_lm.train.answer_loss import answer_loss
+from domain_lm.train.packing import WEIGHT_COLUMN
 from domain_lm.train.runtime import thread_tuning
 
 
@@ -98,6 +99,11 @@ class AnswerSFTTrainer(SFTTrainer):
         tuning = thread_tuning(lambda: self.meter.tokens_total, self.args.world_size)
         if tuning is not None:
             self.add_callback(tuning)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.loss_weighting == "task" and self._signature_columns is not None and WEIGHT_COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, WEIGHT_COLUMN]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:  # evaluation that wants the logits: TRL's full path
