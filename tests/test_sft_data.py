@@ -69,7 +69,9 @@ def _cfg(tmp_path, data_path, **sft):
                     }
                 ],
             },
-            "sft": {"variants_per_example": 2, "few_shot_fraction": 0.5, **sft, "train": {"max_seq_len": 2048}},
+            # task_weights: the quick profile doubles sentiment; these tests set their own
+            "sft": {"variants_per_example": 2, "few_shot_fraction": 0.5, "task_weights": {"sentiment": 1.0}, **sft,
+                    "train": {"max_seq_len": 2048}},
         }
     )
 
@@ -316,7 +318,7 @@ def test_task_balanced_sampling_gives_every_task_the_same_count(tmp_path, regist
         {
             "tasks": {"templates_dir": TEMPLATES, "demo_tasks": ["sentiment", "extraction"], "demo_langs": ["en"],
                       "demo_datasets": ["twitter_fin_sentiment/sentiment"]},  # extraction: the small synthetic set
-            "sft": {"examples_per_task": 240, "few_shot_fraction": 0.0, "train": {"max_seq_len": 4096}},
+            "sft": {"examples_per_task": 240, "few_shot_fraction": 0.0, "task_weights": {"sentiment": 1.0}, "train": {"max_seq_len": 4096}},
         }
     )
     split = R.load_split(cfg, registry)

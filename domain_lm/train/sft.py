@@ -136,9 +136,9 @@ def build_trainer(
         use_segment_attention(model)
     collator = padding_free_collator(tokenizer.pad_token_id) if padding_free else None
     weights = None
-    if section.loss_weighting == "task":
-        if section.packing:
-            raise DomainLMError("sft.loss_weighting: task needs example borders per batch; use padding_free instead of sft.packing")
+    if section.loss_weighting == "task" and section.packing:
+        log.warning("sft.loss_weighting: task needs one example per feature; TRL packing merges them: every token weighs the same")
+    elif section.loss_weighting == "task":
         from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
         weights = example_task_weights(examples, tokenizer)
