@@ -291,6 +291,14 @@ class VllmEngine:
             raise EngineError("vLLM returned no output.")
         return final
 
+    def _choice_request(self, request: GenerationRequest) -> tuple[list[int], Any, list[tuple[str, list[int]]]]:
+        """A label request's prompt tokens, LoRA request and each choice's tokens (+ end of sequence)."""
+        if self._llm is None:
+            raise EngineError("The vLLM engine is closed.")
+        check_adapter(self, request.adapter)
+        prompt = encode_prompt(self.tokenizer, request)
+        return prompt, self._lora_request(request.adapter), choice_continuations(self.tokenizer, request, self.tokenizer.eos_token_id)
+
     async def _pick_choice(self, request: GenerationRequest) -> GenerationResult:
         """A greedy label answer by walking the choices' token trie: one step (``max_tokens=1``,
         ``allowed_token_ids`` = the node's children) only where the choices branch; a node with one
@@ -301,12 +309,7 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import SamplingParams
 
-        if self._llm is None:
-            raise EngineError("The vLLM engine is closed.")
-        check_adapter(self, request.adapter)
-        prompt = encode_prompt(self.tokenizer, request)
-        lora = self._lora_request(request.adapter)
-        live = choice_continuations(self.tokenizer, request, self.tokenizer.eos_token_id)
+        prompt, lora, live = self._choice_request(request)
         depth = 0
         while len(live) > 1:
             children = sorted({cont[depth] for _, cont in live})
@@ -340,12 +343,7 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import MAX_LOGPROB_TOKEN_IDS, SamplingParams
 
-        if self._llm is None:
-            raise EngineError("The vLLM engine is closed.")
-        check_adapter(self, request.adapter)
-        prompt = encode_prompt(self.tokenizer, request)
-        lora = self._lora_request(request.adapter)
-        options = choice_continuations(self.tokenizer, request, self.tokenizer.eos_token_id)
+        prompt, lora, options = self._choice_request(request)
         nodes: dict[tuple[int, ...], set[int]] = {}
         for _, cont in options:
             for i in range(len(cont)):
