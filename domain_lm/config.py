@@ -408,6 +408,12 @@ class PpoTricks(Section):
     use_ptx: bool = True
     ptx_coef: float = 0.1
     ptx_batch_size: int = Field(4, ge=1, description="SFT demonstrations per PPO-ptx step.")
+    use_task_reward: bool = Field(
+        True,
+        description="Prompts rendered from labelled task data also earn task_reward_coef x the task metric of the "
+        "sampled answer (0..1: label right, entity F1, ...), added to the normalised reward-model score.",
+    )
+    task_reward_coef: float = Field(1.0, ge=0)
     adaptive_kl: bool = False
     target_kl: float = 0.1
     kl_horizon: int = Field(10000, ge=1, description="Adaptive KL controller horizon (tokens of experience).")

@@ -13,9 +13,11 @@ from domain_lm.models.loading import load_causal_lm
 from domain_lm.pipeline.run import run_stage
 from domain_lm.pipeline.store import Run
 from domain_lm.train import ppo
-from tests.rlhf_fixtures import NEGATIVE, POSITIVE, separable_pairs_file
+from domain_lm.data.records import TaskRecord
+from tests.rlhf_fixtures import NEGATIVE, POSITIVE, label_template, separable_pairs_file
 
-LOGGED = ppo.PLOT_KEYS + ["policy_loss", "value_loss", "approx_kl", "ptx_loss", "reward_norm_mean", "return_mean"]
+# task_score is logged only when a rollout has prompts with gold answers (these prompts have none)
+LOGGED = [k for k in ppo.PLOT_KEYS if k != "task_score"] + ["policy_loss", "value_loss", "approx_kl", "ptx_loss", "reward_norm_mean", "return_mean"]
 
 
 def prompts_file(path):
@@ -153,3 +155,15 @@ def test_response_mask_stops_after_first_eos():
     r = torch.tensor([[5, 9, 2, 7], [3, 4, 6, 8]])
     # eos=9: row 0 keeps tokens up to and including the EOS; row 1 has none, all kept
     assert ppo.response_mask(r, eos_id=9, pad_id=0).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+def test_task_scores_reward_gold_prompts_only():
+    t = label_template()
+    rec = TaskRecord("sentiment", "en", {"text": "Profit rose."}, "positive")
+    gold = ppo.Prompt(t.render_messages(rec.inputs, lang="en"), record=rec, template=t)
+    free = ppo.Prompt([{"role": "user", "content": "Say hello."}])
+    has_gold, value = ppo.task_scores([gold, gold, gold, free], ["positive", "negative", "not a label at all", "positive"])
+    assert has_gold.tolist() == [1.0, 1.0, 1.0, 0.0]
+    # right label 1, wrong label 0, an answer that breaks the contract 0, no gold 0
+    assert value.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert ppo.task_scores([free], ["positive"]) is None

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 #: PPO-Max §5.2: reward, KL, response length and perplexity are the signals that show a collapse early.
 PLOT_KEYS = [
     "reward_mean", "reward_std", "kl", "response_length", "policy_ppl",
-    "policy_clipfrac", "value_clipfrac", "value_error", "entropy", "kl_coef",
+    "policy_clipfrac", "value_clipfrac", "value_error", "entropy", "kl_coef", "task_score",
 ]
 
 
@@ -292,6 +292,21 @@ def reward_scores(reward_model, reward_tok, prompts: list[Prompt], texts: list[s
     return score(reward_model, reward_tok, [p.messages for p in prompts], texts, batch_size=len(texts), max_len=max_len)
 
 
+def task_scores(prompts: list[Prompt], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(has_gold, score) per response: the task metric (0..1) of each answer whose prompt was rendered
+    from a labelled record (0 where none, or where the answer breaks the contract); None when no
+    prompt of the batch has gold."""
+    from domain_lm.data.preference import answer_score
+
+    if not any(p.record is not None for p in prompts):
+        return None
+    gold = torch.tensor([float(p.record is not None) for p in prompts])
+    value = torch.tensor(
+        [answer_score(p.template, t, p.record.output, p.record.lang) if p.record is not None else 0.0 for p, t in zip(prompts, texts)]
+    )
+    return gold, value
+
+
 @torch.no_grad()
 def make_experience(state: "PPOState", prompts: list[Prompt]) -> tuple[Experience, dict[str, float]]:
     """Rollout -> score -> KL-shaped token rewards -> advantages (the inputs to one update)."""
@@ -313,6 +328,14 @@ def make_experience(state: "PPOState", prompts: list[Prompt]) -> tuple[Experienc
         # (seeded with the reward model's eval-set statistics), then clip to +-reward_clip.
         state.moments.update(scores)
         shaped = state.moments.normalize(scores, clip=cfg.tricks.reward_clip)
+
+    task = task_scores(prompts, texts)
+    if cfg.tricks.use_task_reward and task is not None:
+        # Verifiable reward (not in PPO-Max): where a prompt has a gold answer, the task metric of the
+        # sampled answer is added on the normalised scale, so a reward model that has seen few bank
+        # pairs cannot pull the policy off the labels SFT learned.
+        has_gold, value = task
+        shaped = shaped + cfg.tricks.task_reward_coef * value * has_gold
 
     # advantages: KL to the reference folded into per-token rewards, then GAE
     kl_tok = pc.kl_estimate(logp, ref_logp, cfg.kl_estimator) * mask
@@ -341,6 +364,8 @@ def make_experience(state: "PPOState", prompts: list[Prompt]) -> tuple[Experienc
         "value_mean": pc.masked_mean(values, mask).item(),
         "return_mean": pc.masked_mean(returns, mask).item(),
     }
+    if task is not None:
+        metrics["task_score"] = (task[1].sum() / task[0].sum()).item()
     exp = Experience(query, qmask, response, rmask, logp, ref_logp, values, advantages, returns, scores, texts)
     return exp, metrics
 
