@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from domain_lm.config import build_config
+from domain_lm.data.records import TaskRecord
 from domain_lm.models.loading import load_causal_lm
 from domain_lm.pipeline.run import run_stage
 from domain_lm.pipeline.store import Run
 from domain_lm.train import ppo
-from domain_lm.data.records import TaskRecord
 from tests.rlhf_fixtures import NEGATIVE, POSITIVE, label_template, separable_pairs_file
 
 # task_score is logged only when a rollout has prompts with gold answers (these prompts have none)
-LOGGED = [k for k in ppo.PLOT_KEYS if k != "task_score"] + ["policy_loss", "value_loss", "approx_kl", "ptx_loss", "reward_norm_mean", "return_mean"]
+LOGGED = [k for k in ppo.PLOT_KEYS if k != "task_score"]
+LOGGED += ["policy_loss", "value_loss", "approx_kl", "ptx_loss", "reward_norm_mean", "return_mean"]
 
 
 def prompts_file(path):
