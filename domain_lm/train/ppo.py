@@ -334,8 +334,7 @@ def make_experience(state: "PPOState", prompts: list[Prompt]) -> tuple[Experienc
         # Verifiable reward (not in PPO-Max): where a prompt has a gold answer, the task metric of the
         # sampled answer is added on the normalised scale, so a reward model that has seen few bank
         # pairs cannot pull the policy off the labels SFT learned.
-        has_gold, value = task
-        shaped = shaped + cfg.tricks.task_reward_coef * value * has_gold
+        shaped = shaped + cfg.tricks.task_reward_coef * task[1]  # 0 where a prompt has no gold
 
     # advantages: KL to the reference folded into per-token rewards, then GAE
     kl_tok = pc.kl_estimate(logp, ref_logp, cfg.kl_estimator) * mask
@@ -514,11 +513,10 @@ def load_checkpoint(state: PPOState, ckpt: Path) -> None:
 @torch.no_grad()
 def evaluate(state: PPOState, prompts: list[Prompt], batch_size: int = 8, use_adapter: bool = True) -> dict[str, float]:
     """Greedy answers on held-out prompts: mean reward, and the task metric where a record has gold."""
-    from domain_lm.data.preference import answer_score
-
     if not prompts:
         return {}
-    rewards, task_scores = [], []
+    rewards: list[float] = []
+    gold, scored = 0.0, 0.0
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
         if use_adapter:
@@ -528,12 +526,12 @@ def evaluate(state: PPOState, prompts: list[Prompt], batch_size: int = 8, use_ad
                 texts = generate(state.actor, state.tok, chunk, state.cfg, do_sample=False)[-1]
         max_len = state.cfg.rollout.max_prompt_len + state.cfg.rollout.max_new_tokens
         rewards += reward_scores(state.reward_model, state.reward_tok, chunk, texts, max_len).tolist()
-        for p, text in zip(chunk, texts):
-            if p.record is not None:
-                task_scores.append(answer_score(p.template, text, p.record.output, p.record.lang))
+        task = task_scores(chunk, texts)
+        if task is not None:
+            gold, scored = gold + task[0].sum().item(), scored + task[1].sum().item()
     out = {"reward": sum(rewards) / len(rewards)}
-    if task_scores:
-        out["task_score"] = sum(task_scores) / len(task_scores)
+    if gold:
+        out["task_score"] = scored / gold
     return out
 
 
