@@ -3,8 +3,8 @@
     python bench/serve_bench.py [--model PATH] [--task sentiment] [--quick] [--out bench.json]
 
 Both servers run one after the other (never at once, so they do not share the CPU), each with the
-same engine settings (the service's: fp32, eager, the CPU cache block size and prefix caching of
-``inference.vllm_engine``). The raw server gets exactly the prompts the task endpoint renders (the
+same engine settings (the service's: fp32, eager, the CPU cache block size, prefix caching and the
+small-host worker thread binding of ``inference.vllm_engine``). The raw server gets exactly the prompts the task endpoint renders (the
 template's messages) and the same decode-time constraint (``structured_outputs`` choice / json),
 so the ratio measures what the service layer costs: validation, rendering, admission, parsing.
 Inputs are distinct real texts (the task's embedded held-out examples when it has some, else its
@@ -32,8 +32,8 @@ from domain_lm.serve_demo import free_port, stop_service, wait_ready
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+def start(cmd: list[str], log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", **(extra_env or {})}
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
@@ -129,6 +129,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="A short run.")
     ap.add_argument("--kv-cache-gib", type=float, default=1.0)
     ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--dtype", help="Weights dtype of both servers (default: the service's choice on this host: "
+                                    "bfloat16 on a CPU with AMX, else float32).")
     ap.add_argument("--out", type=Path, help="Write the results as JSON here.")
     args = ap.parse_args()
 
@@ -162,6 +164,10 @@ def main() -> None:
     ends = [sum(n_for(c) + 1 for c in levels[: i + 1]) for i in range(len(levels))]
     spans = list(zip([0, *ends[:-1]], ends))
 
+    from domain_lm.inference.vllm_engine import CPU_BLOCK_SIZE, _on_cpu, cpu_inference_dtype, cpu_thread_binding
+
+    # Both servers in the same dtype: --dtype, else the service's own choice on this host.
+    dtype = args.dtype or (cpu_inference_dtype() if _on_cpu() else "auto")
     overhead = service_overhead(args.templates, args.task, (task_bodies * 4)[:400])
     kv = str(int(args.kv_cache_gib * 2**30))
     logs = Path(tempfile.mkdtemp(prefix="serve-bench-"))
@@ -171,7 +177,7 @@ def main() -> None:
     svc = start(
         [sys.executable, "-m", "domain_lm", "serve", "--model", str(model), "--templates", args.templates, "--engine", "vllm", "--no-auth",
          "--host", "127.0.0.1", "--port", str(port), "--max-queue", "100000", "--kv-cache-gib", str(args.kv_cache_gib),
-         "--max-model-len", str(args.max_model_len), "--log-level", "WARNING"],
+         "--max-model-len", str(args.max_model_len), "--log-level", "WARNING", "--set", f"serve.dtype={dtype}"],
         logs / "service.log",
     )
     try:
@@ -183,13 +189,19 @@ def main() -> None:
     finally:
         stop_service(svc, timeout=60)
 
+    # The raw server with the engine settings the service uses on this host: its KV block size and
+    # its worker thread binding (``inference.vllm_engine``), so the ratio is the service layer's alone.
+    on_cpu = _on_cpu()
+    bind = cpu_thread_binding() if on_cpu else None
     port = free_port()
     raw = start(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "m",
-         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", str(args.max_model_len),
-         "--kv-cache-memory-bytes", kv, "--max-num-seqs", "64", "--seed", "0",
+         "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype, "--enforce-eager", "--max-model-len", str(args.max_model_len),
+         "--kv-cache-memory-bytes", kv, "--max-num-seqs", "64", "--seed", "0", "--enable-prefix-caching",
+         *(["--block-size", str(CPU_BLOCK_SIZE)] if on_cpu else []),
          "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}), "--disable-log-stats"],
         logs / "vllm.log",
+        {"VLLM_CPU_OMP_THREADS_BIND": bind} if bind else None,
     )
     try:
         wait_ready(raw, f"http://127.0.0.1:{port}", log_path=logs / "vllm.log", probe="/health")
@@ -200,7 +212,7 @@ def main() -> None:
     finally:
         stop_service(raw, timeout=60)
 
-    print(f"model: {model}\ntask: {args.task}  (logs: {logs})\n")
+    print(f"model: {model} ({dtype})\ntask: {args.task}  (logs: {logs})\n")
     cols = f"{'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
     print(f"{'conc':>4} | task endpoint {cols} | raw vLLM {cols} | {'ratio':>6} | errors")
     for c in levels:
@@ -217,7 +229,7 @@ def main() -> None:
           f" = {overhead['share_of_raw_p50_at_c1']:.1%} of the raw server's p50 at c={levels[0]}")
     results["service_overhead"] = overhead
     if args.out:
-        args.out.write_text(json.dumps({"model": str(model), "task": args.task, **results}, indent=2))
+        args.out.write_text(json.dumps({"model": str(model), "dtype": dtype, "task": args.task, **results}, indent=2))
 
 
 if __name__ == "__main__":

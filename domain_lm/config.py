@@ -499,7 +499,8 @@ class ServeSection(Section):
     port: int = Field(8000, ge=1, le=65535)
     max_queue: int = Field(64, ge=1)
     request_timeout_s: float = Field(120.0, gt=0)
-    dtype: str = "float32"
+    # "auto": vLLM's choice on a GPU; on a CPU bfloat16 where it multiplies bf16 natively (AMX), else float32.
+    dtype: str = "auto"
     gpu_memory_utilization: float = Field(0.25, gt=0, le=1)
     max_model_len: int = Field(2048, ge=64)
 

