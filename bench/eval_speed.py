@@ -20,6 +20,10 @@ Variants (each opens its engines, answers every task x stage, closes them; one a
 * ``no-prefix``: as ``after`` with prefix caching off (what the prefix cache saves).
 
 Prints answers, seconds (engine start + answering), answers/s and the ratio to ``before``.
+
+Measured 2026-12-07 (2 cores, Xeon with AMX, the fresh-clone demo run, ``--examples 25``: 400 answers):
+before 288 s (1.39 answers/s); after 70 s (engine start 31 s, answering 34 s): **4.09x**. The same day
+before the vLLM worker got both cores and bf16 (``inference.vllm_engine``): after 102-128 s, 2.1-2.8x.
 """
 
 from __future__ import annotations
