@@ -46,8 +46,11 @@ examples:
 def engine(tiny_model_dir):
     from domain_lm.inference import create_engine
 
-    # lora_slots: LoRA on from the start, so adapters trained while serving can be added.
-    eng = create_engine(tiny_model_dir, kind="vllm", model_name="tiny", gpu_memory_utilization=0.05, max_model_len=2048, lora_slots=2)
+    # lora_slots: LoRA on from the start, so adapters trained while serving can be added. float32: the
+    # label scores are compared with the transformers engine's to 2e-3 (bf16, the default on an AMX
+    # CPU, is exercised by tests/test_inference_vllm.py).
+    eng = create_engine(tiny_model_dir, kind="vllm", model_name="tiny", gpu_memory_utilization=0.05, max_model_len=2048, lora_slots=2,
+                        dtype="float32")
     yield eng
     eng.close()
 
