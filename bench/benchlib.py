@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -190,24 +191,32 @@ def value_exact(gold: list[Any], pred: list[Any]) -> float:
     return sum(ok) / len(ok) if ok else 0.0
 
 
+#: The engine that answers the held-out records: vLLM where installed (as the eval stage and the
+#: service answer; ~5x the transformers engine here), else transformers. ``DOMAIN_LM_BENCH_ENGINE=hf``
+#: forces transformers.
+ENGINE = os.environ.get("DOMAIN_LM_BENCH_ENGINE", "auto")
+
+
 def evaluate(model_path: Path, tasks: list[BenchTask], tests: dict[str, list[Any]], adapter: Path | None = None,
              preds_dir: Path | None = None) -> dict[str, dict[str, Any]]:
     """Score each task's held-out records with the model (and ``adapter``) through ``TaskRunner``,
     with the template's contract enforced as the service does; invalid answers count as wrong."""
-    from domain_lm.eval.harness import predict, score_predictions
+    from domain_lm.eval.harness import engine_options, predict, resolve_kind, score_predictions
     from domain_lm.inference import create_engine
     from domain_lm.tasks import TemplateRegistry
     from domain_lm.tasks.grounding import grounding_counts
 
     templates = TemplateRegistry.load(REPO / "task_templates")
-    engine = create_engine(model_path, kind="hf", adapters={"sft": str(adapter)} if adapter else None, max_batch_size=16)
+    kind = resolve_kind(ENGINE)
+    options = engine_options(kind) if kind == "vllm" else {"max_batch_size": 16}
+    engine = create_engine(model_path, kind=kind, adapters={"sft": str(adapter)} if adapter else None, **options)
     out: dict[str, dict[str, Any]] = {}
     try:
         for task in tasks:
             t, recs = templates.get(task.template), tests[task.key]
             t0 = time.time()
             preds = predict(engine, t, [r.inputs for r in recs], lang=task.lang, adapter="sft" if adapter else None,
-                            batch_size=16, max_tokens=task.max_tokens)
+                            batch_size=64 if kind == "vllm" else 16, max_tokens=task.max_tokens)
             scores = score_predictions(t, [r.output for r in recs], preds, lang=task.lang)
             scores = {k: v for k, v in scores.items() if k not in ("per_class_f1",)}
             if task.template == "extraction":
