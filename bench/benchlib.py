@@ -118,10 +118,11 @@ def training_records(train: list[Any], n: int, seed: int, key: str) -> list[Any]
 
 
 def render(template: Any, records: list[Any], seed: int) -> list[dict[str, Any]]:
-    """Zero-shot chat examples in a seeded choice of the template's phrasings (the eval uses phrasing 0)."""
-    from domain_lm.data.sft_data import render_train_examples
+    """Zero-shot chat examples in a seeded choice of the template's phrasings (the eval uses phrasing 0),
+    without the records whose training answer breaks the contract (as the SFT stage leaves them out)."""
+    from domain_lm.data.sft_data import has_target, render_train_examples
 
-    return render_train_examples(template, records, 1, 0.0, 1, random.Random(seed))
+    return render_train_examples(template, [r for r in records if has_target(template, r)], 1, 0.0, 1, random.Random(seed))
 
 
 # --------------------------------------------------------------------------- training

@@ -368,3 +368,19 @@ def test_rows_whose_answer_breaks_the_contract_are_skipped_and_counted(tmp_path,
     assert stats.train_examples == {"extraction": 1} and stats.records == {"extraction": 1}
     with pytest.raises(DataError, match="fits the output contract"):
         S.build_sft_data(cfg([bad], "bad"), tokenizer, tmp_path / "bad", registry=registry)
+
+
+def test_teaching_examples_leave_out_a_record_whose_answer_breaks_the_contract(registry, tokenizer):
+    """The teach-while-serving path renders records itself (``task_adapter.sft_examples``): a record whose
+    evidence is over maxLength is left out instead of failing the whole job."""
+    from domain_lm.train.task_adapter import sft_examples
+
+    t = registry.get("extraction")
+    text = "Revenue rose to $12.4 million in 2022. " + "The board met. " * 40
+    good = R.TaskRecord("extraction", "en", {"text": text, "field": "revenue"},
+                        {"evidence": "Revenue rose to $12.4 million in 2022", "value": 12.4, "unit": "USD million", "period": "2022"})
+    bad = R.TaskRecord("extraction", "en", {"text": text + "x", "field": "revenue"}, {**good.output, "evidence": text.strip()})
+    exs = sft_examples(t, [good, bad], tokenizer, 4096, seed=0)
+    assert len(exs) == 1 and "12.4" in exs[0]["messages"][-1]["content"]
+    with pytest.raises(DataError, match="fits the output contract"):
+        sft_examples(t, [bad], tokenizer, 4096, seed=0)

@@ -202,8 +202,11 @@ def planned_steps(n_examples: int, cfg: TeachConfig) -> int:
 def sft_examples(template: TaskTemplate, records: list[TaskRecord], tokenizer: Any, max_seq_len: int, seed: int) -> list[dict[str, Any]]:
     """Each record rendered once, zero-shot, in a seeded random phrasing (the SFT renderer), without
     those over ``max_seq_len`` tokens (the model's chat template counts them, as training does)."""
-    from domain_lm.data.sft_data import render_train_examples, token_length
+    from domain_lm.data.sft_data import has_target, render_train_examples, token_length
 
+    records = [r for r in records if has_target(template, r)]  # a gold whose taught form breaks the contract: left out
+    if not records:
+        raise DataError(f"no example's answer fits the output contract of task {template.name!r} (see the warnings for why)")
     exs = render_train_examples(template, records, 1, 0.0, 1, random.Random(seed))
     kept = [e for e in exs if token_length(tokenizer, e["messages"]) <= max_seq_len]
     if not kept:
