@@ -113,7 +113,7 @@ def plot(path: Path, keys: list[str], effect: dict[str, dict[str, float | None]]
     ax.set_ylabel("task trained")
     for (i, j), v in np.ndenumerate(m):
         if np.isfinite(v):
-            ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=8)
+            ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=8, color="white" if abs(v) > 0.6 * lim else "black")
     ax.set_title(f"How training on one task changes another ({lang})")
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
