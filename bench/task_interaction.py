@@ -14,6 +14,10 @@ records of every task (split by document). Prints:
     flock /work/cpu.lock python bench/task_interaction.py --lang en --per-task 300
     flock /work/cpu.lock python bench/task_interaction.py --lang zh --per-task 300 --leave-one-out
 
+Measured 2026-12-07 (2 cores, SmolLM2-135M, ``--tasks sentiment_en,entities_en,extraction_en --per-task 100
+--test-max 100``): entities 0.120 alone, 0.287 trained with the other two (+0.167); sentiment 0.686 alone,
+0.662 together; extraction 0.283 alone, 0.250 together; entities alone lifts extraction by +0.050.
+
 Writes ``<out>/task_interaction_<lang>.{json,md,png}`` (the png is the interaction matrix as a
 heat map). Cells are resumable (``benchlib``): a rerun skips the runs already done; the
 all-together run is shared with ``data_budget.py`` when both use the same ``--out``, N and recipe.
