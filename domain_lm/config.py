@@ -304,6 +304,12 @@ class SftSection(Section):
     peft: PeftSection = Field(default_factory=PeftSection)
     packing: bool = Field(False, description="TRL packing of several examples into one row (per-example attention kept).")
     padding_free: bool = Field(True, description="Flatten each batch into one row without padding (per-example attention).")
+    shared_prefix: bool = Field(
+        True,
+        description="In a padding-free row, compute a prompt start that several examples share (chat header, system prompt) "
+        "once for them all: the same loss and gradients for fewer tokens (needs the sdpa/eager attention, i.e. not "
+        "FlashAttention; off elsewhere).",
+    )
     group_by_length: bool = Field(False, description="Length-grouped batches (only matters for padded batches).")
     loss_weighting: Literal["token", "example", "task"] = Field(
         "task",

@@ -217,3 +217,113 @@ def test_example_weights_reach_every_token_of_their_example(packed):
         got = answer_loss(model, batch).loss.item()
     expected = sum(w * e * a for w, e, a in zip(weights, each, ANSWER)) / sum(ANSWER)
     assert got == pytest.approx(expected, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- shared prompt prefixes
+
+PREFIX = 14  # tokens three of the four examples start with (a chat header and system prompt)
+
+
+def _sharing_features(seed: int = 2) -> list[dict[str, list[int]]]:
+    """The examples of ``_features`` where all but the third start with the same PREFIX tokens."""
+    g = torch.Generator().manual_seed(seed)
+    head = torch.randint(1, 97, (PREFIX,), generator=g).tolist()
+    lengths = (PREFIX + 9, PREFIX + 17, 5, PREFIX + 12)
+    out = []
+    for i, (n, a) in enumerate(zip(lengths, ANSWER)):
+        ids = torch.randint(1, 97, (n,), generator=g).tolist()
+        if i != 2:
+            ids[:PREFIX] = head
+            ids[PREFIX] = 1 + i  # each leaves the prefix with its own token
+        out.append({"input_ids": ids, "labels": [-100] * (n - a) + ids[n - a :]})
+    return out
+
+
+def test_shared_prefix_row_computes_the_prefix_once():
+    from domain_lm.train.packing import SharedPrefixCollator
+
+    feats = _sharing_features()
+    row = SharedPrefixCollator(PAD)(feats)
+    total = sum(len(f["input_ids"]) for f in feats)
+    assert row["input_ids"].shape == (1, total - 2 * PREFIX)  # three examples, one prefix
+    assert row["example_count"] == 4 and row["example_tokens"] == total
+    assert row["labels"][0].ne(-100).sum() == sum(ANSWER)  # every answer token still scored, once
+    parents = row["shared_prefix"].tolist()
+    linked = [p for p in parents if p >= 0]
+    assert len(parents) == 5 and len(linked) == 3 and len(set(linked)) == 1  # prefix, its three suffixes, the other example
+    bounds = row["cu_seq_lens_q"].tolist()
+    prefix_seg = linked[0]
+    assert bounds[prefix_seg + 1] - bounds[prefix_seg] == PREFIX
+    pos = row["position_ids"][0]
+    for seg, parent in enumerate(parents):  # a suffix goes on at the position where its prefix stops
+        if parent >= 0:
+            assert pos[bounds[seg]].item() == PREFIX
+
+
+def test_a_prefix_stops_before_the_position_that_predicts_an_answer():
+    from domain_lm.train.packing import prefix_groups
+
+    prompt = list(range(1, 21))
+    same_prompt = [{"input_ids": prompt + [50, 51], "labels": [-100] * 20 + [50, 51]},
+                   {"input_ids": prompt + [60], "labels": [-100] * 20 + [60]}]
+    (p, members), = prefix_groups(same_prompt)
+    assert members == [0, 1] or members == [1, 0]
+    assert p == 19  # position 19 predicts each one's first answer token: it stays each one's own
+    identical = [same_prompt[0], same_prompt[0]]
+    (p, _), = prefix_groups(identical)
+    assert p == 19
+    short = [{"input_ids": prompt[:5] + [7], "labels": [-100] * 5 + [7]}, {"input_ids": prompt[:5] + [8], "labels": [-100] * 5 + [8]}]
+    assert [g[0] for g in prefix_groups(short)] == [0, 0]  # 4 shared tokens: below MIN_SHARED_PREFIX, not shared
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_shared_prefix_gives_the_unshared_loss_and_gradients(per_example):
+    """The same LoRA loss and gradients as the plain padding-free row (fp32, 1e-5): autograd sums the
+    suffixes' gradients into the one prefix."""
+    from peft import LoraConfig, get_peft_model
+
+    from domain_lm.train.packing import SharedPrefixCollator
+
+    base = _model()
+    use_segment_attention(base)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False))
+    feats = _sharing_features()
+    plain = answer_loss(model, padding_free_collator(PAD)(feats), per_example=per_example)
+    g_plain = _lora_grads(model, plain.loss)
+    shared = answer_loss(model, SharedPrefixCollator(PAD)(feats), per_example=per_example)
+    g_shared = _lora_grads(model, shared.loss)
+    assert shared.tokens == plain.tokens == sum(ANSWER)
+    assert shared.loss.item() == pytest.approx(plain.loss.item(), abs=1e-5)
+    for name in g_plain:
+        torch.testing.assert_close(g_shared[name], g_plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_shared_prefix_without_its_attention_would_be_wrong():
+    """The control: the same row under plain sdpa (no prefix links) changes the suffixes' losses."""
+    from domain_lm.train.packing import SharedPrefixCollator
+
+    register_segment_attention()
+    model = _model(SEGMENT_ATTENTION).eval()
+    feats = _sharing_features()
+    row = SharedPrefixCollator(PAD)(feats)
+    with torch.no_grad():
+        right = answer_loss(model, row).loss.item()
+        unlinked = answer_loss(model, {k: v for k, v in row.items() if k != "shared_prefix"}).loss.item()
+        plain = answer_loss(model, padding_free_collator(PAD)(feats)).loss.item()
+    assert right == pytest.approx(plain, abs=1e-5)
+    assert abs(unlinked - plain) > 1e-3
+
+
+def test_shared_prefix_carries_example_weights():
+    from domain_lm.train.packing import WEIGHT_COLUMN, SharedPrefixCollator, WeightedCollator
+
+    register_segment_attention()
+    model = _model(SEGMENT_ATTENTION).eval()
+    weights = [0.5, 2.0, 3.0, 1.0]
+    feats = [{**f, WEIGHT_COLUMN: w} for f, w in zip(_sharing_features(), weights)]
+    shared = SharedPrefixCollator(PAD)(feats)
+    assert shared["token_weights"].shape == shared["labels"].shape
+    with torch.no_grad():
+        got = answer_loss(model, shared).loss.item()
+        ref = answer_loss(model, WeightedCollator(padding_free_collator(PAD))(feats)).loss.item()
+    assert got == pytest.approx(ref, abs=1e-5)

@@ -109,7 +109,25 @@ def test_trainer_defaults_are_the_fast_ones(tmp_path, tiny_model_dir, registry):
     assert trainer.model.get_base_model().config._attn_implementation == SEGMENT_ATTENTION
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # one padding-free row
-    assert batch["input_ids"].shape[1] == sum(len(trainer.train_dataset[i]["input_ids"]) for i in range(4))
+    total = sum(len(trainer.train_dataset[i]["input_ids"]) for i in range(4))
+    # the task's shared prompt start (chat header, system prompt) is in the row once
+    assert batch["example_tokens"] == total and batch["example_count"] == 4
+    assert batch["input_ids"].shape[1] < total and (batch["shared_prefix"] >= 0).any()
+
+
+def test_shared_prefix_training_learns_what_unshared_training_learns(tmp_path, tiny_model_dir, registry):
+    """The whole trainer with and without shared prompt prefixes: the same loss curve, fewer tokens computed."""
+    _, examples, _ = _sentiment_examples(registry, 12)
+    section = _section(max_steps=3, batch_size=4, learning_rate=1e-2)
+    section.peft.lora.dropout = 0.0
+    plain = _losses(T.build_trainer(tiny_model_dir, examples, section, tmp_path / "a"))
+    section.shared_prefix = False
+    unshared_trainer = T.build_trainer(tiny_model_dir, examples, section, tmp_path / "b")
+    assert "shared_prefix" not in unshared_trainer.data_collator([unshared_trainer.train_dataset[i] for i in range(4)])
+    unshared = _losses(unshared_trainer)
+    assert len(plain) == len(unshared) == 3
+    assert plain == pytest.approx(unshared, abs=1e-5)
+    assert plain[-1] != pytest.approx(plain[0], abs=1e-3)
 
 
 def _losses(trainer) -> list[float]:

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 
 IGNORE_INDEX = -100
+#: Batch keys for the loss and the meters, not the model.
+NOT_MODEL_INPUTS = ("labels", "token_weights", "example_count", "example_tokens")
 
 
 @dataclass(frozen=True)
@@ -43,14 +45,18 @@ def scored_positions(labels: torch.Tensor) -> torch.Tensor:
 
 
 def example_ids(inputs: dict[str, Any]) -> torch.Tensor:
-    """(B, T) the example each position belongs to: its row in a padded batch; in a packed row
-    (``position_ids`` restarting at 0 at every example) the row and the count of restarts so far."""
+    """(B, T) the example each position belongs to: its row in a padded batch; in a packed row the
+    row and the count of position breaks so far (``position_ids`` restart at every example, at 0 or,
+    after a shared prefix, where the example leaves it; the prefix, never scored, joins its first
+    example)."""
     labels = inputs["labels"]
     rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1) * labels.shape[1]
     pos = inputs.get("position_ids")
     if pos is None:
         return rows.expand_as(labels)
-    return rows + (pos == 0).long().cumsum(dim=1)
+    breaks = torch.ones_like(pos, dtype=torch.long)
+    breaks[:, 1:] = (pos[:, 1:] != pos[:, :-1] + 1).long()
+    return rows + breaks.cumsum(dim=1)
 
 
 def answer_loss(
@@ -69,7 +75,7 @@ def answer_loss(
     """
     labels = inputs["labels"]
     keep = scored_positions(labels)  # (K,)
-    forward = {k: v for k, v in inputs.items() if k not in ("labels", "token_weights")}
+    forward = {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
     logits = model(**forward, use_cache=False, logits_to_keep=keep).logits  # (B, K, V)
     target = labels[:, 1:].index_select(1, keep)  # (B, K)
     flat_logits = logits.float().reshape(-1, logits.shape[-1])

@@ -12,6 +12,15 @@ attention of one N-token sequence (N = the sum of the lengths: 3-4x the padded b
 our SFT data). :func:`segment_sdpa_attention` runs causal SDPA on each segment separately, so the
 attention costs exactly what the unpacked examples cost. It is registered with transformers'
 public ``AttentionInterface`` under :data:`SEGMENT_ATTENTION`.
+
+Shared prompt prefixes (:class:`SharedPrefixCollator`): the examples of one task share a long
+start (the chat template's header and the task's system prompt: ~60-90 of a label example's ~80-140
+tokens), and every example used to compute it again. The collator puts a prefix that several
+examples of the batch share into the row once, followed by each example's remaining tokens at the
+positions they have in the whole example; a suffix segment attends to its prefix and causally to
+itself (``shared_prefix`` names each segment's prefix segment). The prefix's hidden states are
+those of each example's own (same tokens, same positions, causal), and autograd sums the suffixes'
+gradients into it: the loss and the gradients are the unshared batch's, for fewer tokens.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ def segment_sdpa_attention(
     scaling: float | None = None,
     is_causal: bool | None = None,
     cu_seq_lens_q: torch.Tensor | None = None,
+    shared_prefix: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """Causal SDPA per packed segment; plain ``sdpa`` for anything that is not one packed row.
@@ -43,6 +53,8 @@ def segment_sdpa_attention(
     query (1, H, N, D), key/value (1, H_kv, N, D), ``cu_seq_lens_q`` (S+1,) segment starts and the
     row length -> (1, N, H, D), the layout transformers' attention functions return. The mask the
     model built for the row is not needed: the segments carry the same information.
+    ``shared_prefix`` (S,), from :class:`SharedPrefixCollator`: the segment whose keys a segment also
+    sees in full (its shared prompt prefix), or -1.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -53,11 +65,21 @@ def segment_sdpa_attention(
     lengths = cu_seq_lens_q.diff().tolist()
     # split, not slicing: its backward is one concatenation, where each slice's backward would
     # write its gradient into a zero tensor of the whole row.
-    parts = [
-        torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=True)
-        for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))
-        if q.shape[2] > 0
-    ]
+    qs, ks, vs = query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2)
+    parents = [-1] * len(lengths) if shared_prefix is None else shared_prefix.tolist()
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    parts = []
+    for q, k, v, parent in zip(qs, ks, vs, parents):
+        if q.shape[2] == 0:
+            continue
+        if parent < 0:
+            parts.append(sdpa(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=True))
+            continue
+        # the whole prefix, then causal over the segment itself (lower-right aligned)
+        n, p = q.shape[2], ks[parent].shape[2]
+        mask = torch.ones(n, p + n, dtype=torch.bool, device=q.device).tril(p)
+        parts.append(sdpa(q, torch.cat([ks[parent], k], dim=2), torch.cat([vs[parent], v], dim=2), attn_mask=mask,
+                          dropout_p=dropout, scale=scaling, enable_gqa=True))
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -117,3 +139,105 @@ class WeightedCollator:
                 raise ValueError(f"a packed row of {labels.shape[1]} tokens from examples of {int(lengths.sum())}")
             batch["token_weights"] = row.unsqueeze(0)
         return batch
+
+
+# --------------------------------------------------------------------------- shared prompt prefixes
+
+#: Shorter shared starts are not worth a segment of their own.
+MIN_SHARED_PREFIX = 8
+
+
+def _first_scored(labels: list[int]) -> int:
+    return next((i for i, x in enumerate(labels) if x != -100), len(labels))
+
+
+def _common(a: list[int], b: list[int], limit: int) -> int:
+    n = 0
+    for x, y in zip(a[:limit], b[:limit]):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def prefix_groups(features: list[dict[str, Any]], min_prefix: int = MIN_SHARED_PREFIX) -> list[tuple[int, list[int]]]:
+    """``(p, members)``: the examples (indices into ``features``) that share their first ``p`` tokens.
+
+    A shared prefix ends before the position that predicts an example's first scored label (that
+    position's logits are each example's own), and leaves every member at least one token. Examples
+    are taken in token order (equal starts are neighbours) and greedily grouped while joining does
+    not shrink the tokens saved, ``(members - 1) * p``; a group of one has ``p = 0``.
+    """
+    ids = [list(f["input_ids"]) for f in features]
+    limit = [max(0, min(_first_scored(list(f.get("labels", f["input_ids"]))) - 1, len(i) - 1)) for f, i in zip(features, ids)]
+    groups: list[tuple[int, list[int]]] = []
+    for j in sorted(range(len(ids)), key=lambda j: ids[j]):
+        if groups:
+            p, members = groups[-1]
+            first = members[0]
+            q = _common(ids[first], ids[j], min(limit[first] if len(members) == 1 else p, limit[j]))
+            if q >= min_prefix and len(members) * q >= (len(members) - 1) * p:
+                groups[-1] = (q, members + [j])
+                continue
+        groups.append((0, [j]))
+    return [(p if len(m) > 1 else 0, m) for p, m in groups]
+
+
+class SharedPrefixCollator:
+    """A padding-free row in which examples that share a prompt prefix share its computation.
+
+    Output as the padding-free collator's (``input_ids``, ``labels``, ``position_ids`` (1, N),
+    ``cu_seq_lens_q/k`` segment starts, ``max_length_q/k``) plus ``shared_prefix`` (S,): each
+    segment's prefix segment or -1, which :func:`segment_sdpa_attention` reads. A feature's
+    ``loss_weight`` becomes ``token_weights`` (1, N), as :class:`WeightedCollator` does.
+    ``example_count`` / ``example_tokens`` (ints) say what the row stands for unshared.
+    """
+
+    def __init__(self, pad_token_id: int, min_prefix: int = MIN_SHARED_PREFIX) -> None:
+        self.pad_token_id = pad_token_id
+        self.min_prefix = min_prefix
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        ids_out: list[int] = []
+        labels_out: list[int] = []
+        pos_out: list[int] = []
+        weights_out: list[float] = []
+        starts: list[int] = []
+        parents: list[int] = []
+
+        def segment(ids: list[int], labels: list[int], first_pos: int, parent: int, weight: float) -> None:
+            starts.append(len(ids_out))
+            parents.append(parent)
+            ids_out.extend(ids)
+            labels_out.extend(labels)
+            pos_out.extend(range(first_pos, first_pos + len(ids)))
+            weights_out.extend([weight] * len(ids))
+
+        for p, members in prefix_groups(features, self.min_prefix):
+            parent = -1
+            if p:
+                parent = len(starts)
+                first = features[members[0]]  # never scored: any weight would do; its first example's
+                segment(list(first["input_ids"][:p]), [-100] * p, 0, -1, float(first.get(WEIGHT_COLUMN, 1.0)))
+            for j in members:
+                f = features[j]
+                ids = list(f["input_ids"])
+                labels = list(f.get("labels", ids))
+                labels[0] = -100  # an example's first token is never a target (as in the padding-free collator)
+                segment(ids[p:], labels[p:], p, parent, float(f.get(WEIGHT_COLUMN, 1.0)))
+        bounds = torch.tensor(starts + [len(ids_out)], dtype=torch.int32)
+        out: dict[str, Any] = {
+            "input_ids": torch.tensor([ids_out], dtype=torch.long),
+            "labels": torch.tensor([labels_out], dtype=torch.long),
+            "position_ids": torch.tensor([pos_out], dtype=torch.long),
+            "cu_seq_lens_q": bounds,
+            "cu_seq_lens_k": bounds,
+            "max_length_q": int(bounds.diff().max()),
+            "max_length_k": int(bounds.diff().max()),
+            "shared_prefix": torch.tensor(parents, dtype=torch.long),
+            "example_count": len(features),
+            "example_tokens": sum(len(f["input_ids"]) for f in features),
+        }
+        if any(WEIGHT_COLUMN in f for f in features):
+            out["token_weights"] = torch.tensor([weights_out], dtype=torch.float32)
+        return out

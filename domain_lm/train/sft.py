@@ -96,7 +96,13 @@ def build_trainer(
     from domain_lm.models.loading import load_causal_lm, load_tokenizer, lora_config
     from domain_lm.train.common import on_gpu, quiet_trainer, training_arguments
     from domain_lm.train.dropout import use_uniform_lora_dropout
-    from domain_lm.train.packing import WeightedCollator, padding_free_collator, use_segment_attention
+    from domain_lm.train.packing import (
+        SEGMENT_ATTENTION,
+        SharedPrefixCollator,
+        WeightedCollator,
+        padding_free_collator,
+        use_segment_attention,
+    )
     from domain_lm.train.sft_trainer import AnswerSFTTrainer
 
     # Until the config has these fields (issue 18), read them with their defaults.
@@ -132,12 +138,15 @@ def build_trainer(
     )
     # Packed rows (TRL's packing, or our padding-free batches) need attention that stops at example borders.
     padding_free = padding_free and not section.packing
-    if padding_free or section.packing:
-        use_segment_attention(model)
-    collator = padding_free_collator(tokenizer.pad_token_id) if padding_free else None
+    attention = use_segment_attention(model) if padding_free or section.packing else None
+    # Shared prompt prefixes need the per-segment attention (FlashAttention cannot read them).
+    shared = padding_free and section.shared_prefix and attention == SEGMENT_ATTENTION
+    collator = SharedPrefixCollator(tokenizer.pad_token_id) if shared else padding_free_collator(tokenizer.pad_token_id) if padding_free else None
     weights = None
     if section.loss_weighting == "task" and section.packing:
         log.warning("sft.loss_weighting: task needs one example per feature; TRL packing merges them: every token weighs the same")
+    elif section.loss_weighting == "task" and shared:
+        weights = example_task_weights(examples, tokenizer)  # the collator carries them to the tokens itself
     elif section.loss_weighting == "task":
         from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 

@@ -70,7 +70,10 @@ class ThroughputMeter(TrainerCallback):
 
 
 def batch_size_of(inputs: dict[str, Any]) -> tuple[int, int]:
-    """(examples, real tokens) of a collated batch: padded (``attention_mask``) or one packed row."""
+    """(examples, real tokens) of a collated batch: padded (``attention_mask``) or one packed row
+    (with shared prefixes: the examples and tokens it stands for, not the fewer it computes)."""
+    if "example_count" in inputs:
+        return int(inputs["example_count"]), int(inputs["example_tokens"])
     if "cu_seq_lens_q" in inputs:
         bounds = inputs["cu_seq_lens_q"]
         return int(bounds.numel() - 1), int(bounds[-1])
@@ -107,6 +110,7 @@ class AnswerSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:  # evaluation that wants the logits: TRL's full path
+            inputs = {k: v for k, v in inputs.items() if k not in ("example_count", "example_tokens")}
             return super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         out = answer_loss(model, inputs, num_items_in_batch, per_example=self.loss_weighting == "example")
         loss = out.loss
