@@ -141,7 +141,9 @@ def build_trainer(
     attention = use_segment_attention(model) if padding_free or section.packing else None
     # Shared prompt prefixes need the per-segment attention (FlashAttention cannot read them).
     shared = padding_free and section.shared_prefix and attention == SEGMENT_ATTENTION
-    collator = SharedPrefixCollator(tokenizer.pad_token_id) if shared else padding_free_collator(tokenizer.pad_token_id) if padding_free else None
+    collator = None
+    if padding_free:
+        collator = SharedPrefixCollator(tokenizer.pad_token_id) if shared else padding_free_collator(tokenizer.pad_token_id)
     weights = None
     if section.loss_weighting == "task" and section.packing:
         log.warning("sft.loss_weighting: task needs one example per feature; TRL packing merges them: every token weighs the same")
