@@ -19,10 +19,12 @@ ChatML text as our tokenizer's template) and the same hyper-parameters and data 
 trainers draw the same batches.
 
 Each side runs in its own process; samples/s and tokens/s are over the Trainer's ``train_runtime``
-(the training loop, both sides alike), tokens are real tokens (no padding). The machine is shared:
+(the training loop, both sides alike), tokens are the examples' real tokens (no padding; a shared prompt
+prefix counts once per example, as the peer computes it). The machine is shared:
 absolute numbers move with the load, so compare the ratio of back-to-back runs. The compute
 fraction is tokens/s x 4N FLOPs per token (LoRA: forward + activation gradients; 6N for full
-fine-tuning) over the matmul throughput a ``torch.mm`` probe measures in the same run.
+fine-tuning) over the matmul throughput a ``torch.mm`` probe measures in the same run (with shared prefixes
+ours computes fewer tokens than it counts, so its fraction reads high: compare samples/s).
 
 Measured 2026-11-29 on the shared 2-core CPU, never quiet (load 2-6 from other test suites; the
 probe read 31-90 GFLOP/s where an idle core pair gives ~190), losses equal to ~0.005 per step,
@@ -36,7 +38,7 @@ Measured 2026-12-07 on a quiet 2-core host (probe 364-387 GFLOP/s), --peer --rep
   ours 3.32 / 3.30 samples/s (284 / 282 tokens/s, 2 threads every step), LlamaFactory 1.76 / 1.83:
   1.88x, 1.80x; 39% of the compute limit vs 21%; losses per step equal within 0.005 (1.5084 both at step 1).
 Measured 2026-12-07 (quiet, probe 359 GFLOP/s), with shared prompt prefixes (``sft.shared_prefix``, the default):
-  --peer                         ours 4.36 samples/s (373 tokens/s), LlamaFactory 1.39: 3.13x; 56% of the compute limit
+  --peer                         ours 4.36 samples/s (373 example tokens/s), LlamaFactory 1.39: 3.13x
   --peer --shared-prefix off     ours 2.64 samples/s, LlamaFactory 1.47: 1.80x (the previous path)
   (again, ours only)             ours 4.28 samples/s: sharing alone 1.62-1.65x on this single-task set; losses unchanged.
   On the bench mixes a batch of 8 computes 73% of its tokens (en sentiment + entities + extraction), 75%
