@@ -8,14 +8,19 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING, text_regex
+from domain_lm.inference.schema_bounds import DEFAULT_MAX_ITEMS, DEFAULT_MAX_STRING, NON_BLANK_TEXT
 from domain_lm.tasks.contracts.base import DecodeConstraint, Inputs, OutputContract, Rejection
 from domain_lm.tasks.contracts.negatives import source_text, unfaithful_summary
 from domain_lm.tasks.errors import ContractError
 
 
 class TextOutput(OutputContract):
-    """Non-empty after stripping, at most ``max_length`` characters (decoding is bounded by a regex)."""
+    """Non-empty after stripping, at most ``max_length`` characters.
+
+    The decoder is held to a non-blank first character; ``max_tokens`` bounds the answer and
+    ``parse`` rejects one over ``max_length`` (a length in the grammar costs seconds to compile on a
+    large vocabulary: ``schema_bounds.NON_BLANK_TEXT``).
+    """
 
     kind: Literal["text"]
     max_length: int | None = Field(None, ge=1, description="Maximum characters of the answer.")
@@ -54,7 +59,7 @@ class TextOutput(OutputContract):
     def constraint(
         self, lang: str, inputs: Inputs = None, json_max_string: int = DEFAULT_MAX_STRING, json_max_items: int = DEFAULT_MAX_ITEMS
     ) -> DecodeConstraint:
-        return DecodeConstraint(regex=text_regex(self.max_length or 4000))
+        return DecodeConstraint(regex=NON_BLANK_TEXT)
 
     def value_schema(self) -> dict[str, Any]:
         return {"type": "string", "maxLength": self.max_length}
