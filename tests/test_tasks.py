@@ -93,8 +93,11 @@ def test_text_contract_length(reg):
     assert t.parse_output("  Profit rose.  ") == "Profit rose."
     with pytest.raises(ContractError, match="empty"):
         t.parse_output("   ")
+    # A decoded answer over max_length is cut to it (the grammar does not bound the length), at a word end near the limit.
+    assert t.parse_output("x" * 2001) == "x" * 2000
+    assert t.parse_output("words " * 400) == ("words " * 333).strip()  # not "... words wo"
     with pytest.raises(ContractError, match="maximum is 2000"):
-        t.parse_output("x" * 2001)
+        t.output.target_text("x" * 2001, "en")  # a training target is refused, not cut
 
 
 # ------------------------------------------------------------------ inputs
