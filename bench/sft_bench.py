@@ -23,9 +23,19 @@ answers count as wrong, and the table shows how many there were and how many ung
     flock /work/cpu.lock python bench/sft_bench.py --lang zh --per-task 1000
     python bench/sft_bench.py --lang en --tasks entities_en --per-task 100 --epochs 1 --test-max 20   # a smoke run
 
-Measured 2026-12-07 (2 cores): ``--lang zh --tasks sentiment_zh --test-max 200``: FinFE weighted F1 base 0.104,
-SFT 0.368 (400 records, 1 epoch, 50 steps, 2 min) and 0.590 (2,000 records, 2 epochs, 500 steps, 22 min);
-character TF-IDF + LR 0.722 on the same 200 held-out records: still rising with data, still below the baseline.
+Measured 2026-12-07 (2 cores; one task per run; [95% bootstrap interval], paired against the row named):
+
+- ``--lang en --tasks entities_en --per-task 3000 --epochs 1 --test-max 100``: FiNER-ORD entity F1 base 0.000,
+  SFT **0.709** [0.64, 0.77] (precision 0.73, recall 0.69; LOC 0.70, ORG 0.70, PER 0.74), 0 invalid, 0 ungrounded,
+  375 steps, 18 min. With 100-200 records per task in a three-task mix it was 0.25-0.29 (``data_budget.py``).
+- ``--lang en --tasks summary_en --per-task 200 --epochs 2``: ECTSum ROUGE-L base 0.097, SFT **0.224** [0.20, 0.25],
+  lead-3 0.123 (SFT - lead-3 +0.10 [0.07, 0.13]), 60 held-out, 50 steps, 12 min. Every SFT summary repeats a
+  line (ECTSum's own bullets nearly repeat each other): more records or a repetition guard are next.
+- ``--lang zh --tasks summary_zh --per-task 1000 --epochs 1``: FinNA character ROUGE-L base 0.189, SFT **0.440**
+  [0.41, 0.48], lead-1 0.392 (SFT - lead-1 +0.05 [0.01, 0.09]), 150 held-out, 125 steps, 14 min.
+- ``--lang zh --tasks sentiment_zh --test-max 200``: FinFE weighted F1 base 0.104, SFT 0.368 (400 records, 1 epoch,
+  50 steps, 2 min) and 0.590 (2,000 records, 2 epochs, 500 steps, 22 min); character TF-IDF + LR 0.722 on the
+  same 200 held-out records: still rising with data, still below the baseline.
 
 Results are cells of ``benchlib`` (resumable); the SFT cell is the data-budget bench's cell of the
 same N when both use the same ``--out`` and recipe. Writes ``<out>/sft_bench_<lang>.{json,md}``.
@@ -54,6 +64,7 @@ def main() -> None:
     ap.add_argument("--rlhf", action="append", default=[],
                     help="LANG=DIR: also score this (merged) RLHF model, e.g. a pipeline run's ppo model.")
     ap.add_argument("--skip-base", action="store_true")
+    ap.add_argument("--keep-adapter", action="store_true", help="Keep the SFT adapter in <out>/cells/<cell>/adapter (to score it again).")
     B.add_training_args(ap, "bench-sft")
     args = ap.parse_args()
     tasks, model, data, recipe = B.prepare(args, default_mix(args.lang))
@@ -66,7 +77,7 @@ def main() -> None:
     if not args.skip_base:
         systems["base"] = B.base_scores(model, tasks, data, args.out)
     counts = {t.key: min(args.per_task, len(data[t.key].train)) for t in tasks}
-    cell = B.run_cell(B.Cell(f"{args.lang}-n{args.per_task}", counts, recipe), model, data, tasks, args.out)
+    cell = B.run_cell(B.Cell(f"{args.lang}-n{args.per_task}", counts, recipe), model, data, tasks, args.out, keep_adapter=args.keep_adapter)
     systems["sft"] = cell["scores"]
     for spec in args.rlhf:
         lang, _, path = spec.partition("=")
