@@ -5,6 +5,7 @@ that train on them run end to end with the tiny model."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -56,6 +57,22 @@ def test_tatqa_evidence_is_the_row_or_sentence_holding_the_answer(shared_data):
         ev, text = r.output["evidence"], r.inputs["text"]
         assert ev in text and (ev in text.split("\n") or "|" not in ev)
     assert sum("|" in r.output["evidence"] for r in records) > len(records) / 2  # mostly table rows
+
+
+def test_tatqa_question_year_is_the_requested_period(shared_data):
+    """ "What was X in 2018?" over a table with 2019 and 2018 columns: without the year the field
+    alone cannot say which column is meant, so the year the field loses must come in as the period."""
+    questions = {" ".join(q["question"].split()) for c in json.loads((shared_data / "tatqa" / "dev.json").read_text()) for q in c["questions"]}
+    records = load_source("tatqa", shared_data)
+    dated = [r for r in records if r.inputs["period"] is not None]
+    assert len(dated) > len(records) / 3
+    for r in records:
+        p, field = r.inputs["period"], r.inputs["field"]
+        if p is None:
+            continue
+        assert re.fullmatch(r"(19|20)\d\d", p) and p not in field
+        assert any(q.endswith(f"{p}?") and field in q for q in questions), (field, p)
+        assert r.output["period"] in (p, None)
 
 
 def test_salient_sentences_keep_the_figures_in_order_within_the_limit():

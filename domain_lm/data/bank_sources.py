@@ -84,7 +84,8 @@ def tatqa(data: Path, max_chars: int = TATQA_MAX_CHARS) -> list[TaskRecord]:
 
     The text is the linearised table (when the answer comes from it) and the question's relevant
     paragraphs; the evidence is the one table row holding the answer as a cell, else the one
-    sentence holding it; the period is the question's year when the text names it. Questions
+    sentence holding it; the period is the question's year when the text names it (and an input
+    whenever the field was cut from "What was <field> in <year>?"). Questions
     whose context passes ``max_chars`` or whose answer cannot be pinned to one row/sentence are skipped.
     """
     from domain_lm.data.embedded_sources import _TATQA_QUESTION, linearize_table, parse_amount
@@ -115,7 +116,8 @@ def tatqa(data: Path, max_chars: int = TATQA_MAX_CHARS) -> list[TaskRecord]:
             percent = answer.endswith("%") or q["scale"] == "percent"
             unit = "%" if percent else " ".join(u for u in ("USD" if "$" in answer else None, q["scale"] or None) if u) or None
             output = {"evidence": evidence, "value": value, "unit": unit, "period": period}
-            inputs = {"text": text, "field": field_[:200], "period": None}
+            # "What was X in 2019?" asks for X's 2019 column: the year leaves the field, so it must be the period.
+            inputs = {"text": text, "field": field_[:200], "period": m["year"] if m else None}
             out.append(TaskRecord("extraction", "en", inputs, output, f"tatqa:{ctx['table']['uid']}"))
     return out
 
