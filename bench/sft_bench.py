@@ -31,6 +31,10 @@ Measured 2026-12-07 (2 cores; one task per run; [95% bootstrap interval], paired
 - ``--lang en --tasks summary_en --per-task 200 --epochs 2``: ECTSum ROUGE-L base 0.097, SFT **0.224** [0.20, 0.25],
   lead-3 0.123 (SFT - lead-3 +0.10 [0.07, 0.13]), 60 held-out, 50 steps, 12 min. Every SFT summary repeats a
   line (ECTSum's own bullets nearly repeat each other): more records or a repetition guard are next.
+- ``--lang en --tasks extraction_en --per-task 3000 --epochs 2`` (all 1,354 records): TAT-QA value match base 0.131,
+  SFT 0.328 (value exact 0.31 [0.20, 0.43]), 61 held-out, 0 invalid, 0 ungrounded, 340 steps, 33 min (0.367 of 60
+  before the question's year became the period input). Of 42 wrong values 14 quote the right table row and take
+  another year's column: the row alone does not say which column is which.
 - ``--lang zh --tasks summary_zh --per-task 1000 --epochs 1``: FinNA character ROUGE-L base 0.189, SFT **0.440**
   [0.41, 0.48], lead-1 0.392 (SFT - lead-1 +0.05 [0.01, 0.09]), 150 held-out, 125 steps, 14 min.
 - ``--lang zh --tasks sentiment_zh --test-max 200``: FinFE weighted F1 base 0.104, SFT 0.368 (400 records, 1 epoch,
