@@ -62,7 +62,8 @@ def test_tatqa_evidence_is_the_row_or_sentence_holding_the_answer(shared_data):
 def test_tatqa_question_year_is_the_requested_period(shared_data):
     """ "What was X in 2018?" over a table with 2019 and 2018 columns: without the year the field
     alone cannot say which column is meant, so the year the field loses must come in as the period."""
-    questions = {" ".join(q["question"].split()) for c in json.loads((shared_data / "tatqa" / "dev.json").read_text()) for q in c["questions"]}
+    contexts = json.loads((shared_data / "tatqa" / "dev.json").read_text())
+    questions = {" ".join(q["question"].split()) for c in contexts for q in c["questions"]}
     records = load_source("tatqa", shared_data)
     dated = [r for r in records if r.inputs["period"] is not None]
     assert len(dated) > len(records) / 3
