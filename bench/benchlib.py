@@ -56,7 +56,7 @@ TASKS: dict[str, BenchTask] = {
     for t in [
         BenchTask("sentiment_en", "sentiment", "en", ("fpb",), "fpb", "weighted_f1", 8, 300, "tfidf"),
         BenchTask("entities_en", "entities", "en", ("finer_ord", "fin_ner"), "finer_ord", "f1", 160, 200),
-        BenchTask("extraction_en", "extraction", "en", ("tatqa", "kpi_edgar", "nlupp"), "tatqa", "value_match", 160, 100),
+        BenchTask("extraction_en", "extraction", "en", ("tatqa", "tatqa_tables", "kpi_edgar", "nlupp"), "tatqa", "value_match", 160, 100),
         BenchTask("summary_en", "report_summary", "en", ("ectsum",), "ectsum", "rougeL", 128, 60, "lead", 3),
         BenchTask("key_points_en", "key_points", "en", ("ectsum_key_points",), "ectsum_key_points", "rougeL", 160, 60),
         BenchTask("sentiment_zh", "sentiment", "zh", ("finfe",), "finfe", "weighted_f1", 8, 300, "tfidf"),

@@ -21,7 +21,7 @@ from domain_lm.tasks.grounding import ungrounded
 from .conftest import REPO
 
 #: Sources whose records come from documents (several records per group).
-GROUPED = {"finer_ord", "fin_ner", "tatqa", "kpi_edgar", "ectsum", "ectsum_key_points"}
+GROUPED = {"finer_ord", "fin_ner", "tatqa", "tatqa_tables", "kpi_edgar", "ectsum", "ectsum_key_points"}
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,24 @@ def test_tatqa_question_year_is_the_requested_period(shared_data):
         assert re.fullmatch(r"(19|20)\d\d", p) and p not in field
         assert any(q.endswith(f"{p}?") and field in q for q in questions), (field, p)
         assert r.output["period"] in (p, None)
+
+
+def test_tatqa_table_lookups_read_the_named_row_and_year_column(shared_data):
+    """A lookup's answer is the cell in its row under its year's column, and its report is on the same
+    side of the split as the report's own questions."""
+    from domain_lm.data.embedded_sources import parse_amount, table_cell_value
+
+    lookups = load_source("tatqa_tables", shared_data)
+    assert len(lookups) > 1000 and len({r.group for r in lookups}) > 150
+    for r in lookups:
+        line, year = r.output["evidence"], r.inputs["period"]
+        assert line in r.inputs["text"].split("\n") and line.split(" | ")[0].rstrip(":").strip() == r.inputs["field"]
+        in_year = [table_cell_value(c) for c in line.split(" | ")[1:] if year in c.rsplit(": ", 1)[0]]
+        assert len(in_year) == 1 and parse_amount(in_year[0]) == r.output["value"] and r.output["period"] == year
+    questions = load_source("tatqa", shared_data)
+    held_lookups = {r.group for r in split_records(lookups, 0.2, 42)[1]}
+    train_questions = {r.group for r in split_records(questions, 0.2, 42)[0]}
+    assert held_lookups and held_lookups.isdisjoint(train_questions)
 
 
 def test_salient_sentences_keep_the_figures_in_order_within_the_limit():

@@ -228,6 +228,32 @@ def test_parse_amount():
     assert S.parse_amount("2019 and 2018") is None
 
 
+def test_table_figures_carry_their_column_label():
+    table = [
+        ["", "", "Years Ended September 30,", ""],  # a title over every column tells no column apart
+        ["", "Domestic", "", "International"],  # group headers span rightwards
+        ["", "2019", "2018", "2019"],
+        ["", "", "(in millions)", ""],
+        ["Revenue:", "", "", ""],  # no figure yet: still a header row (it labels no column)
+        ["Service", "$ 12,899", "12,621", ""],
+        ["Total", "(1,234)", "", "7.5%"],
+    ]
+    assert S.column_labels(table) == (5, ["", "Domestic 2019", "Domestic 2018", "International 2019"])
+    assert S.linearize_table(table).split("\n") == [
+        "Years Ended September 30,",
+        "Domestic | International",
+        "2019 | 2018 | 2019",
+        "(in millions)",
+        "Revenue:",
+        "Service | Domestic 2019: $ 12,899 | Domestic 2018: 12,621",
+        "Total | Domestic 2019: (1,234) | International 2019: 7.5%",
+    ]
+    assert [S.table_cell_value(c) for c in "Service | Domestic 2018: 12,621".split(" | ")] == ["Service", "12,621"]
+    # Dates in headers are labels, not figures; a table without header rows is written as it is.
+    assert S.column_labels([["", "December 31, 2019", "Dec 31 2018"], ["Cash", "5", "6"]])[1] == ["", "December 31, 2019", "Dec 31 2018"]
+    assert S.linearize_table([["Cash", "5", "6"], ["", "", ""]]) == "Cash | 5 | 6"
+
+
 def test_kpi_sheet_parsing_and_extraction():
     def block(blob, tokens, labels):
         n = len(tokens)

@@ -17,6 +17,7 @@ name -> PER, address / scene -> LOC).
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -124,12 +125,70 @@ def tatqa(data: Path, max_chars: int = TATQA_MAX_CHARS) -> list[TaskRecord]:
 
 def _tatqa_evidence(answer: str, text: str) -> str | None:
     """The one line with a table cell equal to ``answer``, else the one sentence holding it as a number."""
-    rows = [ln for ln in text.split("\n") if " | " in ln and answer in [c.strip() for c in ln.split(" | ")]]
+    from domain_lm.data.embedded_sources import table_cell_value
+
+    rows = [ln for ln in text.split("\n") if " | " in ln and answer in [table_cell_value(c) for c in ln.split(" | ")]]
     if len(rows) == 1:
         return rows[0].strip()
     number = re.compile(rf"(?<![\d.,]){re.escape(answer)}(?![\d]|[.,]\d)")
     sents = [s.strip() for ln in text.split("\n") if " | " not in ln for s in _SENTENCE.split(ln) if number.search(s)]
     return sents[0] if len(sents) == 1 else None
+
+
+TATQA_LOOKUPS_PER_TABLE = 8
+# A figure as reports write it ("$ 1,452.4", "(89)", "7.5%"); not "2.978,478", a typo upstream.
+_WELL_FORMED = re.compile(r"\$?\s*\(?-?\$?\s*(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?\)?\s*%?")
+
+
+def tatqa_table_lookups(
+    data: Path, max_chars: int = TATQA_MAX_CHARS, per_table: int = TATQA_LOOKUPS_PER_TABLE, seed: int = 42
+) -> list[TaskRecord]:
+    """Table lookups made from TAT-QA's report tables: "<row name>" in "<year>" answered by the cell in
+    that row and year's column (evidence: the row's line), up to ``per_table`` seeded cells per table.
+
+    TAT-QA has ~250 usable span questions; reading a figure off the right row and column is most of
+    what they ask, and every table holds dozens of such figures. A lookup's group is its report's, so
+    it falls on the same side of a split as the report's own questions (never train on a held-out
+    table). Only rows whose name is unique in the table, columns whose label names exactly one year
+    (and no other column that year), and cells holding one number are used; the unit is the table's
+    scale as its own questions give it.
+    """
+    from collections import Counter
+
+    from domain_lm.data.embedded_sources import column_labels, parse_amount, table_lines
+
+    contexts = json.loads((data / "tatqa" / "dev.json").read_text(encoding="utf-8"))
+    rng = random.Random(seed)
+    out = []
+    for ctx in contexts:
+        raw = ctx["table"]["table"]
+        lines = table_lines(raw)
+        text = "\n".join(line for _, line in lines)
+        if len(text) > max_chars:
+            continue
+        n_header, labels = column_labels(raw)
+        years = [_YEAR.findall(label) for label in labels]
+        year_of = {j: y[0] for j, y in enumerate(years) if j and len(y) == 1 and sum(y[0] in z for z in years) == 1}
+        names = Counter(row[0].strip() for row in raw)
+        scales = Counter(q["scale"] for q in ctx["questions"] if q["answer_from"] in ("table", "table-text"))
+        scale = scales.most_common(1)[0][0] if scales else ""
+        candidates = []
+        for i, line in lines:
+            name = raw[i][0].strip().rstrip(":").strip()
+            if i < n_header or not name or names[raw[i][0].strip()] != 1 or text.count(line) != 1:
+                continue
+            for j, year in year_of.items():
+                cell = raw[i][j].strip() if j < len(raw[i]) else ""
+                value = parse_amount(cell)
+                if value is None or not _WELL_FORMED.fullmatch(cell):
+                    continue
+                percent = cell.endswith("%") or scale == "percent"
+                unit = "%" if percent else " ".join(u for u in ("USD" if "$" in cell else None, scale or None) if u) or None
+                output = {"evidence": line, "value": value, "unit": unit, "period": year}
+                inputs = {"text": text, "field": name[:200], "period": year}
+                candidates.append(TaskRecord("extraction", "en", inputs, output, f"tatqa:{ctx['table']['uid']}"))
+        out += rng.sample(candidates, min(per_table, len(candidates)))
+    return out
 
 
 def embedded_extraction(name: str) -> list[TaskRecord]:
@@ -232,6 +291,7 @@ SOURCES: dict[str, Callable[[Path], list[TaskRecord]]] = {
     "fin_ner": fin_ner,
     "fpb": fpb,
     "tatqa": tatqa,
+    "tatqa_tables": tatqa_table_lookups,
     "kpi_edgar": lambda data: embedded_extraction("kpi_edgar/extraction"),
     "nlupp": lambda data: embedded_extraction("nlupp_banking/extraction"),
     "ectsum": ectsum,

@@ -104,7 +104,8 @@ SOURCES: dict[str, Source] = {
         "tatqa/LICENSE",
         "extraction: span questions 'What was <field> in <year>?' with one numeric answer found in a short table row or "
         "paragraph sentence; corpus: every context's paragraphs (+ its table when at most 1,500 characters)",
-        "tables linearised one row per line, cells joined by ` | `; text unchanged otherwise. Upstream dev split only",
+        "tables linearised one row per line, cells joined by ` | `, each figure after its column label "
+        "(`2019: 1,452.4`); text unchanged otherwise. Upstream dev split only",
     ),
     "nlupp_banking": Source(
         "NLU++ (banking domain)",

@@ -371,10 +371,71 @@ _TATQA_QUESTION = re.compile(
 )
 
 
+_MONTH_DAY = re.compile(r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?\s*\d{1,2}\b", re.I)
+_YEARISH = re.compile(r"(?<!\d)(?:19|20)\d\d(?!\d)")
+MAX_COLUMN_LABEL = 40
+
+
+def _is_header_cell(cell: str) -> bool:
+    """A cell that names a column ("2019", "Fiscal 2018 €m", "December 31,", "(in millions)"), not a figure."""
+    return not re.search(r"\d", _YEARISH.sub("", _MONTH_DAY.sub("", cell).replace(" ", "")))
+
+
+def column_labels(table: Sequence[Sequence[str]]) -> tuple[int, list[str]]:
+    """(number of header rows, label of each column) of a report table.
+
+    Header rows are the leading rows without a figure. A column's label joins its header cells from the
+    top down; a header row with cells over several columns ("Domestic", "", "International", "") spans
+    each cell rightwards to the next, and a row with one cell (a title over every column) or the same
+    text over every column is left out, since it tells no column from another. Column 0 (the row names)
+    has no label."""
+    n_header = 0
+    for row in table:
+        if any(c.strip() for c in row[1:]) and not all(_is_header_cell(c) for c in row[1:] if c.strip()):
+            break
+        n_header += 1
+    width = max((len(r) for r in table), default=0)
+    labels = [""] * width
+    for row in table[:n_header]:
+        cells = [c.strip() for c in row[1:]] + [""] * (width - len(row))
+        if sum(1 for c in cells if c) < 2:
+            continue
+        filled, last = [], ""
+        for c in cells:
+            last = c or last
+            filled.append(last)
+        if len(set(filled)) < 2:
+            continue
+        for j, c in enumerate(filled, start=1):
+            labels[j] = f"{labels[j]} {c}".strip() if c else labels[j]
+    return n_header, [" ".join(x.split())[:MAX_COLUMN_LABEL] for x in labels]
+
+
+def table_lines(table: Sequence[Sequence[str]]) -> list[tuple[int, str]]:
+    """(row index, line) of each non-empty table row: cells separated by `` | `` (empty cells dropped);
+    below the header rows each figure carries its column's label ("Service | 2019: 12,899 | 2018: 12,621"),
+    so which year a figure belongs to is on its own line, not in a header lines above."""
+    n_header, labels = column_labels(table)
+    out = []
+    for i, row in enumerate(table):
+        cells = []
+        for j, c in enumerate(row):
+            c = c.strip()
+            if c:
+                cells.append(f"{labels[j]}: {c}" if i >= n_header and j and labels[j] else c)
+        if cells:
+            out.append((i, " | ".join(cells)))
+    return out
+
+
 def linearize_table(table: Sequence[Sequence[str]]) -> str:
-    """One line per table row, cells separated by `` | `` (empty rows dropped)."""
-    lines = [" | ".join(c.strip() for c in row).strip() for row in table]
-    return "\n".join(line for line in lines if line.replace("|", "").strip())
+    """The table as text, one line per row (``table_lines``)."""
+    return "\n".join(line for _, line in table_lines(table))
+
+
+def table_cell_value(cell: str) -> str:
+    """A linearised cell's figure without its column label ("2018: 12,621" -> "12,621")."""
+    return cell.rsplit(": ", 1)[-1].strip()
 
 
 def tatqa(contexts: Sequence[Row], max_table_chars: int, max_text_chars: int, max_evidence: int) -> tuple[list[Row], list[Row]]:
@@ -429,7 +490,7 @@ def _tatqa_evidence(answer: str, table: str, paras: list[str], max_table: int, m
     """(text, evidence): the table and the one row with a cell equal to the answer, else the one
     paragraph and sentence that contain it."""
     lines = table.split("\n")
-    hits = [ln for ln in lines if answer in [c.strip() for c in ln.split(" | ")]]
+    hits = [ln for ln in lines if answer in [table_cell_value(c) for c in ln.split(" | ")]]
     if len(table) <= max_table and len(hits) == 1 and table.count(hits[0]) == 1:
         return table, hits[0]
     # The answer as a whole number: "7" must not match inside "2017".
