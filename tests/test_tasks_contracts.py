@@ -110,6 +110,18 @@ def test_text_contract(reg):
     assert why == "unfaithful_numbers" and "8" not in text.split("%")[0]
 
 
+def test_text_answers_drop_lines_they_repeat(reg):
+    """A small model's summary loops on its best line until max_tokens (the ECTSum bench's SFT model did
+    on every call): the answer keeps each line once, and a last line that only starts one again is the
+    loop cut off, not a new line. The training target is left as it is."""
+    out = reg.get("report_summary").output
+    looped = "Q3 EPS $1.54.\nQ3 sales $364 million.\nq3  EPS $1.54.\n\nGuidance raised.\nQ3 sales $3"
+    assert out.parse(looped, "en") == "Q3 EPS $1.54.\nQ3 sales $364 million.\n\nGuidance raised."
+    assert out.parse("利润增长。\n利润增长。", "zh") == "利润增长。"
+    assert out.parse("Sales rose.\nSales rose 5%.", "en") == "Sales rose.\nSales rose 5%."  # a longer last line is new
+    assert out.target_text("A.\nA.", "en") == "A.\nA."
+
+
 def test_template_delegates_and_names_the_task(reg):
     t = reg.get("sentiment")
     with pytest.raises(ContractError) as e:

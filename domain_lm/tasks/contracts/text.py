@@ -21,6 +21,8 @@ class TextOutput(OutputContract):
     answer to ``max_length`` (at a word end in its last fifth when there is one), which is what a
     length in the grammar did, without the seconds that grammar takes to compile on a large
     vocabulary (``schema_bounds.NON_BLANK_TEXT``). Training targets over ``max_length`` are refused.
+    A line that repeats an earlier one (or starts one again and is cut off) is dropped from an answer
+    (``drop_repeated_lines``): a small model's summary can loop on its best line until ``max_tokens``.
     """
 
     kind: Literal["text"]
@@ -35,7 +37,7 @@ class TextOutput(OutputContract):
         return self
 
     def parse(self, text: str, lang: str, inputs: Inputs = None) -> Any:
-        value = text.strip()
+        value = drop_repeated_lines(text.strip())
         if self.max_length is not None and len(value) > self.max_length:
             value = clip_text(value, self.max_length)
         self._check_value(value, raw=text)
@@ -74,6 +76,21 @@ class TextOutput(OutputContract):
         """The gold text with numbers the source does not hold (``unfaithful_numbers``)."""
         chosen = self.target_text(gold, lang)
         return [("unfaithful_numbers", unfaithful_summary(chosen, source_text(inputs), lang, seed=rng.randint(0, 10**6)))]
+
+
+def drop_repeated_lines(text: str) -> str:
+    """``text`` without the lines that repeat an earlier line (case and spacing aside), nor a last line
+    that only begins an earlier one again (where ``max_tokens`` cut a loop off)."""
+    lines = text.split("\n")
+    seen: list[str] = []
+    kept: list[str] = []
+    for i, line in enumerate(lines):
+        key = " ".join(line.lower().split())
+        if key and (key in seen or (i == len(lines) - 1 and any(s.startswith(key) for s in seen))):
+            continue
+        seen.append(key)
+        kept.append(line)
+    return "\n".join(kept).strip()
 
 
 def clip_text(text: str, max_chars: int) -> str:
