@@ -29,8 +29,9 @@ Measured 2026-12-07 (2 cores; one task per run; [95% bootstrap interval], paired
   SFT **0.709** [0.64, 0.77] (precision 0.73, recall 0.69; LOC 0.70, ORG 0.70, PER 0.74), 0 invalid, 0 ungrounded,
   375 steps, 18 min. With 100-200 records per task in a three-task mix it was 0.25-0.29 (``data_budget.py``).
 - ``--lang en --tasks summary_en --per-task 200 --epochs 2``: ECTSum ROUGE-L base 0.097, SFT **0.224** [0.20, 0.25],
-  lead-3 0.123 (SFT - lead-3 +0.10 [0.07, 0.13]), 60 held-out, 50 steps, 12 min. Every SFT summary repeats a
-  line (ECTSum's own bullets nearly repeat each other): more records or a repetition guard are next.
+  lead-3 0.123 (SFT - lead-3 +0.10 [0.07, 0.13]), 60 held-out, 50 steps, 12 min. Every SFT summary repeated a
+  line (ECTSum's own bullets nearly repeat each other); the text contract now drops repeated lines: the same
+  generations parsed again score **0.258** [0.23, 0.29] (SFT - lead-3 +0.13 [0.10, 0.17]), 3.2 lines per summary, not 7.7.
 - ``--lang en --tasks extraction_en --per-task 3000 --epochs 2`` (all 1,354 records): TAT-QA value match base 0.131,
   SFT 0.328 (value exact 0.31 [0.20, 0.43]), 61 held-out, 0 invalid, 0 ungrounded, 340 steps, 33 min (0.367 of 60
   before the question's year became the period input). Of 42 wrong values 14 quote the right table row and take
