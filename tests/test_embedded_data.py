@@ -249,8 +249,12 @@ def test_table_figures_carry_their_column_label():
         "Total | Domestic 2019: (1,234) | International 2019: 7.5%",
     ]
     assert [S.table_cell_value(c) for c in "Service | Domestic 2018: 12,621".split(" | ")] == ["Service", "12,621"]
-    # Dates in headers are labels, not figures; a table without header rows is written as it is.
-    assert S.column_labels([["", "December 31, 2019", "Dec 31 2018"], ["Cash", "5", "6"]])[1] == ["", "December 31, 2019", "Dec 31 2018"]
+    # Dates, quarters, scales and footnote marks in headers are labels, not figures; the lowest header
+    # row that tells the columns apart names them, without the title rows above it.
+    headers = ["July 27, 2019 (1)", "30 June 2018", "Q4 2017", "1/1/19", "$'000"]
+    table = [["", "Years Ended", "", "", ""], ["", *headers], ["Cash", "5", "6", "7", "8", "9"]]
+    assert S.column_labels(table) == (2, ["", *headers])
+    # A table without header rows is written as it is.
     assert S.linearize_table([["Cash", "5", "6"], ["", "", ""]]) == "Cash | 5 | 6"
 
 

@@ -371,24 +371,33 @@ _TATQA_QUESTION = re.compile(
 )
 
 
-_MONTH_DAY = re.compile(r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?\s*\d{1,2}\b", re.I)
+_MONTH = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?"
+# Dates, periods and scales in column headers: "December 31", "30 June", "1/1/19", "Q4", "H1", "FY19", "$'000".
+_HEADER_FIGURES = re.compile(
+    rf"{_MONTH}\s*\d{{1,2}}\b|\b\d{{1,2}}\s*{_MONTH}|\b\d{{1,2}}/\d{{1,2}}/\d{{2,4}}\b|\b(?:Q[1-4]|H[12]|FY\s?\d\d)\b|[’']000\b", re.I
+)
 _YEARISH = re.compile(r"(?<!\d)(?:19|20)\d\d(?!\d)")
 MAX_COLUMN_LABEL = 40
 
 
+_FOOTNOTE = re.compile(r"\((?:note\s*)?\d{1,2}\)|\[\d{1,2}\]", re.I)
+
+
 def _is_header_cell(cell: str) -> bool:
-    """A cell that names a column ("2019", "Fiscal 2018 €m", "December 31,", "(in millions)"), not a figure."""
-    return not re.search(r"\d", _YEARISH.sub("", _MONTH_DAY.sub("", cell).replace(" ", "")))
+    """A cell that names a column ("2019", "Fiscal 2018 €m", "December 31,", "July 27, 2019 (1)",
+    "(in millions)"), not a figure."""
+    return not re.search(r"\d", _YEARISH.sub("", _HEADER_FIGURES.sub("", _FOOTNOTE.sub("", cell)).replace(" ", "")))
 
 
 def column_labels(table: Sequence[Sequence[str]]) -> tuple[int, list[str]]:
     """(number of header rows, label of each column) of a report table.
 
-    Header rows are the leading rows without a figure. A column's label joins its header cells from the
-    top down; a header row with cells over several columns ("Domestic", "", "International", "") spans
-    each cell rightwards to the next, and a row with one cell (a title over every column) or the same
-    text over every column is left out, since it tells no column from another. Column 0 (the row names)
-    has no label."""
+    Header rows are the leading rows without a figure. A column's label is its cell in the lowest
+    header row that tells columns apart; higher rows are put in front only while two columns still
+    share a label ("Domestic 2019" and "International 2019" over "2019 | 2018 | 2019 | 2018"). A
+    higher row's cell spans rightwards to the next one ("Domestic", "", "International", ""); a row
+    with one cell (a title over every column) or the same text over every column tells no column from
+    another and is left out. Column 0 (the row names) has no label."""
     n_header = 0
     for row in table:
         if any(c.strip() for c in row[1:]) and not all(_is_header_cell(c) for c in row[1:] if c.strip()):
@@ -396,7 +405,10 @@ def column_labels(table: Sequence[Sequence[str]]) -> tuple[int, list[str]]:
         n_header += 1
     width = max((len(r) for r in table), default=0)
     labels = [""] * width
-    for row in table[:n_header]:
+    for row in reversed(table[:n_header]):
+        named = [c for c in labels[1:] if c]
+        if named and len(set(named)) == len(named):
+            break
         cells = [c.strip() for c in row[1:]] + [""] * (width - len(row))
         if sum(1 for c in cells if c) < 2:
             continue
@@ -406,8 +418,9 @@ def column_labels(table: Sequence[Sequence[str]]) -> tuple[int, list[str]]:
             filled.append(last)
         if len(set(filled)) < 2:
             continue
-        for j, c in enumerate(filled, start=1):
-            labels[j] = f"{labels[j]} {c}".strip() if c else labels[j]
+        row_cells = cells if not named else filled  # the lowest row names its own columns; higher rows span
+        for j, c in enumerate(row_cells, start=1):
+            labels[j] = f"{c} {labels[j]}".strip() if c else labels[j]
     return n_header, [" ".join(x.split())[:MAX_COLUMN_LABEL] for x in labels]
 
 
