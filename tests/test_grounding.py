@@ -61,7 +61,7 @@ def extraction_schema(free_unit: bool = False) -> dict:
     schema = _template_schema("extraction")
     props = schema["properties"]
     assert (props["value"][KEYWORD], props["evidence"][KEYWORD]) == (NUMBER, EVIDENCE)
-    assert props["period"][KEYWORD] == dict(SPAN, max_words=6, offsets=None)
+    assert props["period"][KEYWORD] == dict(SPAN, max_words=6, offsets=None, overflow="shortest")
     if free_unit:
         props["unit"]["anyOf"][0] = {"type": "string", "maxLength": 40}
     return schema
@@ -298,6 +298,28 @@ def test_over_budget_falls_back_to_verification_with_a_reason_in_bounded_time():
     assert sp.schema_ == strip(schema)  # the same for every long input: the engine compiles it once
     small = specialise(schema, {"text": EN}, budget=Budget(max_chars=50))
     assert not small.fully_enforced and "characters" in small.fields[0].reason
+
+
+def test_a_short_field_over_budget_keeps_its_shortest_candidates():
+    """A TAT-QA table with its paragraph holds more 6-word spans than the budget: the period (``overflow:
+    shortest``) is offered its shortest spans, which hold the years, and stays enforced, so the evidence
+    is enforced too; without it the whole answer fell back to verification (the 1 ungrounded answer of
+    the extraction bench's 60)."""
+    years = " ".join(f"In {y} net income was {y * 3 - 5000} million and fees rose {y % 7} percent." for y in range(1990, 2010))
+    text = "Revenue | 2019: 1,452.4 | 2018: 1,146.2\n" + years
+    schema = bound_schema(extraction_schema())
+    sp = specialise(schema, {"text": text, "field": "revenue"})
+    evidence, value, period = (next(f for f in sp.fields if f.path == f"$.{k}") for k in ("evidence", "value", "period"))
+    assert sp.fully_enforced and period.cut and not evidence.cut and not value.cut
+    offered = sp.schema_["properties"]["period"]["anyOf"][0]["enum"]
+    unbounded = specialise(schema, {"text": text, "field": "revenue"}, budget=Budget(max_chars=10**6, max_candidates=10**5))
+    everything = unbounded.schema_["properties"]["period"]["anyOf"][0]["enum"]
+    assert {"2019", "1990", "2009"} <= set(offered) and set(offered) < set(everything)
+    assert max(len(c.split()) for c in offered) < max(len(c.split()) for c in everything)  # the longest spans go
+    verify = copy.deepcopy(schema)
+    del verify["properties"]["period"][KEYWORD]["overflow"]
+    fallback = specialise(verify, {"text": text, "field": "revenue"})
+    assert not fallback.fully_enforced and "$.period" in fallback.fields[0].reason
 
 
 def test_no_candidate_leaves_only_the_other_alternatives():
