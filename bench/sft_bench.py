@@ -35,7 +35,11 @@ Measured 2026-12-07 (2 cores; one task per run; [95% bootstrap interval], paired
 - ``--lang en --tasks extraction_en --per-task 3000 --epochs 2`` (all 1,354 records): TAT-QA value match base 0.131,
   SFT 0.328 (value exact 0.31 [0.20, 0.43]), 61 held-out, 0 invalid, 0 ungrounded, 340 steps, 33 min (0.367 of 60
   before the question's year became the period input). Of 42 wrong values 14 quote the right table row and take
-  another year's column: the row alone does not say which column is which.
+  another year's column: the row alone does not say which column is which. With each figure after its column
+  label (``2019: 12,899 | 2018: 12,621``) and the table-lookup records (``tatqa_tables``), ``--per-task 3000
+  --epochs 1`` (2,559 records, 320 steps, 53 min): base 0.167, SFT **0.633** (value exact 0.617 [0.50, 0.73];
+  SFT - base +0.47 [0.35, 0.58]), 60 held-out, 0 invalid; field accuracy evidence 0.60, period 0.78, unit 0.58.
+  4 of 23 wrong values now quote the right row (14 of 42 before); the rest pick another row.
 - ``--lang zh --tasks summary_zh --per-task 1000 --epochs 1``: FinNA character ROUGE-L base 0.189, SFT **0.440**
   [0.41, 0.48], lead-1 0.392 (SFT - lead-1 +0.05 [0.01, 0.09]), 150 held-out, 125 steps, 14 min.
 - ``--lang zh --tasks sentiment_zh --test-max 200``: FinFE weighted F1 base 0.104, SFT 0.368 (400 records, 1 epoch,
