@@ -39,6 +39,9 @@ Measured 2026-12-07 (2 cores; one task per run; [95% bootstrap interval], paired
   label (``2019: 12,899 | 2018: 12,621``) and the table-lookup records (``tatqa_tables``), ``--per-task 3000
   --epochs 1`` (2,559 records, 320 steps, 53 min): base 0.167, SFT **0.633** (value exact 0.617 [0.50, 0.73];
   SFT - base +0.47 [0.35, 0.58]), 60 held-out, 0 invalid; field accuracy evidence 0.60, period 0.78, unit 0.58.
+  1 answer was ungrounded (refused after its retry: a request whose period spans passed the grammar budget);
+  with the period's ``overflow: shortest`` every request is enforced and the same adapter scores the same
+  0.633 with 0 ungrounded.
   4 of 23 wrong values now quote the right row (14 of 42 before); the rest pick another row.
 - ``--lang zh --tasks summary_zh --per-task 1000 --epochs 1``: FinNA character ROUGE-L base 0.189, SFT **0.440**
   [0.41, 0.48], lead-1 0.392 (SFT - lead-1 +0.05 [0.01, 0.09]), 150 held-out, 125 steps, 14 min.
