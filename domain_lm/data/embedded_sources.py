@@ -377,10 +377,8 @@ _HEADER_FIGURES = re.compile(
     rf"{_MONTH}\s*\d{{1,2}}\b|\b\d{{1,2}}\s*{_MONTH}|\b\d{{1,2}}/\d{{1,2}}/\d{{2,4}}\b|\b(?:Q[1-4]|H[12]|FY\s?\d\d)\b|[’']000\b", re.I
 )
 _YEARISH = re.compile(r"(?<!\d)(?:19|20)\d\d(?!\d)")
+_FOOTNOTE = re.compile(r"\((?:note\s*)?\d{1,2}\)|\[\d{1,2}\]", re.I)  # "2019 (1)", "[2]", "(Note 23)"
 MAX_COLUMN_LABEL = 40
-
-
-_FOOTNOTE = re.compile(r"\((?:note\s*)?\d{1,2}\)|\[\d{1,2}\]", re.I)
 
 
 def _is_header_cell(cell: str) -> bool:
@@ -427,7 +425,7 @@ def column_labels(table: Sequence[Sequence[str]]) -> tuple[int, list[str]]:
 def table_lines(table: Sequence[Sequence[str]]) -> list[tuple[int, str]]:
     """(row index, line) of each non-empty table row: cells separated by `` | `` (empty cells dropped);
     below the header rows each figure carries its column's label ("Service | 2019: 12,899 | 2018: 12,621"),
-    so which year a figure belongs to is on its own line, not in a header lines above."""
+    so which year a figure belongs to is on its own line, not in header rows above it."""
     n_header, labels = column_labels(table)
     out = []
     for i, row in enumerate(table):
