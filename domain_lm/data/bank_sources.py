@@ -162,11 +162,11 @@ def tatqa_table_lookups(
     out = []
     for ctx in contexts:
         raw = ctx["table"]["table"]
-        lines = table_lines(raw)
+        n_header, labels = header = column_labels(raw)
+        lines = table_lines(raw, header)
         text = "\n".join(line for _, line in lines)
         if len(text) > max_chars:
             continue
-        n_header, labels = column_labels(raw)
         years = [_YEAR.findall(label) for label in labels]
         year_of = {j: y[0] for j, y in enumerate(years) if j and len(y) == 1 and sum(y[0] in z for z in years) == 1}
         names = Counter(row[0].strip() for row in raw)

@@ -422,11 +422,12 @@ def column_labels(table: Sequence[Sequence[str]]) -> tuple[int, list[str]]:
     return n_header, [" ".join(x.split())[:MAX_COLUMN_LABEL] for x in labels]
 
 
-def table_lines(table: Sequence[Sequence[str]]) -> list[tuple[int, str]]:
+def table_lines(table: Sequence[Sequence[str]], header: tuple[int, list[str]] | None = None) -> list[tuple[int, str]]:
     """(row index, line) of each non-empty table row: cells separated by `` | `` (empty cells dropped);
     below the header rows each figure carries its column's label ("Service | 2019: 12,899 | 2018: 12,621"),
-    so which year a figure belongs to is on its own line, not in header rows above it."""
-    n_header, labels = column_labels(table)
+    so which year a figure belongs to is on its own line, not in header rows above it. ``header`` is
+    ``column_labels(table)`` when the caller has it already."""
+    n_header, labels = header or column_labels(table)
     out = []
     for i, row in enumerate(table):
         cells = []

@@ -82,13 +82,13 @@ def drop_repeated_lines(text: str) -> str:
     """``text`` without the lines that repeat an earlier line (case and spacing aside), nor a last line
     that only begins an earlier one again (where ``max_tokens`` cut a loop off)."""
     lines = text.split("\n")
-    seen: list[str] = []
+    seen: set[str] = set()
     kept: list[str] = []
     for i, line in enumerate(lines):
         key = " ".join(line.lower().split())
         if key and (key in seen or (i == len(lines) - 1 and any(s.startswith(key) for s in seen))):
             continue
-        seen.append(key)
+        seen.add(key)
         kept.append(line)
     return "\n".join(kept).strip()
 
