@@ -85,6 +85,7 @@ class TaskData:
     train: list[Any]  # TaskRecord, training part of every train source
     test: list[Any]  # TaskRecord, held-out part of the eval source (seeded sample of test_max)
     held_out_total: int  # held-out records of the eval source before sampling
+    dev: list[Any] = field(default_factory=list)  # held-out records outside the scored sample (calibration)
 
 
 _SOURCES: dict[tuple[str, str], list[Any]] = {}
@@ -107,7 +108,10 @@ def task_data(task: BenchTask, data: Path, seed: int = 42, test_fraction: float 
             test = te
     rng = random.Random(f"{seed}:{task.key}:test")
     sample = rng.sample(test, min(task.test_max, len(test)))
-    return TaskData(train=train, test=sample, held_out_total=len(test))
+    scored = {id(r) for r in sample}
+    rest = [r for r in test if id(r) not in scored]
+    dev = random.Random(f"{seed}:{task.key}:dev").sample(rest, len(rest))
+    return TaskData(train=train, test=sample, held_out_total=len(test), dev=dev)
 
 
 def training_records(train: list[Any], n: int, seed: int, key: str) -> list[Any]:
@@ -241,6 +245,64 @@ def evaluate(model_path: Path, tasks: list[BenchTask], tests: dict[str, list[Any
     return out
 
 
+def calibrated(model_path: Path, task: BenchTask, data: TaskData, adapter: Path, n_dev: int) -> dict[str, dict[str, Any]]:
+    """A label task answered as a taught task serves it: every label scored (the service's own request,
+    ``teach.run_llm``), the temperature and per-label bias fitted (``calibration.calibrate``) on ``n_dev``
+    held-out records outside the scored sample, the scored sample answered with them. The classical
+    baseline gets the same calibration on the same records. Returns ``{"sft": scores, "baseline": scores}``."""
+    import numpy as np
+
+    from domain_lm.eval.harness import engine_options, resolve_kind
+    from domain_lm.inference import create_engine
+    from domain_lm.tasks import TemplateRegistry
+    from domain_lm.tasks import calibration as cal
+    from domain_lm.train.task_adapter import TeachConfig
+    from domain_lm.train.teach import run_classical, run_llm
+
+    t = TemplateRegistry.load(REPO / "task_templates").get(task.template)
+    labels = t.output.classes
+    if labels is None:
+        raise SystemExit(f"--calibrate: {task.key} is not a label task")
+    dev, test = data.dev[:n_dev], data.test
+    if len(dev) < 2 * cal.MIN_BIAS:
+        raise SystemExit(f"--calibrate: {task.key} has {len(dev)} held-out records outside the scored sample; "
+                         f"biases need {2 * cal.MIN_BIAS}")
+    kind = resolve_kind(ENGINE)
+    engine = create_engine(model_path, kind=kind, adapters={"sft": str(adapter)},
+                           **(engine_options(kind) if kind == "vllm" else {"max_batch_size": 16}))
+    try:
+        runs = {"sft": run_llm(engine, t, dev + test, "sft", None, 0, TeachConfig())}
+    finally:
+        engine.close()
+    runs["baseline"] = run_classical(t, data.train, dev + test, task.lang, 42)
+    code = {lab: i for i, lab in enumerate(labels)}
+    g_dev = [code[r.output] for r in dev]
+    g_test = [code[r.output] for r in test]
+    f1 = lambda g, p: cal.weighted_f1_codes(g, p, len(labels))  # noqa: E731
+    out: dict[str, dict[str, Any]] = {}
+    for name, run in runs.items():
+        if run.logits is None:
+            raise SystemExit(f"--calibrate: the engine returned no label scores for {task.key}")
+        x = np.asarray(run.logits, dtype=float)
+        c = cal.calibrate(x[: len(dev)], g_dev, f1)
+        pred = cal.scaled_log_softmax(x[len(dev):], c["temperature"], c["bias"]).argmax(axis=1)
+        plain = x[len(dev):].argmax(axis=1)
+        scores = {k: v for k, v in t.score([r.output for r in test], [labels[i] for i in pred]).items() if k != "per_class_f1"}
+        scores.update(
+            ci=list(cal.bootstrap_ci(g_test, pred.tolist(), f1)),
+            scored_uncalibrated=f1(g_test, plain.tolist()),
+            vs_uncalibrated=list(cal.paired_bootstrap_diff(g_test, pred.tolist(), plain.tolist(), f1)),
+            predicted={lab: int((pred == i).sum()) for i, lab in enumerate(labels)},
+            gold={lab: g_test.count(i) for i, lab in enumerate(labels)},
+            calibration={"dev": len(dev), "temperature": c["temperature"], "bias": dict(zip(labels, c["bias"])),
+                         "dev_score_before": c.get("score_before"), "dev_score_after": c.get("score_after")},
+        )
+        out[name] = scores
+        log.warning("[calibrated] %s %s: weighted_f1 %.4f (uncalibrated %.4f), bias %s", task.key, name, scores["weighted_f1"],
+                    scores["scored_uncalibrated"], scores["calibration"]["bias"])
+    return out
+
+
 def headline(task: BenchTask, scores: dict[str, Any]) -> float:
     v = scores.get(task.headline)
     return float(v) if isinstance(v, (int, float)) else 0.0
@@ -370,7 +432,7 @@ def prepare(args: argparse.Namespace, default_tasks: str) -> tuple[list[BenchTas
     model = model_dir(args.model or MODELS[args.lang])
     data = {t.key: task_data(t, args.data, args.seed) for t in tasks}
     if args.test_max:
-        data = {k: TaskData(d.train, d.test[: args.test_max], d.held_out_total) for k, d in data.items()}
+        data = {k: TaskData(d.train, d.test[: args.test_max], d.held_out_total, d.dev) for k, d in data.items()}
     recipe = Recipe(lr=args.lr, rank=args.rank, epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps,
                     top_layers=args.top_layers, max_seq_len=args.max_seq_len, seed=args.seed)
     return tasks, model, data, recipe

@@ -79,6 +79,9 @@ def main() -> None:
                     help="LANG=DIR: also score this (merged) RLHF model, e.g. a pipeline run's ppo model.")
     ap.add_argument("--skip-base", action="store_true")
     ap.add_argument("--keep-adapter", action="store_true", help="Keep the SFT adapter in <out>/cells/<cell>/adapter (to score it again).")
+    ap.add_argument("--calibrate", type=int, default=0, metavar="N",
+                    help="Label tasks: also score them as a taught task serves them, every label scored with the temperature and "
+                         "per-label bias fitted on N held-out records outside the scored sample (the baseline too; keeps the adapter).")
     B.add_training_args(ap, "bench-sft")
     args = ap.parse_args()
     tasks, model, data, recipe = B.prepare(args, default_mix(args.lang))
@@ -91,8 +94,20 @@ def main() -> None:
     if not args.skip_base:
         systems["base"] = B.base_scores(model, tasks, data, args.out)
     counts = {t.key: min(args.per_task, len(data[t.key].train)) for t in tasks}
-    cell = B.run_cell(B.Cell(f"{args.lang}-n{args.per_task}", counts, recipe), model, data, tasks, args.out, keep_adapter=args.keep_adapter)
+    cell_spec = B.Cell(f"{args.lang}-n{args.per_task}", counts, recipe)
+    cell = B.run_cell(cell_spec, model, data, tasks, args.out, keep_adapter=args.keep_adapter or bool(args.calibrate))
     systems["sft"] = cell["scores"]
+    if args.calibrate:
+        adapter = args.out / "cells" / cell_spec.name() / "adapter"
+        for t in tasks:
+            if B.TASKS[t.key].baseline != "tfidf":
+                continue
+            if not adapter.is_dir():
+                raise SystemExit(f"--calibrate needs the cell's adapter ({adapter}); run the cell again with --keep-adapter")
+            both = B.cached(adapter.parent / f"calibrated-{t.key}-{args.calibrate}-{len(data[t.key].test)}.json",
+                            lambda t=t: B.calibrated(model, t, data[t.key], adapter, args.calibrate))
+            systems.setdefault("sft_calibrated", {})[t.key] = both["sft"]
+            systems.setdefault("baseline_calibrated", {})[t.key] = both["baseline"]
     for spec in args.rlhf:
         lang, _, path = spec.partition("=")
         if lang == args.lang:
@@ -103,7 +118,7 @@ def main() -> None:
 
 def write(args: argparse.Namespace, tasks: list[B.BenchTask], data: dict[str, B.TaskData], systems: dict[str, dict[str, dict[str, Any]]],
           cell: dict[str, Any]) -> None:
-    order = [s for s in ("base", "sft", "rlhf", "baseline") if s in systems]
+    order = [s for s in ("base", "sft", "sft_calibrated", "rlhf", "baseline", "baseline_calibrated") if s in systems]
     head = "| task | metric | held-out | train | " + " | ".join(order) + " | invalid (base / sft) | ungrounded answers (base / sft) |"
     lines = [head, "|" + "---|" * (len(order) + 6)]
     for t in tasks:
@@ -123,6 +138,18 @@ def write(args: argparse.Namespace, tasks: list[B.BenchTask], data: dict[str, B.
         if t.template == "entities":
             extra.append(f"- {t.key}: precision {s.get('precision', 0):.3f}, recall {s.get('recall', 0):.3f}, per type "
                          + ", ".join(f"{k} {v['f1']:.2f}" for k, v in s.get("per_type", {}).items()))
+    for t in tasks:
+        s = systems.get("sft_calibrated", {}).get(t.key)
+        if s:
+            c, b = s["calibration"], systems["baseline_calibrated"][t.key]
+            lo, hi = s["ci"]
+            d, dlo, dhi = s["vs_uncalibrated"]
+            extra.append(f"- {t.key} calibrated on {c['dev']} held-out records outside the scored ones: SFT {s['weighted_f1']:.3f} "
+                         f"[{lo:.2f}, {hi:.2f}] (uncalibrated {s['scored_uncalibrated']:.3f}; "
+                         f"difference {d:+.3f} [{dlo:+.2f}, {dhi:+.2f}]), "
+                         f"T {c['temperature']:.2f}, bias " + ", ".join(f"{k} {v:+.2f}" for k, v in c["bias"].items())
+                         + f"; predicted {s['predicted']} for gold {s['gold']}; baseline calibrated {b['weighted_f1']:.3f} "
+                         f"(uncalibrated {b['scored_uncalibrated']:.3f})")
     tr = cell["train"]
     md = (f"## SFT bench ({args.lang}: {Path(args.model or B.MODELS[args.lang]).name}, LoRA r={args.rank}, lr {args.lr:g}, "
           f"{args.epochs:g} epochs, {tr.get('steps')} steps, {tr.get('seconds', 0):.0f} s)\n\n"

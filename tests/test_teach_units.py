@@ -54,6 +54,52 @@ def test_temperature_scaling_recovers_the_temperature_that_made_the_data():
     assert cal.fit_temperature(logits[:5], gold[:5]) == 1.0  # too few examples: left alone
 
 
+def test_per_label_bias_undoes_a_label_the_model_over_answers():
+    # A model that adds +1.2 to label 0's score whatever the text: it answers label 0 too often.
+    rng = np.random.default_rng(1)
+    n = 800
+    gold = rng.choice(3, size=n, p=[0.5, 0.25, 0.25])
+    logits = rng.normal(size=(n, 3))
+    logits[np.arange(n), gold] += 1.5
+    logits[:, 0] += 1.2
+    report = cal.calibrate(logits, gold.tolist())
+    bias = report["bias"]
+    assert bias[0] < bias[1] and bias[0] < bias[2] and sum(bias) == pytest.approx(0.0, abs=1e-9)
+    assert report["score_after"] > report["score_before"] + 0.01  # cross-fitted: fitted on one half, scored on the other
+    cross = np.asarray(report["cross_fitted"])
+    assert (cross == 0).mean() < (logits.argmax(axis=1) == 0).mean()  # label 0 answered less often
+    assert report["nll_after"] < report["nll_before"]
+    # Too few examples for the cross-fit to fit biases on each half: the temperature only, answers unchanged.
+    small = cal.calibrate(logits[: 2 * cal.MIN_BIAS - 1], gold[: 2 * cal.MIN_BIAS - 1].tolist())
+    assert not any(small["bias"]) and "cross_fitted" not in small
+    # Nothing to undo (no offset, balanced labels): a bias that does not help is not kept.
+    fair = rng.normal(size=(n, 3))
+    fair_gold = rng.integers(0, 3, n)
+    fair[np.arange(n), fair_gold] += 1.5
+    kept = cal.calibrate(fair, fair_gold.tolist())
+    assert "cross_fitted" not in kept or kept["score_after"] >= kept["score_before"]
+    assert max(abs(b) for b in kept["bias"]) < 0.3
+
+
+def test_a_system_calibrated_with_biases_reports_its_calibrated_answers(reg):
+    from domain_lm.train.teach import SystemRun, summarize
+
+    t = reg.get("sentiment")
+    rng = np.random.default_rng(2)
+    n = 400
+    gold = rng.choice(3, size=n, p=[0.5, 0.25, 0.25])
+    logits = rng.normal(size=(n, 3))
+    logits[np.arange(n), gold] += 1.5
+    logits[:, 0] += 1.2  # over-answers "positive" (labels: positive, negative, neutral)
+    held = [TaskRecord("sentiment", "en", {"text": f"post {i}"}, t.output.labels[g]) for i, g in enumerate(gold)]
+    plain = [t.output.labels[i] for i in logits.argmax(axis=1)]
+    out = summarize(t, held, SystemRun(plain, logits.tolist(), 1.0), n_boot=200, seed=0)
+    c = out["calibration"]
+    assert set(c["bias"]) == set(t.output.labels) and c["bias"]["positive"] == min(c["bias"].values())
+    assert out["score"] == pytest.approx(c["score_after"]) and out["uncalibrated"]["score"] == pytest.approx(c["score_before"])
+    assert out["score"] > out["uncalibrated"]["score"] and out["preds"].count("positive") < plain.count("positive")
+
+
 def test_ece_and_selective_by_hand():
     # Two bins: confidence 0.9 right twice of two (gap 0.1), confidence 0.55 right once of two (gap 0.05).
     assert cal.ece([0.9, 0.9, 0.55, 0.55], [True, True, True, False]) == pytest.approx(0.5 * 0.1 + 0.5 * 0.05)
@@ -88,6 +134,9 @@ def test_label_probabilities_use_the_display_strings_and_abstain(reg):
     assert sum(probs.values()) == pytest.approx(1.0)
     assert out.decide(probs) == ("positive", "positive", probs["positive"], False)
     assert out.decide(probs, threshold=0.9)[0] == "abstain"
+    shifted = out.probabilities({"积极": 0.0, "消极": -1.0, "中性": -1.0}, "zh", 2.0, {"positive": -0.5, "neutral": 0.6})
+    assert shifted["neutral"] == pytest.approx(math.exp(0.1) / (2 * math.exp(-0.5) + math.exp(0.1)))
+    assert out.decide(shifted)[0] == "neutral"  # the bias changes the answer; the temperature alone never does
     data = {**out.model_dump(by_alias=True), "abstain_below": 0.7}
     strict = type(out).model_validate(data)
     assert strict.decide(probs)[3] is True and strict.value_schema()["enum"][-1] == "abstain"
@@ -195,6 +244,9 @@ def test_serving_plan_rules(reg, tmp_path):
     )
     plan = plan_for(t, v, {"sentiment@1"})
     assert (plan.engine, plan.adapter, plan.temperature) == ("llm", "sentiment@1", 1.5) and "beats the classical" in plan.why
+    assert plan.bias is None  # the report kept no per-label bias
+    v.report["systems"]["adapter"]["calibration"]["bias"] = {"positive": -0.4, "negative": 0.2, "neutral": 0.2}
+    assert plan_for(t, v, {"sentiment@1"}).bias == {"positive": -0.4, "negative": 0.2, "neutral": 0.2}
     assert plan_for(t, v, set()).system == "zero_shot"  # the adapter is not loaded: the base model answers
     data = t.to_dict()
     assert plan_for(TaskTemplate.from_dict({**data, "engine": "classical"}), v, {"sentiment@1"}).engine == "classical"

@@ -35,6 +35,7 @@ class ServingPlan:
     version: int | None
     temperature: float | None
     why: str
+    bias: dict[str, float] | None = None  # per-label calibration offsets (with the temperature)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +70,13 @@ def _temperature(res: dict[str, Any] | None) -> float | None:
     return float(cal["temperature"]) if cal.get("calibrated") else None
 
 
+def _bias(res: dict[str, Any] | None) -> dict[str, float] | None:
+    """The per-label offsets of a calibrated system, when it kept any (``calibration.calibrate``)."""
+    cal = (res or {}).get("calibration") or {}
+    bias = cal.get("bias") if cal.get("calibrated") else None
+    return {str(k): float(v) for k, v in bias.items()} if isinstance(bias, dict) and any(bias.values()) else None
+
+
 def plan_for(
     template: TaskTemplate,
     version: TaskVersion | None,
@@ -97,10 +105,11 @@ def plan_for(
         llm_adapter = version.adapter
     llm_system = "adapter" if llm_adapter else base_system
     llm_res = system_result(llm_version, llm_system)
-    llm = ServingPlan("llm", llm_system, llm_adapter, 0 if llm_adapter else k, v, _temperature(llm_res), "")
-    base = ServingPlan("llm", base_system, None, k, v, _temperature(system_result(version, base_system)), "")
+    llm = ServingPlan("llm", llm_system, llm_adapter, 0 if llm_adapter else k, v, _temperature(llm_res), "", _bias(llm_res))
+    base_res = system_result(version, base_system)
+    base = ServingPlan("llm", base_system, None, k, v, _temperature(base_res), "", _bias(base_res))
     classical_res = system_result(version, "classical")
-    classical = ServingPlan("classical", "classical", None, 0, v, _temperature(classical_res), "")
+    classical = ServingPlan("classical", "classical", None, 0, v, _temperature(classical_res), "", _bias(classical_res))
     llm_name = f"adapter {llm_adapter}" if llm_adapter else f"the base model {SYSTEM_NAMES[base_system]}"
 
     def why(plan: ServingPlan, text: str) -> ServingPlan:

@@ -166,22 +166,36 @@ def _scorer(template: TaskTemplate, n_boot: int) -> tuple[Callable[[Any], Any], 
 
 def summarize(template: TaskTemplate, held: list[TaskRecord], run: SystemRun, n_boot: int, seed: int) -> dict[str, Any]:
     """Headline score with a 95% bootstrap interval, the full scores, and for scored label answers
-    the calibration (temperature, ECE before / after) and coverage at abstention thresholds."""
+    the calibration (temperature, per-label bias, ECE before / after) and coverage at abstention thresholds.
+
+    When the calibration keeps per-label biases the service answers with them, so the headline is the
+    score of the calibrated answers, cross-fitted (each half of the split answered with the calibration
+    fitted on the other half); ``uncalibrated`` keeps the plain answers' score."""
     gold = [r.output for r in held]
-    scores = template.score(gold, run.preds)
     encode, metric, boots = _scorer(template, n_boot)
-    ci = cal.bootstrap_ci([encode(x) for x in gold], [encode(x) for x in run.preds], metric, boots, seed)
+    labels = template.output.classes
+    preds = run.preds
+    calibration: dict[str, Any] | None = None
+    if run.logits is not None and labels is not None:
+        g_idx = [labels.index(x) for x in gold]
+        calibration = cal.calibrate(run.logits, g_idx, lambda g, p: metric(list(g), list(p)))
+        cross = calibration.pop("cross_fitted", None)
+        probs = np.exp(cal.scaled_log_softmax(run.logits, calibration["temperature"], calibration["bias"]))
+        calibration["selective"] = cal.selective(probs.max(axis=1).tolist(), (probs.argmax(axis=1) == np.asarray(g_idx)).tolist())
+        calibration["bias"] = dict(zip(labels, calibration["bias"]))
+        if cross is not None:
+            preds = [labels[i] for i in cross]
+    scores = template.score(gold, preds)
+    ci = cal.bootstrap_ci([encode(x) for x in gold], [encode(x) for x in preds], metric, boots, seed)
     out: dict[str, Any] = {"score": primary(template.metric, scores), "ci": list(ci), "n": len(held), "seconds": round(run.seconds, 2)}
     out.update(run.extra)
     out["scores"] = {k: v for k, v in scores.items() if k != "per_class_f1"}
-    out["preds"] = run.preds
-    labels = template.output.classes
-    if run.logits is not None and labels is not None:
-        g_idx = [labels.index(x) for x in gold]
-        c = cal.calibrate(run.logits, g_idx)
-        probs = cal.softmax(run.logits, c["temperature"])
-        c["selective"] = cal.selective(probs.max(axis=1).tolist(), (probs.argmax(axis=1) == np.asarray(g_idx)).tolist())
-        out["calibration"] = c
+    out["preds"] = preds
+    if preds is not run.preds:
+        raw = cal.bootstrap_ci([encode(x) for x in gold], [encode(x) for x in run.preds], metric, boots, seed)
+        out["uncalibrated"] = {"score": primary(template.metric, template.score(gold, run.preds)), "ci": list(raw)}
+    if calibration is not None:
+        out["calibration"] = calibration
     return out
 
 

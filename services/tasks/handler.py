@@ -159,7 +159,7 @@ class TaskHandler(Handler):
         if labels and result.choice_logprobs:
             same = use == plan.adapter and (use is not None or len(shots) == plan.few_shot_k)
             temperature = plan.temperature if same else None  # a calibration holds only for the system it was fitted on
-            probs = t.output.probabilities(result.choice_logprobs, lang, temperature or 1.0)
+            probs = t.output.probabilities(result.choice_logprobs, lang, temperature or 1.0, plan.bias if same else None)
             out = self._decided(out, t, probs, temperature is not None)
         return out
 
@@ -181,7 +181,7 @@ class TaskHandler(Handler):
         t0 = time.perf_counter()
         model = await self.state.taught.classical(t, version)
         scores = await asyncio.to_thread(model.choice_logprobs, inputs, lang)
-        probs = t.output.probabilities(scores, lang, plan.temperature or 1.0)
+        probs = t.output.probabilities(scores, lang, plan.temperature or 1.0, plan.bias)
         top = max(probs, key=lambda lab: probs[lab])
         out = TaskResponse(
             task=t.name,

@@ -140,12 +140,15 @@ class LabelOutput(OutputContract):
 
     # ------------------------------------------------------------------ confidence and abstention
 
-    def probabilities(self, choice_logprobs: Mapping[str, float], lang: str, temperature: float = 1.0) -> dict[str, float]:
+    def probabilities(
+        self, choice_logprobs: Mapping[str, float], lang: str, temperature: float = 1.0, bias: Mapping[str, float] | None = None
+    ) -> dict[str, float]:
         """Label -> probability from each choice's log-likelihood (as an engine scores them for ``lang``):
-        a softmax of the log-likelihoods divided by ``temperature`` (1: uncalibrated; a temperature
-        fitted on held-out answers calibrates them, see ``domain_lm.tasks.calibration``)."""
+        a softmax of the log-likelihoods divided by ``temperature``, plus each label's ``bias`` (1 and
+        none: uncalibrated; both fitted on held-out answers calibrate them, see ``domain_lm.tasks.calibration``)."""
         by_choice = dict(zip(self.choices(lang) or [], self.labels))
-        logits = {by_choice[c]: lp / temperature for c, lp in choice_logprobs.items() if c in by_choice}
+        shift = bias or {}
+        logits = {by_choice[c]: lp / temperature + shift.get(by_choice[c], 0.0) for c, lp in choice_logprobs.items() if c in by_choice}
         if not logits:
             return {}
         top = max(logits.values())
