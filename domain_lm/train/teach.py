@@ -178,7 +178,8 @@ def summarize(template: TaskTemplate, held: list[TaskRecord], run: SystemRun, n_
     calibration: dict[str, Any] | None = None
     if run.logits is not None and labels is not None:
         g_idx = [labels.index(x) for x in gold]
-        calibration = cal.calibrate(run.logits, g_idx, lambda g, p: metric(list(g), list(p)))
+        by_codes = template.metric == "classification"  # _scorer's metric then reads label codes
+        calibration = cal.calibrate(run.logits, g_idx, (lambda g, p: metric(list(g), list(p))) if by_codes else None)
         cross = calibration.pop("cross_fitted", None)
         probs = np.exp(cal.scaled_log_softmax(run.logits, calibration["temperature"], calibration["bias"]))
         calibration["selective"] = cal.selective(probs.max(axis=1).tolist(), (probs.argmax(axis=1) == np.asarray(g_idx)).tolist())
