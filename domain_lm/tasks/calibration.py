@@ -133,8 +133,7 @@ def ece(confidence: Sequence[float], correct: Sequence[bool], bins: int = ECE_BI
 
 
 def top_ece(logits: np.ndarray, gold: np.ndarray, temperature: float) -> float:
-    probs = softmax(logits, temperature)
-    return ece(probs.max(axis=1), probs.argmax(axis=1) == gold)
+    return _top_ece_lp(scaled_log_softmax(logits, temperature), gold)
 
 
 def calibrate(
