@@ -38,8 +38,10 @@ system-deps:
 demo: setup
 	$(VENV)/bin/domain-lm pipeline run --serve-demo
 
+# Test files are spread over up to 4 worker processes (a file's tests stay together, so its engine
+# fixtures start once): the suite waits on subprocesses and engine starts about half the time.
 test: setup system-deps
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

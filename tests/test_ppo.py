@@ -76,7 +76,9 @@ def _paths(cfg):
 
 def test_ppo_updates_actor_keeps_reference_and_reward_frozen_and_logs(rl_run, tiny_model_dir):
     tmp, overrides = rl_run
-    cfg = _cfg(overrides)
+    # k3: an estimate that is never negative (k1, the default, averages log-ratios of a few sampled
+    # tokens and can dip below 0 on another machine's sampling), so "the policy moved" is KL > 0.
+    cfg = _cfg(overrides, kl_estimator="k3")
     policy, reward_path = _paths(cfg)
     work = tmp / "work-a"
     work.mkdir()
@@ -125,7 +127,9 @@ def test_ppo_kl_early_stop_and_resume(rl_run):
     # any KL above 1e-9 stops the run. KL is measured on each step's rollout, before its update:
     # step 1 (critic warm-up) and step 2 roll out with actor == reference (KL exactly 0); step 2
     # makes the first policy update, so step 3's rollout has KL > 0 and the run stops there.
-    result = ppo.train_ppo(policy, reward_path, _cfg(overrides, **{"train.max_steps": 5, "kl_stop_bound": 1e-9}), tmp / "work-b")
+    # (k3: never negative, so a moved policy's KL is above the bound on any sampling.)
+    result = ppo.train_ppo(policy, reward_path, _cfg(overrides, **{"train.max_steps": 5, "kl_stop_bound": 1e-9, "kl_estimator": "k3"}),
+                           tmp / "work-b")
     state, summary = result.state, result.summary
     assert summary["stopped_early"] and summary["steps_done"] == 3
     assert [h["kl"] for h in state.history[:2]] == [0.0, 0.0] and state.history[-1]["kl"] > 1e-9

@@ -57,7 +57,10 @@ def test_render_json_and_input_errors():
     assert r.exit_code != 0 and "txt" in str(r.exception)
 
 
-def test_render_and_list_with_a_new_template(tmp_path):
+def test_render_and_list_with_a_new_template(tmp_path, monkeypatch):
+    from domain_lm.core.progress import console
+
+    monkeypatch.setattr(console, "_width", 200)  # the shared console's width was fixed when it was made
     (tmp_path / "mini.yaml").write_text(MINI, encoding="utf-8")
     r = runner.invoke(app, ["tasks", "render", "mini", "--dir", str(tmp_path), "--input", '{"text": "Loan of 1k"}', "--variant", "1"])
     assert r.exit_code == 0, r.output
