@@ -117,10 +117,11 @@ def test_data_budget_and_task_interaction_benches_run_and_resume(shared_data, ti
     common = ["--lang", "en", "--model", str(tiny_model_dir), "--data", str(shared_data), "--tasks", "sentiment_en,entities_en",
               "--epochs", "1", "--test-max", "2", "--max-seq-len", "2048", "--out", str(tmp_path)]
 
+    # The transformers engine: this checks the benches' bookkeeping, and each of its evaluations would
+    # otherwise start a vLLM engine (~40 s each here); vLLM serving is tested on its own.
+    env = {**os.environ, "DOMAIN_LM_BENCH_ENGINE": "hf"}
+
     def run(script: str, *extra: str) -> str:
-        # The transformers engine: this checks the benches' bookkeeping, and each of its evaluations would
-        # otherwise start a vLLM engine (~40 s each here); vLLM serving is tested on its own.
-        env = {**os.environ, "DOMAIN_LM_BENCH_ENGINE": "hf"}
         done = subprocess.run([sys.executable, str(REPO / "bench" / script), *common, *extra], capture_output=True, text=True,
                               timeout=900, env=env)
         assert done.returncode == 0, done.stderr[-3000:]

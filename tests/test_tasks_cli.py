@@ -65,7 +65,7 @@ def test_render_and_list_with_a_new_template(tmp_path, monkeypatch):
     r = runner.invoke(app, ["tasks", "render", "mini", "--dir", str(tmp_path), "--input", '{"text": "Loan of 1k"}', "--variant", "1"])
     assert r.exit_code == 0, r.output
     assert "Is it so? Loan of 1k" in r.output and "approve" in r.output
-    r = runner.invoke(app, ["tasks", "list", "--dir", str(tmp_path)], env={"COLUMNS": "200"})
+    r = runner.invoke(app, ["tasks", "list", "--dir", str(tmp_path)])
     assert r.exit_code == 0 and "mini" in r.output and "approve/reject" in r.output
 
 
